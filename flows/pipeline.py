@@ -1,0 +1,72 @@
+"""paper_pipeline: the one flow every paper runs through.
+
+prepare data (DVC) -> validate (GX) -> train -> compress -> evaluate -> register (MLflow) -> promote
+Thin wiring only: each step is a task in tasks/, steps hand each other references, and the paper's MLflow run
+is closed FAILED with the error if any step raises.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from paperops.config import load_config
+from tasks.compress import compress_model
+from tasks.data import prepare_data
+from tasks.evaluate import evaluate_models
+from tasks.lineage import close_pipeline_run, open_pipeline_run, record_dataset, record_validation, step_keys
+from tasks.promote import promote_version
+from tasks.register import register_versions
+from tasks.train import train_model
+from tasks.validate import validate_data
+
+
+@dataclass
+class PipelineSummary:
+    paper: str
+    profile: str
+    pipeline_run_id: str
+    steps: dict[str, str] = field(default_factory=dict)  # step -> final state name ("Completed", "Cached", ...)
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    versions: dict[str, Any] = field(default_factory=dict)
+    promotion: dict[str, Any] = field(default_factory=dict)
+
+
+def _run(summary: PipelineSummary, step: str, task_fn: Any, *args: Any, **kwargs: Any) -> Any:
+    state = task_fn(*args, return_state=True, **kwargs)
+    summary.steps[step] = state.name
+    return state.result()
+
+
+@flow(name="paper-pipeline", flow_run_name="{paper}-{profile}", validate_parameters=True)
+def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | None = None) -> dict[str, Any]:
+    overrides = list(overrides or [])
+    resolved = load_config(paper, profile, overrides)
+    cfg, config, keys = resolved.config, resolved.as_dict(), step_keys(resolved)
+    parent = open_pipeline_run(resolved, overrides, flow_run.get_id())
+    summary = PipelineSummary(paper=paper, profile=profile, pipeline_run_id=parent)
+    try:
+        dataset = _run(summary, "prepare-data", prepare_data, cfg.data.stage)
+        record_dataset(parent, dataset)
+        report = _run(summary, "validate", validate_data, dataset, cfg.data)
+        record_validation(parent, report)
+        report.raise_for_failure()
+        dense = _run(summary, "train", train_model, paper, config, keys["train"], dataset, parent)
+        compressed = _run(summary, "compress", compress_model, paper, config, keys["compress"], dataset, dense,
+                          parent)
+        evaluation = _run(summary, "evaluate", evaluate_models, paper, config, keys["evaluate"], dataset, dense,
+                          compressed, parent)
+        summary.variants = [{"variant": v.name, "role": v.role, "method": v.method, "run_id": v.run_id, **v.metrics}
+                            for v in evaluation.variants.values()]
+        versions = _run(summary, "register", register_versions, paper, profile, resolved.digest(), dataset, report,
+                        dense, compressed, evaluation, parent)
+        summary.versions = asdict(versions)
+        decision = _run(summary, "promote", promote_version, paper, versions, evaluation, report, cfg.promote)
+        summary.promotion = asdict(decision)
+    except BaseException as exc:
+        close_pipeline_run(parent, asdict(summary), exc)
+        raise
+    close_pipeline_run(parent, asdict(summary), None)
+    return asdict(summary)

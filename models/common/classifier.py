@@ -1,0 +1,105 @@
+"""Pure training and evaluation loops for image classifiers, shared by every vision recipe."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from models.common.recipe import Section
+from models.common.reporting import Reporter
+
+
+class TrainSection(Section):
+    epochs: float = Field(5, gt=0, description="may be fractional: 0.5 = half an epoch of steps")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-5, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    max_train_images: int | None = Field(None, ge=1, description="cap for smoke runs; None = the whole split")
+
+
+def learning_rate_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
+    """Linear warm-up then cosine decay to min_lr (the DeiT schedule, per step instead of per epoch)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_classifier(
+    model: nn.Module,
+    x: torch.Tensor,  # (N, C, H, W) float, already normalised
+    y: torch.Tensor,  # (N,) int64
+    cfg: TrainSection,
+    reporter: Reporter,
+    generator: torch.Generator,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    metric_prefix: str = "train",
+) -> dict[str, float]:
+    """AdamW + warm-up/cosine + label smoothing; logs loss and lr every step. Trains in place."""
+    if cfg.max_train_images is not None:
+        x, y = x[: cfg.max_train_images], y[: cfg.max_train_images]
+    device = next(model.parameters()).device
+    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    total_steps = max(1, round(cfg.epochs * steps_per_epoch))
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            # Norms, biases, position embeddings and tokens are not weight-decayed (timm's/DeiT's convention).
+            (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "dist_token")) else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    model.train()
+    step, running_loss, running_correct, seen = 0, 0.0, 0, 0
+    while step < total_steps:
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), cfg.batch_size):
+            if step >= total_steps:
+                break
+            idx = order[start : start + cfg.batch_size]
+            xb, yb = x[idx], y[idx]
+            if augment is not None:
+                xb = augment(xb, generator)
+            xb, yb = xb.to(device), yb.to(device)
+            lr = learning_rate_at(step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = model(xb)  # (B, num_classes)
+            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            running_loss += loss.item() * len(yb)
+            running_correct += (logits.argmax(-1) == yb).sum().item()
+            seen += len(yb)
+            step += 1
+            reporter.log_metrics({f"{metric_prefix}_loss": loss.item(), f"{metric_prefix}_lr": lr}, step=step)
+            reporter.progress(step, total_steps, f"{metric_prefix} step")
+    model.eval()
+    return {
+        f"{metric_prefix}_loss_mean": running_loss / max(1, seen),
+        f"{metric_prefix}_top1": 100.0 * running_correct / max(1, seen),
+        f"{metric_prefix}_steps": float(total_steps),
+    }
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+def top1_accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Percent of rows whose arg-max equals the label."""
+    return 100.0 * (logits.argmax(-1) == y).float().mean().item()

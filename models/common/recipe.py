@@ -1,0 +1,179 @@
+"""The Recipe: what a paper contributes to the generic pipeline, and the registry of recipes by name.
+
+A recipe is pure: it builds, trains, compresses and evaluates torch modules and reads its dataset from a path.
+tasks/ moves the results between steps as files (safetensors + JSON) and logs them; flows/ wires the steps.
+Adding a paper = one models/<paper>/ package with a Recipe subclass decorated with @register_recipe, plus one
+configs/<paper>.yaml.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from models.common.reporting import Reporter
+
+
+class Section(BaseModel):
+    """Every config section rejects unknown keys, so a typo in --set or YAML is an error, not a silent no-op."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(Section):
+    stage: str = Field(description="DVC stage in dvc.yaml that builds the dataset (output: data/<stage>)")
+    suite: str = Field(description="Great Expectations suite the dataset must pass before training")
+    expect: dict[str, Any] = Field(default_factory=dict, description="what the suite checks (suite-specific)")
+
+
+class PromotionSection(Section):
+    """Thresholds of the promotion gate, in the units of the recipe's primary metric."""
+
+    max_metric_drop: float = Field(0.5, ge=0, description="largest allowed drop vs the parent version (points)")
+    max_cost_ratio: float = Field(0.70, gt=0, description="compressed/dense cost ratio (MACs or bits) to pass")
+    alias: str = "champion"
+
+
+class RecipeConfig(Section):
+    """Base of every recipe's resolved config. Subclasses add the paper's own sections."""
+
+    seed: int = 0
+    data: DataSection
+    promote: PromotionSection = PromotionSection()
+
+
+@dataclass(frozen=True)
+class PaperFigure:
+    """A headline number as the paper reports it, next to which our figure is logged."""
+
+    metric: str
+    value: float
+    source: str
+    note: str = ""
+
+
+@dataclass
+class CompressionResult:
+    model: nn.Module
+    method: str
+    knobs: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """One evaluated model of a paper's comparison: the method, its parent, its baselines, its ablations."""
+
+    name: str
+    role: str  # "parent" | "method" | "baseline" | "ablation"
+    method: str
+    knobs: dict[str, Any]
+    metrics: dict[str, float]
+
+
+def compare_to_parent(variants: list[VariantResult], primary_metric: str) -> None:
+    """Adds to every non-parent variant its primary-metric delta and throughput ratio vs the parent (in place):
+    the figures the promotion gate and the compression record read, named the same for every recipe."""
+    parent = next(v for v in variants if v.role == "parent").metrics
+    for v in variants:
+        if v.role != "parent":
+            v.metrics["delta_vs_parent"] = v.metrics[primary_metric] - parent[primary_metric]
+            if "throughput_per_s" in v.metrics and "throughput_per_s" in parent:
+                v.metrics["throughput_ratio"] = v.metrics["throughput_per_s"] / parent["throughput_per_s"]
+
+
+@dataclass
+class Evaluation:
+    variants: list[VariantResult]
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def variant(self, name: str) -> VariantResult:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(f"no evaluated variant named {name!r}; have {[v.name for v in self.variants]}")
+
+
+class Recipe(ABC):
+    name: ClassVar[str]
+    title: ClassVar[str]
+    compression: ClassVar[str]
+    config_model: ClassVar[type[RecipeConfig]]
+    primary_metric: ClassVar[str]
+    cost_metric: ClassVar[str]  # metric holding compressed/dense cost (MACs, bits, bytes): the gate's ratio
+    paper_figures: ClassVar[tuple[PaperFigure, ...]] = ()
+
+    @abstractmethod
+    def load_data(self, path: str, cfg: RecipeConfig) -> Any: ...
+
+    @abstractmethod
+    def build_model(self, cfg: RecipeConfig) -> nn.Module: ...
+
+    @abstractmethod
+    def train(self, model: nn.Module, data: Any, cfg: RecipeConfig, reporter: Reporter) -> dict[str, float]:
+        """Trains `model` in place; returns its final metrics."""
+
+    @abstractmethod
+    def compress(self, model: nn.Module, data: Any, cfg: RecipeConfig, reporter: Reporter) -> CompressionResult:
+        """Compresses `model` in place (patch, then optional fine-tune) and records the knobs."""
+
+    @abstractmethod
+    def restore_compression(self, model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
+        """Re-applies a recorded compression to a freshly built model whose weights were loaded."""
+
+    @abstractmethod
+    def evaluate(self, dense: nn.Module, compressed: nn.Module, data: Any, cfg: RecipeConfig,
+                 reporter: Reporter) -> Evaluation:
+        """Measures dense, compressed and the paper's baselines side by side in one run."""
+
+    @abstractmethod
+    def input_example(self, data: Any, n: int = 2) -> np.ndarray:
+        """A batch of real inputs in the served format (numpy), used as MLflow input example and smoke request."""
+
+    @abstractmethod
+    def predict(self, model: nn.Module, batch: np.ndarray) -> np.ndarray:
+        """The served prediction for a batch in the input_example format."""
+
+
+_RECIPES: dict[str, type[Recipe]] = {}
+
+
+def register_recipe(cls: type[Recipe]) -> type[Recipe]:
+    if cls.name in _RECIPES and _RECIPES[cls.name] is not cls:
+        raise ValueError(f"recipe name {cls.name!r} registered twice ({_RECIPES[cls.name].__module__}, {cls.__module__})")
+    _RECIPES[cls.name] = cls
+    return cls
+
+
+def _import_recipe_packages() -> None:
+    import models
+
+    for info in pkgutil.iter_modules(models.__path__):
+        if info.ispkg and info.name != "common":
+            importlib.import_module(f"models.{info.name}.recipe")
+
+
+def available_recipes() -> dict[str, type[Recipe]]:
+    _import_recipe_packages()
+    return dict(sorted(_RECIPES.items()))
+
+
+def get_recipe(name: str) -> Recipe:
+    recipes = available_recipes()
+    if name not in recipes:
+        raise KeyError(f"unknown paper {name!r}; registered papers: {', '.join(recipes) or 'none'}")
+    return recipes[name]()
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    return torch.Generator().manual_seed(seed)

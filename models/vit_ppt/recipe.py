@@ -1,0 +1,207 @@
+"""PPT — token Pruning & Pooling Transformers (Wu et al., arXiv 2310.01812), as a paperops recipe.
+
+Train a DeiT on the dataset, compress it with PPT (models/ppt.py) off the shelf and after a short fine-tune
+with PPT on, and compare — in one run, on the same test images — against the dense parent and against ToMe and
+EViT at the same token budget (same r at the same blocks).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files for MLflow, never windows
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from models import ppt
+from models.common.classifier import TrainSection, predict_logits, top1_accuracy, train_classifier
+from models.common.profiling import count_macs, measure_latency
+from models.common.recipe import (
+    CompressionResult, Evaluation, PaperFigure, compare_to_parent, Recipe, RecipeConfig, Section, VariantResult, register_recipe,
+    seed_everything,
+)
+from models.common.reporting import Reporter
+from models.vit_ppt.model import ViTSection, build_vit, images_to_input, random_translate
+from paperops.datasets.images import ImageDataset, load_image_dataset
+
+
+class PPTSection(Section):
+    r: int = Field(16, ge=0, description="tokens removed at each compression block")
+    blocks: tuple[int, ...] = Field((3, 6, 9), description="0-indexed blocks that compress (after attention)")
+    tau: float | None = Field(None, gt=0, description="variance threshold; None = CV rule from the patch count")
+    tau_cv: float = Field(1.64, gt=0, description="CV the rule uses off the shelf (7e-5 at 196 patches)")
+    finetune_tau_cv: float = Field(1.52, gt=0, description="CV for fine-tuning (6e-5 at 196 patches)")
+    prop_attn: bool = True
+    finetune: TrainSection = TrainSection(epochs=1, lr=1e-4, min_lr=1e-6, warmup_epochs=0)
+
+
+class EvaluateSection(Section):
+    baselines: tuple[str, ...] = Field(("tome", "evit"), description="token-reduction baselines at equal budget")
+    latency_batch: int = Field(64, ge=1)
+    latency_runs: int = Field(10, ge=1)
+    latency_warmup: int = Field(2, ge=0)
+    max_test_images: int | None = Field(None, ge=1)
+
+
+class PPTRecipeConfig(RecipeConfig):
+    model: ViTSection = ViTSection()
+    train: TrainSection = TrainSection()
+    compress: PPTSection = PPTSection()
+    evaluate: EvaluateSection = EvaluateSection()
+
+
+@dataclass(frozen=True)
+class TensorSplits:
+    x_train: torch.Tensor  # (N, C, S, S)
+    y_train: torch.Tensor  # (N,)
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    raw: ImageDataset
+
+
+def _reduction_config(section: PPTSection, method: str, num_patches: int, cv: float) -> ppt.TokenReductionConfig:
+    tau = section.tau if section.tau is not None else ppt.tau_for_tokens(num_patches, cv)
+    return ppt.TokenReductionConfig(method=method, r=section.r, blocks=tuple(section.blocks), tau=tau,
+                                    tau_cv=cv, prop_attn=section.prop_attn)
+
+
+def _knobs(trc: ppt.TokenReductionConfig) -> dict[str, Any]:
+    return {"method": trc.method, "r": trc.r, "blocks": list(trc.blocks), "tau": trc.tau, "tau_cv": trc.tau_cv,
+            "prop_attn": trc.prop_attn}
+
+
+@register_recipe
+class PPTRecipe(Recipe):
+    name = "ppt"
+    title = "PPT: Token Pruning and Pooling for Efficient Vision Transformers"
+    compression = "ppt"
+    config_model = PPTRecipeConfig
+    primary_metric = "top1"
+    cost_metric = "macs_ratio"
+    paper_figures = (
+        PaperFigure("macs_reduction_pct", 37.0, "arXiv 2310.01812 abstract",
+                    "DeiT-S 4.6 -> ~2.9 GFLOPs (MACs) on ImageNet-1k"),
+        PaperFigure("throughput_gain_pct", 45.0, "arXiv 2310.01812 abstract", "DeiT-S, one GPU"),
+        PaperFigure("top1_drop_pts", 0.0, "arXiv 2310.01812 abstract", "no accuracy drop after fine-tuning"),
+        PaperFigure("top1_offtheshelf", 79.498, "xjwu1024/PPT README", "DeiT-S, tau=7e-5, r=50 @ 3/6/9, vs 79.8 dense"),
+    )
+
+    def load_data(self, path: str, cfg: PPTRecipeConfig) -> TensorSplits:
+        raw = load_image_dataset(path)
+        y_train = torch.as_tensor(raw.y_train, dtype=torch.long)
+        y_test = torch.as_tensor(raw.y_test, dtype=torch.long)
+        x_test = images_to_input(raw.x_test, cfg.model.img_size)
+        if cfg.evaluate.max_test_images is not None:
+            x_test, y_test = x_test[: cfg.evaluate.max_test_images], y_test[: cfg.evaluate.max_test_images]
+        return TensorSplits(images_to_input(raw.x_train, cfg.model.img_size), y_train, x_test, y_test, raw)
+
+    def build_model(self, cfg: PPTRecipeConfig) -> nn.Module:
+        seed_everything(cfg.seed)
+        return build_vit(cfg.model).eval()
+
+    def train(self, model: nn.Module, data: TensorSplits, cfg: PPTRecipeConfig, reporter: Reporter) -> dict[str, float]:
+        generator = seed_everything(cfg.seed)
+        metrics = train_classifier(model, data.x_train, data.y_train, cfg.train, reporter, generator,
+                                   augment=random_translate)
+        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_test), data.y_test)
+        return metrics
+
+    def _num_patches(self, model: nn.Module) -> int:
+        return int(model.patch_embed.num_patches)
+
+    def compress(self, model: nn.Module, data: TensorSplits, cfg: PPTRecipeConfig,
+                 reporter: Reporter) -> CompressionResult:
+        metrics: dict[str, float] = {}
+        finetuning = cfg.compress.finetune.epochs > 0
+        cv = cfg.compress.finetune_tau_cv if finetuning else cfg.compress.tau_cv
+        trc = _reduction_config(cfg.compress, "ppt", self._num_patches(model), cv)
+        ppt.compress(model, trc)
+        if finetuning:
+            generator = seed_everything(cfg.seed + 1)
+            metrics = train_classifier(model, data.x_train, data.y_train, cfg.compress.finetune, reporter, generator,
+                                       augment=random_translate, metric_prefix="finetune")
+        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_test), data.y_test)
+        return CompressionResult(model=model, method="ppt", knobs=_knobs(trc), metrics=metrics)
+
+    def restore_compression(self, model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
+        return ppt.compress(model, ppt.TokenReductionConfig(
+            method=knobs["method"], r=int(knobs["r"]), blocks=tuple(knobs["blocks"]), tau=knobs["tau"],
+            tau_cv=knobs["tau_cv"], prop_attn=knobs["prop_attn"]))
+
+    def evaluate(self, dense: nn.Module, compressed: nn.Module, data: TensorSplits, cfg: PPTRecipeConfig,
+                 reporter: Reporter) -> Evaluation:
+        num_patches = self._num_patches(dense)
+        candidates: list[tuple[str, str, nn.Module, ppt.TokenReductionConfig | None]] = [
+            ("dense", "parent", dense, None)]
+        off_the_shelf = _reduction_config(cfg.compress, "ppt", num_patches, cfg.compress.tau_cv)
+        candidates.append(("ppt_offtheshelf", "ablation", ppt.compress(copy.deepcopy(dense), off_the_shelf),
+                           off_the_shelf))
+        candidates.append(("ppt", "method", compressed, ppt.current_config(compressed)))
+        for baseline in cfg.evaluate.baselines:
+            trc = _reduction_config(cfg.compress, baseline, num_patches, cfg.compress.tau_cv)
+            candidates.append((f"{baseline}_equal_budget", "baseline", ppt.compress(copy.deepcopy(dense), trc), trc))
+
+        latency_batch = data.x_test[: cfg.evaluate.latency_batch]
+        dense_macs = count_macs(dense, latency_batch) / len(latency_batch)
+        variants, layer_rows = [], []
+        for i, (name, role, model, trc) in enumerate(candidates):
+            if trc is not None:
+                ppt.reset_reduction_stats(model)
+            top1 = top1_accuracy(predict_logits(model, data.x_test), data.y_test)
+            stats = ppt.reduction_stats(model) if trc is not None else []
+            macs = count_macs(model, latency_batch) / len(latency_batch)
+            timing = measure_latency(model, latency_batch, runs=cfg.evaluate.latency_runs,
+                                     warmup=cfg.evaluate.latency_warmup)
+            metrics = {"top1": top1, "macs_per_image": macs, "macs_ratio": macs / dense_macs, **timing}
+            for s in stats:
+                metrics[f"pool_fraction_block{s['block']}"] = float(s["pool_fraction"])
+                layer_rows.append({"variant": name, **s})
+            variants.append(VariantResult(name=name, role=role, method=trc.method if trc else "dense",
+                                          knobs=_knobs(trc) if trc else {}, metrics=metrics))
+            reporter.progress(i + 1, len(candidates), "evaluate variants")
+
+        compare_to_parent(variants, self.primary_metric)
+        table = [{"variant": v.name, "role": v.role, **{k: round(float(m), 6) for k, m in v.metrics.items()}}
+                 for v in variants]
+        return Evaluation(variants=variants, tables={"comparison": table, "per_layer_reduction": layer_rows},
+                          figures={"accuracy_vs_macs": _accuracy_vs_macs_figure(variants),
+                                   "pool_fraction_per_layer": _pool_fraction_figure(layer_rows)})
+
+    def input_example(self, data: TensorSplits, n: int = 2) -> np.ndarray:
+        return data.raw.x_test[:n].astype(np.float32)  # (n, H, W) raw pixels, the served format
+
+    def predict(self, model: nn.Module, batch: np.ndarray) -> np.ndarray:
+        img_size = model.patch_embed.img_size[0]
+        logits = predict_logits(model, images_to_input(batch, img_size))
+        return torch.softmax(logits, -1).numpy()  # (n, num_classes) class probabilities
+
+
+def _accuracy_vs_macs_figure(variants: list[VariantResult]) -> Any:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for v in variants:
+        ax.scatter(v.metrics["macs_per_image"] / 1e6, v.metrics["top1"], s=40)
+        ax.annotate(v.name, (v.metrics["macs_per_image"] / 1e6, v.metrics["top1"]), fontsize=8)
+    ax.set_xlabel("MMACs per image")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("accuracy vs MACs")
+    fig.tight_layout()
+    return fig
+
+
+def _pool_fraction_figure(layer_rows: list[dict[str, Any]]) -> Any:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name in dict.fromkeys(r["variant"] for r in layer_rows):
+        rows = [r for r in layer_rows if r["variant"] == name]
+        ax.plot([r["block"] for r in rows], [r["pool_fraction"] for r in rows], marker="o", label=name)
+    ax.set_xlabel("block")
+    ax.set_ylabel("fraction of images pooled")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

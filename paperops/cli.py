@@ -1,0 +1,132 @@
+"""The `paperops` command: list the papers, run a paper's pipeline, build datasets."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from paperops.settings import apply_runtime_defaults, tracking_uri
+
+app = typer.Typer(help="paperops: research papers from raw data to a served model (Prefect, MLflow, DVC, GX).",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+@app.command("list")
+def list_papers() -> None:
+    """Show the registered papers (recipes) and their config profiles."""
+    from models.common.recipe import available_recipes
+    from paperops.settings import project_root
+
+    import yaml
+
+    table = Table(title="registered papers")
+    for column in ("paper", "title", "compression", "primary metric", "profiles"):
+        table.add_column(column)
+    for name, cls in available_recipes().items():
+        path = project_root() / "configs" / f"{name}.yaml"
+        profiles = ", ".join(yaml.safe_load(path.read_text()) or {}) if path.is_file() else "(no config)"
+        table.add_row(name, cls.title, cls.compression, cls.primary_metric, profiles)
+    console.print(table)
+
+
+@app.command()
+def data(stages: list[str] = typer.Argument(None, help="DVC stages to build; default: every stage")) -> None:
+    """Build (or pull) datasets with DVC and push them to the default remote."""
+    apply_runtime_defaults()
+    from paperops.settings import project_root
+    from tasks.data import reproduce_dataset
+    import yaml
+
+    names = stages or list((yaml.safe_load((project_root() / "dvc.yaml").read_text()) or {}).get("stages", {}))
+    for stage in names:
+        ref = reproduce_dataset(stage, project_root())
+        console.print(f"[green]✓[/] {stage}: {ref.path} (md5 {ref.md5})")
+
+
+@app.command()
+def run(
+    paper: str = typer.Argument(..., help="registered paper, see `paperops list`"),
+    profile: str = typer.Option("tiny", "--profile", "-p", help="config profile: tiny (CPU minutes) or full"),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="config override key=value (repeatable)"),
+) -> None:
+    """Run the paper's pipeline: prepare data -> validate -> train -> compress -> evaluate -> register -> promote."""
+    apply_runtime_defaults()
+    from paperops.config import ConfigError, load_config
+
+    try:
+        load_config(paper, profile, overrides or [])  # fail fast, before Prefect starts, on a bad config
+    except (ConfigError, KeyError) as exc:
+        console.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+    from flows.pipeline import paper_pipeline
+    from tasks.progress import add_progress_listener, remove_progress_listener
+    from tasks.validate import DataValidationError
+
+    with Progress(TextColumn("{task.fields[step]:<10}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=False) as bars:
+        rows: dict[str, Any] = {}
+
+        def show(step: str, done: int, total: int, description: str) -> None:
+            if step not in rows:
+                rows[step] = bars.add_task(description, total=total, step=step)
+            bars.update(rows[step], completed=done, total=total, description=description)
+
+        add_progress_listener(show)
+        try:
+            summary = paper_pipeline(paper, profile, list(overrides or []))
+        except DataValidationError as exc:
+            console.print(f"[red]data validation failed — nothing was trained or registered:[/]\n{exc}")
+            raise typer.Exit(3) from exc
+        finally:
+            remove_progress_listener(show)
+    print_summary(summary)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    steps = Table(title=f"{summary['paper']} / {summary['profile']}: pipeline steps")
+    steps.add_column("step")
+    steps.add_column("state")
+    for step, state in summary["steps"].items():
+        steps.add_row(step, state)
+    console.print(steps)
+    if summary["variants"]:
+        variants = Table(title="evaluated side by side (same run, same machine)")
+        columns = ("variant", "role", "top1", "delta_vs_parent", "macs_per_image", "macs_ratio", "throughput_per_s",
+                   "throughput_ratio", "latency_p50_ms", "latency_p95_ms")
+        for column in columns:
+            variants.add_column(column, justify="left" if column in ("variant", "role") else "right")
+        for row in summary["variants"]:
+            variants.add_row(*(_fmt(row.get(c)) for c in columns))
+        console.print(variants)
+    versions, promotion = summary["versions"], summary["promotion"]
+    if versions:
+        console.print(f"registered [bold]{versions['model_name']}[/]: dense v{versions['parent_version']}, "
+                      f"compressed v{versions['method_version']}"
+                      + ("" if versions["created"] else " (already registered: same data, config and code)"))
+    if promotion:
+        if promotion["promoted"]:
+            console.print(f"[green]@{promotion['alias']} -> v{promotion['version']}[/] "
+                          f"(was {('v' + promotion['previous_version']) if promotion['previous_version'] else 'unset'})")
+        else:
+            console.print(f"[yellow]v{promotion['version']} not promoted; @{promotion['alias']} stays at "
+                          f"{('v' + promotion['previous_version']) if promotion['previous_version'] else 'unset'}:[/]")
+            for reason in promotion["reasons"]:
+                console.print(f"  - {reason}")
+    console.print(f"MLflow run {summary['pipeline_run_id']} in {tracking_uri()}\n"
+                  "Open the MLflow UI with [bold]make ui[/] (http://127.0.0.1:5000).")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
+    return "" if value is None else str(value)
+
+
+def main() -> None:
+    sys.exit(app())

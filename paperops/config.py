@@ -1,0 +1,85 @@
+"""Paper configs: configs/<paper>.yaml holds one block per profile (tiny, full); the recipe's pydantic model
+validates it after `--set key=value` overrides, and the resolved config is hashed per section so each pipeline
+step's cache key covers exactly the settings that step depends on."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from pydantic import ValidationError
+
+from models.common.recipe import RecipeConfig, get_recipe
+from paperops.settings import project_root
+
+
+class ConfigError(ValueError):
+    """A config file, profile or override is wrong; the message says which and where."""
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    paper: str
+    profile: str
+    source: str  # the YAML file it came from
+    config: RecipeConfig
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    def digest(self, excluding: Sequence[str] = ()) -> str:
+        """sha256 of the canonical JSON of the resolved config without the `excluding` top-level sections.
+
+        A step's key excludes the sections only later steps read (training ignores `compress`, `evaluate` and
+        `promote`), so changing a compression knob re-runs compression and evaluation but not training."""
+        data = {k: v for k, v in self.as_dict().items() if k not in excluding}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.epochs=2")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML: {exc}") from exc
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    node = data
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {text!r}: {'.'.join(path[: i + 1])} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(paper: str, profile: str = "tiny", overrides: Sequence[str] = (),
+                config_dir: Path | None = None) -> ResolvedConfig:
+    recipe = get_recipe(paper)
+    path = (config_dir or project_root() / "configs") / f"{paper}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no config for paper {paper!r}: {path} does not exist")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    profiles = {k: v for k, v in document.items() if isinstance(v, dict)}
+    if profile not in profiles:
+        raise ConfigError(f"{path}: no profile {profile!r}; profiles: {', '.join(profiles)}")
+    data = json.loads(json.dumps(profiles[profile]))  # deep copy
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value, text)
+    try:
+        config = recipe.config_model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path} profile {profile!r}: {problems}") from exc
+    return ResolvedConfig(paper=paper, profile=profile, source=str(path), config=config)

@@ -1,0 +1,174 @@
+"""DVC adapters: reproduce or pull a dataset stage and name the result by its dvc.lock md5.
+
+The Prefect task `prepare_data` retries only DataInfrastructureError (storage or lock trouble that can
+clear up). DataStageError is deterministic: retrying repeats it.
+
+DVC's Python API is used, but in a child process started in the repository root: DVC resolves stage
+targets, the run cache and stage paths against the current directory (a repository elsewhere fails with
+"file path ... is outside of DVC repo"), and changing the directory of a process whose threads run other
+Prefect tasks would move their relative paths too. The child also gets the PATH that makes the stage
+command's `python` this interpreter, without touching this process's environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import task
+
+from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
+
+LOCK_FILE = "dvc.lock"
+PIPELINE_FILE = "dvc.yaml"
+_INFRASTRUCTURE = "infrastructure"
+_STAGE = "stage"
+
+logger = logging.getLogger(__name__)
+
+
+class DataStageError(RuntimeError):
+    """Deterministic failure: unknown stage, builder command failed, repository misconfigured."""
+
+
+class DataInfrastructureError(RuntimeError):
+    """Transient failure: remote storage unreachable or failing, repository lock held by another process."""
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    name: str  # dataset name: the output directory's basename
+    stage: str  # dvc.yaml stage that builds it
+    path: str  # absolute path of the stage output
+    md5: str  # the output's md5 exactly as dvc.lock writes it ("<hash>.dir" for a directory)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except yaml.YAMLError as exc:
+        raise DataStageError(f"{path} is not valid YAML: {exc}") from exc
+    return content if isinstance(content, dict) else {}
+
+
+def _locked_output(stage: str, root: Path) -> tuple[str, str] | None:
+    """(output path, md5) of `stage` from dvc.lock, or None when the stage has not been reproduced yet."""
+    declared = _read_yaml(root / PIPELINE_FILE).get("stages") or {}
+    if stage not in declared:
+        raise DataStageError(
+            f"unknown stage {stage!r} in {root / PIPELINE_FILE}; known: {', '.join(sorted(declared)) or 'none'}"
+        )
+    locked = (_read_yaml(root / LOCK_FILE).get("stages") or {}).get(stage)
+    if not locked:
+        return None
+    outs = locked.get("outs") or []
+    if len(outs) != 1:
+        raise DataStageError(f"stage {stage!r} in {root / LOCK_FILE} has {len(outs)} outputs; a dataset stage has one")
+    return outs[0]["path"], outs[0]["md5"]
+
+
+def dataset_ref(stage: str, repo_root: Path) -> DatasetRef:
+    """The reference of `stage`'s single output as dvc.lock records it."""
+    root = Path(repo_root).resolve()
+    output = _locked_output(stage, root)
+    if output is None:
+        raise DataStageError(
+            f"stage {stage!r} has not been reproduced yet: no entry in {root / LOCK_FILE} (run `dvc repro {stage}`)"
+        )
+    out_path, md5 = output
+    return DatasetRef(name=Path(out_path).name, stage=stage, path=str(root / out_path), md5=md5)
+
+
+def reproduce_dataset(stage: str, repo_root: Path, push: bool = True) -> DatasetRef:
+    """Bring `stage`'s output into the workspace and return its reference.
+
+    `dvc repro --pull` semantics: when the stage's dependencies and parameters match dvc.lock but the
+    output is missing, its objects are pulled from the default remote (or checked out of the local cache);
+    only when that is impossible, or when something changed, is the builder run. With `push`, the output is
+    then uploaded to the default remote so other machines pull instead of rebuilding.
+    """
+    root = Path(repo_root).resolve()
+    _locked_output(stage, root)  # an unknown stage fails here with the list of known ones
+    interpreter_bin = str(Path(sys.executable).parent)
+    env = os.environ | {"PATH": os.pathsep.join(filter(None, [interpreter_bin, os.environ.get("PATH")]))}
+    with tempfile.TemporaryDirectory(prefix="paperops-dvc-") as scratch:
+        outcome_file = Path(scratch) / "outcome.json"
+        command = [sys.executable, "-c", _CHILD_PROGRAM, stage, str(outcome_file), "push" if push else "no-push"]
+        completed = subprocess.run(
+            command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
+        )
+        output = completed.stdout.strip()
+        if output:
+            logger.info("dvc (%s): %s", stage, output)
+        outcome = json.loads(outcome_file.read_text(encoding="utf-8")) if outcome_file.exists() else None
+
+    if outcome is None:
+        # No verdict written: the child died. A signal (OOM killer, preemption) may not recur; a crash does.
+        error = DataInfrastructureError if completed.returncode < 0 else DataStageError
+        raise error(
+            f"DVC process for stage {stage!r} in {root} exited with {completed.returncode}: {output[-2000:]}"
+        )
+    if outcome["kind"] == _INFRASTRUCTURE:
+        raise DataInfrastructureError(
+            f"DVC storage or lock failure for stage {stage!r} in {root}: {outcome['message']}"
+        )
+    if outcome["kind"] == _STAGE:
+        # The builder's own traceback is in the captured output, after DVC's "Running stage" line.
+        tail = "\n".join(output.splitlines()[-15:])
+        raise DataStageError(f"stage {stage!r} in {root} failed: {outcome['message']}\n{tail}")
+    return dataset_ref(stage, root)
+
+
+# The child program (`python -c`, cwd = repository root). It is a string, not a function of this module,
+# so the child imports DVC only: importing this module would also import Prefect (seconds per call).
+# argv: stage, outcome file, "push" or "no-push". It writes {kind, message} rather than raising across
+# the process boundary; `repro --pull` wraps a failed fetch in ReproductionError, so the whole cause
+# chain decides whether the failure is infrastructure (lock, transfer, OS/network) or the stage's own.
+_CHILD_PROGRAM = """
+import json, sys
+from dvc.exceptions import DvcException, FileTransferError
+from dvc.lock import LockError
+from dvc.repo import Repo
+
+stage, outcome_file, push = sys.argv[1], sys.argv[2], sys.argv[3] == "push"
+outcome = {"kind": "ok", "message": ""}
+try:
+    with Repo(".") as repo:
+        repo.reproduce(targets=[stage], pull=True)
+        if push:
+            repo.push(targets=[stage])
+except (DvcException, OSError) as exc:
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__)
+    retryable = any(isinstance(cause, (LockError, FileTransferError, OSError)) for cause in chain)
+    outcome = {
+        "kind": "%s" if retryable else "%s",
+        "message": " <- ".join(f"{type(cause).__name__}: {cause}" for cause in chain),
+    }
+with open(outcome_file, "w", encoding="utf-8") as handle:
+    json.dump(outcome, handle)
+sys.exit(0 if outcome["kind"] == "ok" else 1)
+""" % (_INFRASTRUCTURE, _STAGE)
+
+
+# ------------------------------------------------------------------------------- the Prefect task
+
+
+@task(name="prepare-data", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
+def prepare_data(stage: str) -> DatasetRef:
+    """`dvc repro` (or pull) the stage in this project and push it to the default remote; retried only for
+    DataInfrastructureError."""
+    from paperops.settings import project_root
+
+    return reproduce_dataset(stage, project_root())

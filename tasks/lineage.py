@@ -1,0 +1,88 @@
+"""The paper's pipeline run in MLflow: opened before any step, it carries the resolved config, the dataset (DVC
+md5 tag + `log_input`), the GX result, and at the end the summary and status; every step is its child run."""
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.entities import DatasetInput, InputTag
+from prefect import task
+
+from paperops.config import ResolvedConfig
+from paperops.settings import project_root
+from tasks.data import DatasetRef
+from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
+from tasks.tracking import configure_tracking, ensure_experiment, log_params_flat, source_digest
+from tasks.validate import ValidationReport
+
+# Each step's cache key covers the config sections it reads: later steps' sections are left out.
+STEP_EXCLUDED_SECTIONS = {
+    "train": ("compress", "evaluate", "promote"),
+    "compress": ("evaluate", "promote"),
+    "evaluate": ("promote",),
+}
+
+
+def step_keys(resolved: ResolvedConfig) -> dict[str, str]:
+    code = source_digest("models", "paperops/datasets")
+    return {step: f"{resolved.digest(excluding=sections)}-{code}" for step, sections in STEP_EXCLUDED_SECTIONS.items()}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or "uncommitted"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@task(name="open-pipeline-run", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
+def open_pipeline_run(resolved: ResolvedConfig, overrides: list[str], flow_run_id: str | None) -> str:
+    client = configure_tracking()
+    experiment_id = ensure_experiment(client, resolved.paper)
+    run = client.create_run(experiment_id, run_name=f"{resolved.paper}-{resolved.profile}", tags={
+        "paperops.paper": resolved.paper, "paperops.profile": resolved.profile, "paperops.step": "pipeline",
+        "paperops.config_hash": resolved.digest(), "paperops.config_source": resolved.source,
+        "paperops.overrides": json.dumps(overrides), "paperops.git_commit": git_commit(),
+        "paperops.prefect_flow_run_id": flow_run_id or "",
+    })
+    log_params_flat(client, run.info.run_id, resolved.as_dict())
+    return run.info.run_id
+
+
+@task(name="record-dataset", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
+def record_dataset(parent_run_id: str, dataset: DatasetRef) -> None:
+    client = configure_tracking()
+    for key, value in (("dataset.name", dataset.name), ("dataset.stage", dataset.stage),
+                       ("dataset.md5", dataset.md5), ("dataset.path", dataset.path)):
+        client.set_tag(parent_run_id, key, value)
+    # A metadata-only dataset: the bytes stay in DVC; MLflow records where they are and their DVC md5.
+    meta = MetaDataset(source=HTTPDatasetSource(f"dvc://{dataset.stage}/{dataset.md5}"), name=dataset.name,
+                       digest=dataset.md5[:36])
+    client.log_inputs(parent_run_id, datasets=[DatasetInput(meta._to_mlflow_entity(),
+                                                            tags=[InputTag("mlflow.data.context", "training")])])
+
+
+@task(name="record-validation", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
+def record_validation(parent_run_id: str, report: ValidationReport) -> None:
+    client = configure_tracking()
+    client.set_tag(parent_run_id, "gx.suite", report.suite)
+    client.set_tag(parent_run_id, "gx.success", str(report.success).lower())
+    client.log_metric(parent_run_id, "gx.evaluated_expectations", report.evaluated)
+    client.log_metric(parent_run_id, "gx.successful_expectations", report.successful)
+    client.log_dict(parent_run_id, report.result, f"validation/{report.suite}.json")
+    if report.failed:
+        client.set_tag(parent_run_id, "gx.failed", "; ".join(f"{f.expectation}({f.column})" for f in report.failed))
+
+
+@task(name="close-pipeline-run", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
+def close_pipeline_run(parent_run_id: str, summary: dict[str, Any], failed: BaseException | None) -> None:
+    client = configure_tracking()
+    client.log_dict(parent_run_id, summary, "pipeline/summary.json")
+    if failed is not None:
+        client.set_tag(parent_run_id, "paperops.error", f"{type(failed).__name__}: {failed}"[:5000])
+    client.set_terminated(parent_run_id, status="FAILED" if failed is not None else "FINISHED")

@@ -1,0 +1,50 @@
+"""What pipeline steps hand each other: references to things stored elsewhere (MLflow runs and models,
+DVC outputs), never tensors."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    run_id: str
+    model_uri: str
+    role: str  # "parent" (dense) | "method" (compressed)
+    metrics: dict[str, float] = field(default_factory=dict)
+    knobs: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class VariantRef:
+    name: str
+    role: str
+    method: str
+    run_id: str
+    knobs: dict[str, Any]
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class EvaluationRef:
+    run_id: str
+    variants: dict[str, VariantRef]
+    device: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RegisteredVersions:
+    model_name: str
+    parent_version: str
+    method_version: str
+    created: bool  # False when both versions already existed for the same data, config and code
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    model_name: str
+    version: str
+    alias: str
+    promoted: bool
+    reasons: list[str]
+    previous_version: str | None

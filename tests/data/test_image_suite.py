@@ -1,0 +1,224 @@
+"""The image-classification GX suite accepts real data and rejects each kind of bad data; DVC adapters."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+import json
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from paperops.datasets import ImageSuiteSpec, build, load_image_dataset
+from tasks.data import DataInfrastructureError, DataStageError, dataset_ref, reproduce_dataset
+from tasks.validate import DataValidationError, FailedExpectation, validate_image_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MNIST_SPEC = ImageSuiteSpec(height=28, width=28, classes=list(range(10)), min_share=0.5, max_share=1.5,
+                            min_images_per_split=500)
+BETWEEN, IN_SET, UNIQUE = (
+    "expect_column_values_to_be_between",
+    "expect_column_values_to_be_in_set",
+    "expect_column_values_to_be_unique",
+)
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build("mnist5k", tmp_path_factory.mktemp("data") / "mnist5k", test_fraction=0.2, seed=0)
+
+
+def _variant(source: Path, target: Path, **arrays: np.ndarray) -> Path:
+    """A copy of dataset `source` at `target` with some of its arrays replaced."""
+    dataset = load_image_dataset(source)
+    target.mkdir()
+    shutil.copy(source / "meta.json", target / "meta.json")
+    stored = {"x_train": dataset.x_train, "y_train": dataset.y_train,
+              "x_test": dataset.x_test, "y_test": dataset.y_test} | arrays
+    np.savez(target / "images.npz", **stored)
+    return target
+
+
+def _failed(failures: list[FailedExpectation]) -> set[tuple[str, str | None]]:
+    return {(f.expectation, f.column) for f in failures}
+
+
+def test_real_mnist5k_passes_every_expectation(mnist_dir: Path) -> None:
+    report = validate_image_dataset(mnist_dir, MNIST_SPEC)
+
+    assert report.success, report.failed
+    # 10 per-image expectations x 2 splits + class balance x 2 splits + 1 leakage check.
+    assert (report.evaluated, report.successful, report.failed) == (23, 23, [])
+    assert report.suite == "image_classification"
+    assert len(report.result["validations"]) == 5
+    json.dumps(report.result)  # loggable as an MLflow artifact as is
+    report.raise_for_failure()
+
+
+def test_a_nan_pixel_in_float_storage_is_rejected(mnist_dir: Path, tmp_path: Path) -> None:
+    dataset = load_image_dataset(mnist_dir)
+    x_train = dataset.x_train.astype(np.float32)
+    x_train[17, 3, 4] = np.nan
+    report = validate_image_dataset(_variant(mnist_dir, tmp_path / "nan", x_train=x_train), MNIST_SPEC)
+
+    assert not report.success
+    # The float storage itself breaks the dtype rule; the NaN is caught on its own, in exactly one image.
+    assert _failed(report.failed) == {(BETWEEN, "nonfinite_pixel_count"), (IN_SET, "dtype")}
+    nonfinite = next(f for f in report.failed if f.column == "nonfinite_pixel_count")
+    assert nonfinite.details.startswith("[train]") and "1 of 4000 values unexpected" in nonfinite.details
+
+
+def test_wrong_image_height_is_rejected_in_both_splits(mnist_dir: Path, tmp_path: Path) -> None:
+    dataset = load_image_dataset(mnist_dir)
+    variant = _variant(mnist_dir, tmp_path / "short", x_train=dataset.x_train[:, :27], x_test=dataset.x_test[:, :27])
+    report = validate_image_dataset(variant, MNIST_SPEC)
+
+    assert _failed(report.failed) == {(BETWEEN, "height")}
+    assert sorted(f.details[:7] for f in report.failed) == ["[test] ", "[train]"]
+
+
+def test_an_unknown_label_is_rejected(mnist_dir: Path, tmp_path: Path) -> None:
+    y_test = load_image_dataset(mnist_dir).y_test.copy()
+    y_test[5] = 11
+    report = validate_image_dataset(_variant(mnist_dir, tmp_path / "label", y_test=y_test), MNIST_SPEC)
+
+    assert _failed(report.failed) == {(IN_SET, "label")}
+    assert "[test]" in report.failed[0].details and "[11]" in report.failed[0].details
+
+
+def test_a_train_image_copied_into_test_is_a_leak(mnist_dir: Path, tmp_path: Path) -> None:
+    dataset = load_image_dataset(mnist_dir)
+    x_test, y_test = dataset.x_test.copy(), dataset.y_test.copy()
+    x_test[0], y_test[0] = dataset.x_train[123], dataset.y_train[123]
+    report = validate_image_dataset(_variant(mnist_dir, tmp_path / "leak", x_test=x_test, y_test=y_test), MNIST_SPEC)
+
+    assert _failed(report.failed) == {(UNIQUE, "image_sha1")}
+    # The leaked image's digest is listed once per split.
+    assert "2 of 5000 values unexpected" in report.failed[0].details
+
+
+def test_an_under_represented_class_breaks_the_balance_bounds(mnist_dir: Path, tmp_path: Path) -> None:
+    dataset = load_image_dataset(mnist_dir)
+    keep = (dataset.y_train != 3) | (np.arange(len(dataset.y_train)) % 10 == 0)  # class 3: 400 -> 40 images
+    variant = _variant(mnist_dir, tmp_path / "skew", x_train=dataset.x_train[keep], y_train=dataset.y_train[keep])
+    report = validate_image_dataset(variant, MNIST_SPEC)
+
+    assert _failed(report.failed) == {(BETWEEN, "share")}
+    # 40 of 3640 images = 0.011 < 0.5 x 1/10.
+    assert report.failed[0].details.startswith("[train]") and "label=3" in report.failed[0].details
+
+
+def test_a_class_absent_from_a_split_and_a_too_small_split_are_rejected(mnist_dir: Path, tmp_path: Path) -> None:
+    dataset = load_image_dataset(mnist_dir)
+    keep = dataset.y_test != 9
+    variant = _variant(mnist_dir, tmp_path / "absent", x_test=dataset.x_test[keep][:450], y_test=dataset.y_test[keep][:450])
+    report = validate_image_dataset(variant, MNIST_SPEC)
+
+    assert _failed(report.failed) == {
+        ("expect_column_distinct_values_to_contain_set", "label"),
+        ("expect_table_row_count_to_be_between", None),
+        (BETWEEN, "share"),
+    }
+    assert all(f.details.startswith("[test]") for f in report.failed)
+
+
+def test_validation_error_lists_every_failed_expectation_and_the_dataset(mnist_dir: Path, tmp_path: Path) -> None:
+    dataset = load_image_dataset(mnist_dir)
+    x_train = dataset.x_train.astype(np.float32)
+    x_train[0, 0, 0] = np.inf
+    y_test = dataset.y_test.copy()
+    y_test[0] = 11
+    variant = _variant(mnist_dir, tmp_path / "bad", x_train=x_train, y_test=y_test)
+    report = validate_image_dataset(variant, MNIST_SPEC)
+
+    with pytest.raises(DataValidationError) as raised:
+        report.raise_for_failure()
+    lines = str(raised.value).splitlines()
+    assert str(variant) in lines[0] and "3 expectation(s)" in lines[0]
+    assert len(lines) == 1 + len(report.failed) == 4
+    for failure, line in zip(report.failed, lines[1:]):
+        assert failure.expectation in line and failure.details in line
+    assert raised.value.failed == report.failed and raised.value.suite == "image_classification"
+
+
+# ------------------------------------------------------------------------------------------- DVC
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """A fresh git + DVC repository holding only this project's data stages and their builder."""
+    root = tmp_path / "repo"
+    for relative in ("dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", ".dvc/config", "paperops/__init__.py"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_ROOT / relative, root / relative)
+    shutil.copytree(REPO_ROOT / "paperops" / "datasets", root / "paperops" / "datasets",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return root
+
+
+def _locked_md5(lock_file: Path, stage: str) -> str:
+    return yaml.safe_load(lock_file.read_text())["stages"][stage]["outs"][0]["md5"]
+
+
+def test_reproduce_rebuilds_the_committed_md5_then_pulls_it_back(
+    repo_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    committed = _locked_md5(REPO_ROOT / "dvc.lock", "digits")
+
+    ref = reproduce_dataset("digits", repo_copy)
+    assert ref.md5 == committed == _locked_md5(repo_copy / "dvc.lock", "digits")
+    assert ref.md5.endswith(".dir") and ref.name == "digits" and ref.stage == "digits"
+    assert ref.path == str(repo_copy / "data" / "digits")
+    remote_dir_object = repo_copy / ".paperops" / "dvc-remote" / "files" / "md5" / ref.md5[:2] / ref.md5[2:]
+    assert remote_dir_object.is_file()
+    built = {p.name: p.read_bytes() for p in Path(ref.path).iterdir()}
+
+    # A machine without the data and without a cache pulls instead of rebuilding.
+    shutil.rmtree(ref.path)
+    shutil.rmtree(repo_copy / ".dvc" / "cache")
+    with caplog.at_level(logging.INFO, logger="tasks.data"):
+        pulled = reproduce_dataset("digits", repo_copy)
+    assert pulled == ref
+    assert {p.name: p.read_bytes() for p in Path(pulled.path).iterdir()} == built
+    assert "Running stage" not in caplog.text
+
+
+def test_unknown_or_unreproduced_stages_are_deterministic_errors(repo_copy: Path) -> None:
+    with pytest.raises(DataStageError, match="unknown stage 'cifar'.*known: digits, mnist5k"):
+        reproduce_dataset("cifar", repo_copy)
+    (repo_copy / "dvc.lock").unlink()
+    with pytest.raises(DataStageError, match="stage 'digits' has not been reproduced yet"):
+        dataset_ref("digits", repo_copy)
+
+
+def test_a_failing_builder_is_a_deterministic_error(repo_copy: Path) -> None:
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["datasets"]["digits"]["test_fraction"] = 1.5
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(DataStageError, match="test_fraction must lie strictly between 0 and 1, got 1.5"):
+        reproduce_dataset("digits", repo_copy, push=False)
+
+
+def test_an_unusable_remote_is_a_retryable_error(repo_copy: Path) -> None:
+    (repo_copy / "blocker").write_text("a file where the remote directory should be")
+    config = repo_copy / ".dvc" / "config"
+    config.write_text(config.read_text().replace("../.paperops/dvc-remote", "../blocker/remote"))
+    with pytest.raises(DataInfrastructureError, match="stage 'digits'"):
+        reproduce_dataset("digits", repo_copy)
+
+
+def test_a_held_repository_lock_is_a_retryable_error(repo_copy: Path) -> None:
+    from dvc.repo import Repo
+
+    with Repo(str(repo_copy)) as repo, repo.lock:
+        with pytest.raises(DataInfrastructureError, match="LockError"):
+            reproduce_dataset("digits", repo_copy, push=False)

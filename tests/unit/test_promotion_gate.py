@@ -1,0 +1,31 @@
+import math
+
+from models.common.recipe import PromotionSection, VariantResult, compare_to_parent
+from tasks.promote import promotion_failures
+
+GATE = PromotionSection(max_metric_drop=0.5, max_cost_ratio=0.70)
+
+
+def test_passes_at_the_thresholds():
+    assert promotion_failures({"delta_vs_parent": -0.5, "macs_ratio": 0.70}, GATE, "top1", "macs_ratio", True) == []
+
+
+def test_each_check_fails_on_its_own():
+    assert len(promotion_failures({"delta_vs_parent": -0.51, "macs_ratio": 0.6}, GATE, "top1", "macs_ratio", True)) == 1
+    assert len(promotion_failures({"delta_vs_parent": 0.0, "macs_ratio": 0.71}, GATE, "top1", "macs_ratio", True)) == 1
+    reasons = promotion_failures({"delta_vs_parent": 0.0, "macs_ratio": 0.5}, GATE, "top1", "macs_ratio", False)
+    assert reasons == ["dataset did not pass its validation suite"]
+
+
+def test_missing_or_nan_figures_fail():
+    reasons = promotion_failures({"delta_vs_parent": math.nan}, GATE, "top1", "macs_ratio", True)
+    assert len(reasons) == 2 and "top1" in reasons[0] and "macs_ratio" in reasons[1]
+
+
+def test_compare_to_parent_adds_deltas():
+    variants = [VariantResult("dense", "parent", "dense", {}, {"top1": 90.0, "throughput_per_s": 100.0}),
+                VariantResult("ppt", "method", "ppt", {}, {"top1": 89.25, "throughput_per_s": 150.0})]
+    compare_to_parent(variants, "top1")
+    assert variants[1].metrics["delta_vs_parent"] == -0.75
+    assert variants[1].metrics["throughput_ratio"] == 1.5
+    assert "delta_vs_parent" not in variants[0].metrics
