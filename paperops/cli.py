@@ -13,7 +13,8 @@ from paperops.settings import apply_runtime_defaults, tracking_uri
 
 app = typer.Typer(help="paperops: research papers from raw data to a served model (Prefect, MLflow, DVC, GX).",
                   no_args_is_help=True, add_completion=False)
-console = Console()
+# Logs and CI are not terminals: give the tables room instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 140)
 
 
 @app.command("list")
@@ -56,6 +57,7 @@ def run(
 ) -> None:
     """Run the paper's pipeline: prepare data -> validate -> train -> compress -> evaluate -> register -> promote."""
     apply_runtime_defaults()
+    quiet_library_logs()
     from paperops.config import ConfigError, load_config
 
     try:
@@ -88,6 +90,17 @@ def run(
     print_summary(summary)
 
 
+def quiet_library_logs() -> None:
+    """The progress bars and the summary are the run's output; library INFO chatter goes to the MLflow runs."""
+    import logging
+    import warnings
+
+    for name in ("mlflow", "great_expectations", "alembic", "dvc"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     steps = Table(title=f"{summary['paper']} / {summary['profile']}: pipeline steps")
     steps.add_column("step")
@@ -97,12 +110,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(steps)
     if summary["variants"]:
         variants = Table(title="evaluated side by side (same run, same machine)")
-        columns = ("variant", "role", "top1", "delta_vs_parent", "macs_per_image", "macs_ratio", "throughput_per_s",
-                   "throughput_ratio", "latency_p50_ms", "latency_p95_ms")
-        for column in columns:
-            variants.add_column(column, justify="left" if column in ("variant", "role") else "right")
+        for header, _ in VARIANT_COLUMNS.values():
+            variants.add_column(header, justify="left" if header in ("variant", "role") else "right")
         for row in summary["variants"]:
-            variants.add_row(*(_fmt(row.get(c)) for c in columns))
+            variants.add_row(*(_fmt(row.get(key), scale) for key, (_, scale) in VARIANT_COLUMNS.items()))
         console.print(variants)
     versions, promotion = summary["versions"], summary["promotion"]
     if versions:
@@ -122,9 +133,17 @@ def print_summary(summary: dict[str, Any]) -> None:
                   "Open the MLflow UI with [bold]make ui[/] (http://127.0.0.1:5000).")
 
 
-def _fmt(value: Any) -> str:
+# summary key -> (column header, scale of the shown number)
+VARIANT_COLUMNS = {"variant": ("variant", 1.0), "role": ("role", 1.0), "top1": ("top-1 %", 1.0),
+                   "delta_vs_parent": ("Δ vs dense", 1.0), "macs_per_image": ("MMACs/img", 1e-6),
+                   "macs_ratio": ("MACs ×", 1.0), "throughput_per_s": ("img/s", 1.0),
+                   "throughput_ratio": ("speed ×", 1.0), "latency_p50_ms": ("p50 ms", 1.0),
+                   "latency_p95_ms": ("p95 ms", 1.0)}
+
+
+def _fmt(value: Any, scale: float = 1.0) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
+        return f"{value * scale:.4g}"
     return "" if value is None else str(value)
 
 

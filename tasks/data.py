@@ -25,12 +25,11 @@ from typing import Any
 import yaml
 from prefect import task
 
+from tasks.dvc_stage_runner import INFRASTRUCTURE, STAGE
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 
 LOCK_FILE = "dvc.lock"
 PIPELINE_FILE = "dvc.yaml"
-_INFRASTRUCTURE = "infrastructure"
-_STAGE = "stage"
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +102,8 @@ def reproduce_dataset(stage: str, repo_root: Path, push: bool = True) -> Dataset
     env = os.environ | {"PATH": os.pathsep.join(filter(None, [interpreter_bin, os.environ.get("PATH")]))}
     with tempfile.TemporaryDirectory(prefix="paperops-dvc-") as scratch:
         outcome_file = Path(scratch) / "outcome.json"
-        command = [sys.executable, "-c", _CHILD_PROGRAM, stage, str(outcome_file), "push" if push else "no-push"]
+        command = [sys.executable, "-m", "tasks.dvc_stage_runner", stage, str(outcome_file),
+                   "push" if push else "no-push"]
         completed = subprocess.run(
             command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
         )
@@ -118,48 +118,15 @@ def reproduce_dataset(stage: str, repo_root: Path, push: bool = True) -> Dataset
         raise error(
             f"DVC process for stage {stage!r} in {root} exited with {completed.returncode}: {output[-2000:]}"
         )
-    if outcome["kind"] == _INFRASTRUCTURE:
+    if outcome["kind"] == INFRASTRUCTURE:
         raise DataInfrastructureError(
             f"DVC storage or lock failure for stage {stage!r} in {root}: {outcome['message']}"
         )
-    if outcome["kind"] == _STAGE:
+    if outcome["kind"] == STAGE:
         # The builder's own traceback is in the captured output, after DVC's "Running stage" line.
         tail = "\n".join(output.splitlines()[-15:])
         raise DataStageError(f"stage {stage!r} in {root} failed: {outcome['message']}\n{tail}")
     return dataset_ref(stage, root)
-
-
-# The child program (`python -c`, cwd = repository root). It is a string, not a function of this module,
-# so the child imports DVC only: importing this module would also import Prefect (seconds per call).
-# argv: stage, outcome file, "push" or "no-push". It writes {kind, message} rather than raising across
-# the process boundary; `repro --pull` wraps a failed fetch in ReproductionError, so the whole cause
-# chain decides whether the failure is infrastructure (lock, transfer, OS/network) or the stage's own.
-_CHILD_PROGRAM = """
-import json, sys
-from dvc.exceptions import DvcException, FileTransferError
-from dvc.lock import LockError
-from dvc.repo import Repo
-
-stage, outcome_file, push = sys.argv[1], sys.argv[2], sys.argv[3] == "push"
-outcome = {"kind": "ok", "message": ""}
-try:
-    with Repo(".") as repo:
-        repo.reproduce(targets=[stage], pull=True)
-        if push:
-            repo.push(targets=[stage])
-except (DvcException, OSError) as exc:
-    chain = [exc]
-    while chain[-1].__cause__ is not None and len(chain) < 10:
-        chain.append(chain[-1].__cause__)
-    retryable = any(isinstance(cause, (LockError, FileTransferError, OSError)) for cause in chain)
-    outcome = {
-        "kind": "%s" if retryable else "%s",
-        "message": " <- ".join(f"{type(cause).__name__}: {cause}" for cause in chain),
-    }
-with open(outcome_file, "w", encoding="utf-8") as handle:
-    json.dump(outcome, handle)
-sys.exit(0 if outcome["kind"] == "ok" else 1)
-""" % (_INFRASTRUCTURE, _STAGE)
 
 
 # ------------------------------------------------------------------------------- the Prefect task

@@ -24,6 +24,15 @@ def _images(n: int = 8, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 1, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # The models are tiny: one thread is as fast, and immune to OpenMP spin-waiting when the machine is busy.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def dense() -> VisionTransformer:
     return _vit()
