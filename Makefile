@@ -38,7 +38,7 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.paperops/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/ppt.py
+	$(BIN)/python benchmarks/ppt.py --model deit_small_patch16_224 --batch 64 --img 224 --runs 6 --threads 2 --out .paperops/benchmarks/ppt.json
 
 clean:
 	rm -rf .paperops .prefect

@@ -57,7 +57,6 @@ def run(
 ) -> None:
     """Run the paper's pipeline: prepare data -> validate -> train -> compress -> evaluate -> register -> promote."""
     apply_runtime_defaults()
-    quiet_library_logs()
     from paperops.config import ConfigError, load_config
 
     try:
@@ -69,6 +68,8 @@ def run(
     from flows.pipeline import paper_pipeline
     from tasks.progress import add_progress_listener, remove_progress_listener
     from tasks.validate import DataValidationError
+
+    quiet_library_logs()  # after the imports: mlflow sets its own log level when it is imported
 
     with Progress(TextColumn("{task.fields[step]:<10}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=False) as bars:
