@@ -31,6 +31,12 @@ def evaluate_models(paper: str, config: dict[str, Any], step_key: str, dataset: 
         for name, figure in evaluation.figures.items():
             reporter.log_figure(name, figure)
         client.log_dict(reporter.run_id, fingerprint, "device.json")
+        ours = recipe.our_figures(evaluation)
+        reporter.log_table("paper_vs_ours", [
+            {"metric": f.metric, "paper_figure": f.value, "ours": ours.get(f.metric), "source": f.source,
+             "paper_setting": f.note} for f in recipe.paper_figures])
+        reporter.log_metrics({f"ours.{k}": v for k, v in ours.items()}
+                             | {f"paper_figure.{f.metric}": f.value for f in recipe.paper_figures})
         variants: dict[str, VariantRef] = {}
         for v in evaluation.variants:
             tags = {"paperops.step": "evaluate-variant", "paperops.variant": v.name, "paperops.role": v.role,

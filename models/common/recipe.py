@@ -95,12 +95,6 @@ class Evaluation:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
 
-    def variant(self, name: str) -> VariantResult:
-        for v in self.variants:
-            if v.name == name:
-                return v
-        raise KeyError(f"no evaluated variant named {name!r}; have {[v.name for v in self.variants]}")
-
 
 class Recipe(ABC):
     name: ClassVar[str]
@@ -133,6 +127,10 @@ class Recipe(ABC):
     def evaluate(self, dense: nn.Module, compressed: nn.Module, data: Any, cfg: RecipeConfig,
                  reporter: Reporter) -> Evaluation:
         """Measures dense, compressed and the paper's baselines side by side in one run."""
+
+    def our_figures(self, evaluation: Evaluation) -> dict[str, float]:
+        """Our values of the paper's headline figures (same names as `paper_figures`), from one evaluation."""
+        return {}
 
     @abstractmethod
     def input_example(self, data: Any, n: int = 2) -> np.ndarray:

@@ -173,6 +173,14 @@ class PPTRecipe(Recipe):
                           figures={"accuracy_vs_macs": _accuracy_vs_macs_figure(variants),
                                    "pool_fraction_per_layer": _pool_fraction_figure(layer_rows)})
 
+    def our_figures(self, evaluation: Evaluation) -> dict[str, float]:
+        by_name = {v.name: v.metrics for v in evaluation.variants}
+        method, off_the_shelf = by_name["ppt"], by_name["ppt_offtheshelf"]
+        return {"macs_reduction_pct": 100.0 * (1.0 - method["macs_ratio"]),
+                "throughput_gain_pct": 100.0 * (method["throughput_ratio"] - 1.0),
+                "top1_drop_pts": -method["delta_vs_parent"],
+                "top1_offtheshelf": off_the_shelf["top1"]}
+
     def input_example(self, data: TensorSplits, n: int = 2) -> np.ndarray:
         return data.raw.x_test[:n].astype(np.float32)  # (n, H, W) raw pixels, the served format
 
