@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import warnings
 from typing import Any
 
+from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.entities import DatasetInput, InputTag
 from prefect import task
 
@@ -61,8 +62,10 @@ def record_dataset(parent_run_id: str, dataset: DatasetRef) -> None:
                        ("dataset.md5", dataset.md5), ("dataset.path", dataset.path)):
         client.set_tag(parent_run_id, key, value)
     # A metadata-only dataset: the bytes stay in DVC; MLflow records where they are and their DVC md5.
-    meta = MetaDataset(source=HTTPDatasetSource(f"dvc://{dataset.stage}/{dataset.md5}"), name=dataset.name,
-                       digest=dataset.md5[:36])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow registers the local-path source twice and warns about it
+        source = resolve_dataset_source(dataset.path)
+    meta = MetaDataset(source=source, name=dataset.name, digest=dataset.md5[:36])
     client.log_inputs(parent_run_id, datasets=[DatasetInput(meta._to_mlflow_entity(),
                                                             tags=[InputTag("mlflow.data.context", "training")])])
 
