@@ -67,6 +67,7 @@ def run(
 
     from flows.pipeline import paper_pipeline
     from tasks.progress import add_progress_listener, remove_progress_listener
+    from tasks.data import DataStageError
     from tasks.validate import DataValidationError
 
     quiet_library_logs()  # after the imports: mlflow sets its own log level when it is imported
@@ -86,6 +87,9 @@ def run(
         except DataValidationError as exc:
             console.print(f"[red]data validation failed — nothing was trained or registered:[/]\n{exc}")
             raise typer.Exit(3) from exc
+        except DataStageError as exc:
+            console.print(f"[red]the dataset could not be prepared — nothing was trained or registered:[/]\n{exc}")
+            raise typer.Exit(4) from exc
         finally:
             remove_progress_listener(show)
     print_summary(summary)
@@ -98,7 +102,6 @@ def quiet_library_logs() -> None:
 
     for name in ("mlflow", "great_expectations", "alembic", "dvc"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
