@@ -1,0 +1,327 @@
+"""Uniform fake quantization shared by every LLM post-training quantization method (RTN, GPTQ, and later
+SmoothQuant and CBQ), plus the round-to-nearest baseline and GPTQ for one linear layer.
+
+Every method goes through the same integer grid: `quantize_to_codes` maps a tensor to integer codes with a
+(scale, zero point), `dequantize_codes` maps them back. Fake quantization is the composition of the two, with a
+straight-through estimator for the rounding, so a quantized model runs in floating point while being numerically
+equal to its integer export (`export_integer_weights` / `dequantize_weights`).
+
+Conventions: weights are (out_features, in_features); activations are (..., features). Scales and zero points
+are shaped to broadcast against the tensor *as grouped by `grouped`*: per_channel / per_token (rows, 1),
+per_group (rows, n_groups, 1), per_tensor all ones. Asymmetric grids always contain 0.0, as in the reference
+GPTQ quantizer, so the zero point is itself a code in [0, 2^bits - 1] and can be stored as an unsigned integer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "QuantSpec", "code_range", "grouped", "quant_params", "quantize_to_codes", "dequantize_codes",
+    "fake_quantize", "FakeQuantLinear", "quantize_linears", "rtn_quantize", "export_integer_weights",
+    "dequantize_weights", "accumulate_hessian", "GPTQResult", "gptq_quantize",
+]
+
+GRANULARITIES = ("per_channel", "per_group", "per_token", "per_tensor")
+SCALE_FLOOR = 1e-8  # a constant (e.g. all-zero) row has max == min; the floor keeps x / scale finite
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bits: int
+    granularity: str                # "per_channel" | "per_group" | "per_token" | "per_tensor"
+    group_size: int | None = None   # contiguous input columns per (scale, zero); per_group only
+    symmetric: bool = False         # True: zero point 0 and signed codes; False: min/max grid, unsigned codes
+
+    def __post_init__(self) -> None:
+        # 2..8: a symmetric 1-bit grid has no positive level, and codes are exported as (u)int8
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise ValueError(f"bits must be an int in [2, 8], got {self.bits!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.granularity == "per_group":
+            if not isinstance(self.group_size, int) or self.group_size < 1:
+                raise ValueError(f"group_size must be a positive int for per_group, got {self.group_size!r}")
+        elif self.group_size is not None:
+            raise ValueError(f"group_size is only meaningful for per_group, got {self.group_size!r} "
+                             f"with granularity {self.granularity!r}")
+
+
+def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Smallest and largest integer code: signed for symmetric grids, unsigned otherwise."""
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+def grouped(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """View (..., in) as (..., in // group_size, group_size) for per_group specs; other specs unchanged."""
+    if spec.granularity != "per_group":
+        return x
+    assert spec.group_size is not None
+    if x.shape[-1] % spec.group_size != 0:
+        raise ValueError(f"group_size={spec.group_size} does not divide the last dimension ({x.shape[-1]})")
+    return x.unflatten(-1, (x.shape[-1] // spec.group_size, spec.group_size))
+
+
+@torch.no_grad()
+def quant_params(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min/max (scale, zero point) of `x` for `spec`, broadcastable against `grouped(x, spec)`.
+
+    Statistics only, no gradient: learnable step sizes are initialised from them, dynamic activation grids are
+    recomputed from them at every call.
+    """
+    if spec.granularity == "per_tensor":
+        lo = x.min().reshape([1] * x.dim())
+        hi = x.max().reshape([1] * x.dim())
+    else:
+        values = grouped(x, spec)
+        lo = values.amin(dim=-1, keepdim=True)
+        hi = values.amax(dim=-1, keepdim=True)
+    # widening the range to contain 0.0 keeps the zero point a valid code (exact zeros stay exact, e.g. padding)
+    lo = lo.clamp(max=0.0)
+    hi = hi.clamp(min=0.0)
+    if spec.symmetric:
+        scale = (torch.maximum(-lo, hi) / (2 ** (spec.bits - 1) - 1)).clamp(min=SCALE_FLOOR)
+        zero = torch.zeros_like(scale)
+    else:
+        scale = ((hi - lo) / (2 ** spec.bits - 1)).clamp(min=SCALE_FLOOR)
+        zero = torch.round(-lo / scale)
+    return scale, zero
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) in the forward pass, identity in the backward pass. (round(x) - x) + x is exactly round(x) in
+    floating point (the difference is at most 0.5, so Sterbenz's lemma makes both operations exact)."""
+    return (torch.round(x) - x).detach() + x
+
+
+def quantize_to_codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
+                      symmetric: bool) -> torch.Tensor:
+    """Integer codes clamp(round(x / scale) + zero) as floats; differentiable by the straight-through estimator."""
+    qmin, qmax = code_range(bits, symmetric)
+    codes = round_ste(x / scale) + zero
+    # not torch.clamp: its gradient is 0 *at* the bounds, which would freeze every weight rounded to an end code
+    return torch.where(codes < qmin, qmin, torch.where(codes > qmax, qmax, codes))
+
+
+def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return (codes - zero) * scale
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
+                  symmetric: bool) -> torch.Tensor:
+    """Quantize then dequantize. Gradient w.r.t. x: 1 inside the clamp range, 0 outside. Gradient w.r.t. a
+    learnable scale (LSQ): round(x/s) - x/s inside the range, (clamped code - zero) outside."""
+    return dequantize_codes(quantize_to_codes(x, scale, zero, bits, symmetric), scale, zero)
+
+
+class FakeQuantLinear(nn.Module):
+    """An nn.Linear computing linear(fake_quant(input), fake_quant(weight)).
+
+    Shares (does not copy) the wrapped layer's weight and bias. The weight grid is fixed at wrap time from the
+    weight's min/max (a buffer, or a learnable Parameter with `learn_scale=True`) so that later edits of the
+    weight (GPTQ updates, CBQ compensation) are quantized onto a stable, exportable grid; its zero point stays a
+    buffer. Activations are quantized dynamically: a fresh grid per call from the input's own min/max.
+    """
+
+    def __init__(self, linear: nn.Linear, weight_spec: QuantSpec | None, act_spec: QuantSpec | None,
+                 learn_scale: bool = False) -> None:
+        super().__init__()
+        if learn_scale and weight_spec is None:
+            raise ValueError("learn_scale=True needs a weight_spec: there is no weight step size to learn")
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight = linear.weight     # (out, in)
+        self.bias = linear.bias         # (out,) or None
+        self.weight_spec = weight_spec
+        self.act_spec = act_spec
+        if weight_spec is None:
+            self.register_buffer("weight_scale", None)
+            self.register_buffer("weight_zero", None)
+            return
+        scale, zero = quant_params(linear.weight.detach(), weight_spec)
+        if learn_scale:
+            self.weight_scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("weight_scale", scale)
+        self.register_buffer("weight_zero", zero)
+
+    def weight_grid(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero) in use; a learned scale is floored because an optimiser step can push it to <= 0."""
+        assert self.weight_scale is not None and self.weight_zero is not None
+        return self.weight_scale.clamp(min=SCALE_FLOOR), self.weight_zero
+
+    def quantized_weight(self) -> torch.Tensor:
+        if self.weight_spec is None:
+            return self.weight
+        scale, zero = self.weight_grid()
+        spec = self.weight_spec
+        w = fake_quantize(grouped(self.weight, spec), scale, zero, spec.bits, spec.symmetric)
+        return w.reshape(self.weight.shape)                     # (out, in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:        # x: (..., in) -> (..., out)
+        if self.act_spec is not None:
+            spec = self.act_spec
+            # the dynamic grid is a statistic of x, not a function to differentiate: STE only, as for weights
+            scale, zero = quant_params(x.detach(), spec)
+            x = fake_quantize(grouped(x, spec), scale, zero, spec.bits, spec.symmetric).reshape(x.shape)
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"weight_spec={self.weight_spec}, act_spec={self.act_spec}")
+
+
+def quantize_linears(model: nn.Module, weight_spec: QuantSpec | None, act_spec: QuantSpec | None,
+                     skip: Callable[[str], bool] = lambda name: False, learn_scale: bool = False) -> nn.Module:
+    """Replace, in place, every nn.Linear whose qualified name is not skipped (e.g. "lm_head") by a
+    FakeQuantLinear sharing its parameters. Returns the model."""
+    targets = [(name, module) for name, module in model.named_modules()
+               if isinstance(module, nn.Linear) and not skip(name)]
+    for name, linear in targets:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child_name, FakeQuantLinear(linear, weight_spec, act_spec, learn_scale))
+    return model
+
+
+def rtn_quantize(model: nn.Module, weight_spec: QuantSpec, act_spec: QuantSpec | None = None,
+                 skip: Callable[[str], bool] = lambda name: False) -> nn.Module:
+    """Round-to-nearest baseline: min/max grids, nothing learned or compensated."""
+    return quantize_linears(model, weight_spec, act_spec, skip, learn_scale=False)
+
+
+def export_integer_weights(layer: FakeQuantLinear) -> dict[str, torch.Tensor]:
+    """Integer codes + grid of a quantized layer: {"qweight", "scale", "zero"[, "bias"]}. Codes and zero points
+    are uint8 for asymmetric specs and int8 for symmetric ones; the scale keeps its grouped shape, which is
+    how `dequantize_weights` recovers the group layout."""
+    spec = layer.weight_spec
+    if spec is None:
+        raise ValueError("layer has no weight_spec: its weight is not quantized")
+    with torch.no_grad():
+        scale, zero = layer.weight_grid()
+        codes = quantize_to_codes(grouped(layer.weight, spec), scale, zero, spec.bits, spec.symmetric)
+    integer_dtype = torch.int8 if spec.symmetric else torch.uint8
+    packed = {
+        "qweight": codes.reshape(layer.weight.shape).to(integer_dtype),
+        "scale": scale.detach().clone(),
+        "zero": zero.to(integer_dtype),
+    }
+    if layer.bias is not None:
+        packed["bias"] = layer.bias.detach().clone()
+    return packed
+
+
+def dequantize_weights(packed: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(out, in) floating-point weight of `export_integer_weights` output; bit-equal to the fake-quantized weight."""
+    qweight, scale = packed["qweight"], packed["scale"]
+    codes = qweight.to(scale.dtype)
+    if scale.dim() == qweight.dim() + 1:                        # per_group: (out, n_groups, 1)
+        codes = codes.unflatten(-1, (scale.shape[-2], -1))
+    return dequantize_codes(codes, scale, packed["zero"].to(scale.dtype)).reshape(qweight.shape)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPTQ (Frantar et al., 2022): quantize one column at a time and spread each column's error over the columns not
+# yet quantized, weighted by the inverse Hessian of the layer-output loss ||X W^T - X Q^T||^2.
+
+
+def accumulate_hessian(hessian: torch.Tensor | None, inputs: torch.Tensor,
+                       n_seen: int) -> tuple[torch.Tensor, int]:
+    """Running mean H = 2/n * sum_rows x x^T over all rows (tokens) of `inputs` (..., in) seen so far.
+
+    The reference code counts sequences rather than tokens in n; GPTQ is invariant to that constant factor
+    (the dampening is relative to mean(diag H)).
+    """
+    x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)   # (rows, in)
+    if hessian is None:
+        hessian = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float32, device=x.device)
+    n_total = n_seen + x.shape[0]
+    hessian = hessian * (n_seen / n_total)
+    x = x * math.sqrt(2.0 / n_total)
+    return hessian + x.T @ x, n_total
+
+
+class GPTQResult(NamedTuple):
+    weight: torch.Tensor    # (out, in), dequantized: every value lies on its grid
+    scale: torch.Tensor     # grid per row (out, 1), per group (out, n_groups, 1), or per tensor (1, 1)
+    zero: torch.Tensor      # same shape as scale
+
+
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, block_size: int = 128,
+                  percdamp: float = 0.01) -> GPTQResult:
+    """GPTQ for one (out, in) weight given the (in, in) Hessian from `accumulate_hessian`; returns the quantized
+    weight with the grids it lies on (to install into a FakeQuantLinear or export as integers)."""
+    if spec.granularity == "per_token":
+        raise ValueError("per_token is an activation granularity; GPTQ quantizes weights")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    n_out, n_in = weight.shape
+    if hessian.shape != (n_in, n_in):
+        raise ValueError(f"hessian must be ({n_in}, {n_in}) for a weight with {n_in} input columns, "
+                         f"got {tuple(hessian.shape)}")
+    W = weight.detach().clone().to(torch.float32)
+    H = hessian.detach().clone().to(torch.float32)
+
+    per_group = spec.granularity == "per_group"
+    if per_group:
+        group_size = spec.group_size
+        assert group_size is not None
+        grouped(W, spec)  # raises if group_size does not divide in_features
+        column_grid = QuantSpec(spec.bits, "per_channel", symmetric=spec.symmetric)
+        scales = W.new_zeros(n_out, n_in // group_size, 1)
+        zeros = W.new_zeros(n_out, n_in // group_size, 1)
+    else:
+        # per row or per tensor: one grid from the original weight, before any update (as the reference code)
+        scale, zero = quant_params(W, spec)
+
+    # Inputs that never fire carry no information: any value is optimal, so zero them and keep H invertible.
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H.diagonal().add_(percdamp * torch.mean(torch.diag(H)))
+    # Upper Cholesky factor of H^-1: row j holds the inverse-Hessian entries GPTQ needs once columns < j are
+    # fixed, so the sequential updates need no re-inversion.
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+    Q = torch.zeros_like(W)
+    for start in range(0, n_in, block_size):
+        end = min(start + block_size, n_in)
+        W_block = W[:, start:end].clone()                       # (out, b), updated column by column
+        Q_block = torch.zeros_like(W_block)
+        Err_block = torch.zeros_like(W_block)
+        Hinv_block = Hinv[start:end, start:end]
+        for i in range(end - start):
+            column = start + i
+            if per_group and column % group_size == 0:
+                # The group's grid is fixed when its first column is reached, from the weights as updated by
+                # every error so far; the reference reads W, which lacks this block's errors (in-block updates
+                # live in W_block, and those beyond the block are applied lazily after it).
+                beyond = column + group_size - end                # group columns past this block
+                current = W_block[:, i:i + group_size]
+                if beyond > 0:
+                    pending = Err_block[:, :i] @ Hinv[start:column, end:end + beyond]
+                    current = torch.cat([current, W[:, end:end + beyond] - pending], dim=1)
+                scale, zero = quant_params(current, column_grid)
+                scales[:, column // group_size] = scale
+                zeros[:, column // group_size] = zero
+            w = W_block[:, i:i + 1]                              # (out, 1)
+            q = fake_quantize(w, scale, zero, spec.bits, spec.symmetric)
+            Q_block[:, i:i + 1] = q
+            err = (w - q) / Hinv_block[i, i]
+            W_block[:, i:] -= err @ Hinv_block[i:i + 1, i:]
+            Err_block[:, i:i + 1] = err
+        Q[:, start:end] = Q_block
+        # lazy batch update: the block's accumulated error reaches later columns in one matmul
+        W[:, end:] -= Err_block @ Hinv[start:end, end:]
+
+    if per_group:
+        scale, zero = scales, zeros
+    return GPTQResult(Q.to(weight.dtype), scale, zero)
+
