@@ -1,4 +1,4 @@
-"""Great Expectations 1.x validation of image-classification datasets.
+"""Great Expectations 1.x validation of image-classification and text-corpus datasets.
 
 Pixels are not handed to GX one by one (MNIST-5k alone would be 3.9 M rows); the dataset is summarised
 into three small pandas frames and GX checks those:
@@ -32,6 +32,8 @@ from pydantic import ValidationError
 
 from models.common.recipe import DataSection
 from paperops.datasets.images import ImageDataset, ImageSuiteSpec, image_digests, load_image_dataset
+from paperops.datasets.text import TextSuiteSpec, line_digests, nonempty_lines, nonprintable_fraction, vocab_coverage
+from paperops.datasets.text import words as text_words
 from tasks.data import DatasetRef
 
 SPLITS = ("train", "test")
@@ -279,7 +281,13 @@ def validate_image_dataset(
         ("leakage", "train+test", _leakage_frame(dataset), _RESULT_FORMAT),
     ]
     runs = [(part, batch, validator.run(part, batch, frame, fmt)) for part, batch, frame, fmt in planned]
+    return _report(path, suite_name, spec.model_dump(mode="json"), runs)
 
+
+def _report(
+    path: str | Path, suite_name: str, spec: dict[str, Any], runs: list[tuple[str, str, Any]]
+) -> ValidationReport:
+    """One ValidationReport from the (part, batch, GX result) runs of a suite: shared by every suite runner."""
     failed = [_describe_failure(batch, r) for _, batch, run in runs for r in run.results if not r.success]
     evaluated = sum(run.statistics["evaluated_expectations"] for _, _, run in runs)
     successful = sum(run.statistics["successful_expectations"] for _, _, run in runs)
@@ -287,7 +295,7 @@ def validate_image_dataset(
     result = {
         "dataset": str(path),
         "suite": suite_name,
-        "spec": spec.model_dump(mode="json"),
+        "spec": spec,
         "success": success,
         "statistics": {"evaluated_expectations": evaluated, "successful_expectations": successful},
         # A JSON round trip turns GX's numpy scalars and tuples into plain types for MLflow's log_dict.
@@ -311,10 +319,131 @@ def validate_image_dataset(
     )
 
 
+# ------------------------------------------------------------------------------------- text corpus
+#
+# Text is summarised like images: ``splits`` has one row per declared split (file present, decodes as UTF-8,
+# characters, non-empty lines, share of non-printable characters, vocabulary coverage by train); ``overlap``
+# holds the distinct (line sha1, side) pairs of lines of at least `overlap_min_chars` characters, side being
+# train or held-out, so ExpectColumnValuesToBeUnique fails exactly when a line is in train and in a held-out
+# split. A missing split is a row with present=0 and null statistics (nulls are skipped by the range checks),
+# so it fails once, on `present`.
+
+_SPLIT_RESULT_FORMAT: dict[str, Any] = {
+    "result_format": "COMPLETE",
+    "unexpected_index_column_names": ["split"],
+    "return_unexpected_index_query": False,
+}
+
+
+def _read_split_texts(path: Path, splits: list[str]) -> dict[str, tuple[str, bool] | None]:
+    """split -> (text, decoded as strict UTF-8) or None when its file is missing; replacement chars on bad bytes."""
+    texts: dict[str, tuple[str, bool] | None] = {}
+    for split in splits:
+        file = path / f"{split}.txt"
+        if not file.is_file():
+            texts[split] = None
+            continue
+        raw = file.read_bytes()
+        try:
+            texts[split] = (raw.decode("utf-8"), True)
+        except UnicodeDecodeError:
+            texts[split] = (raw.decode("utf-8", errors="replace"), False)
+    return texts
+
+
+def _text_split_frame(texts: dict[str, tuple[str, bool] | None], spec: TextSuiteSpec) -> pd.DataFrame:
+    train = texts.get(spec.train_split)
+    train_vocab = set(text_words(train[0])) if train else set()
+    rows = []
+    for split, entry in texts.items():
+        if entry is None:
+            rows.append({"split": split, "present": 0, "utf8_valid": None, "n_chars": None, "n_lines": None,
+                         "nonprintable_fraction": None, "vocab_coverage": None})
+            continue
+        text, valid = entry
+        coverage = None if split == spec.train_split or train is None else vocab_coverage(text, train_vocab)
+        rows.append({"split": split, "present": 1, "utf8_valid": int(valid), "n_chars": len(text),
+                     "n_lines": len(nonempty_lines(text)), "nonprintable_fraction": nonprintable_fraction(text),
+                     "vocab_coverage": coverage})
+    frame = pd.DataFrame(rows)
+    for column in ("utf8_valid", "n_chars", "n_lines", "nonprintable_fraction", "vocab_coverage"):
+        frame[column] = frame[column].astype("float64")  # None -> NaN: skipped by the range expectations
+    return frame
+
+
+def _text_overlap_frame(texts: dict[str, tuple[str, bool] | None], spec: TextSuiteSpec) -> pd.DataFrame:
+    digests, sides = [], []
+    for split, entry in texts.items():
+        if entry is None:
+            continue
+        found = sorted(line_digests(entry[0], spec.overlap_min_chars))
+        digests += found
+        sides += ["train" if split == spec.train_split else "held_out"] * len(found)
+    pairs = pd.DataFrame({"line_sha1": digests, "side": sides}, dtype=object)
+    # A line repeated inside train, or shared by two held-out splits, is no leak: one row per (line, side).
+    return pairs.drop_duplicates(ignore_index=True)
+
+
+def _text_expectations(spec: TextSuiteSpec) -> list[gx.expectations.Expectation]:
+    E = gx.expectations
+    return [
+        E.ExpectColumnValuesToBeBetween(column="present", min_value=1, max_value=1,
+                                        description=f"every split file present ({', '.join(spec.splits)})"),
+        E.ExpectColumnValuesToBeBetween(column="utf8_valid", min_value=1, max_value=1,
+                                        description=f"every split decodes as {spec.encoding}"),
+        E.ExpectColumnValuesToBeBetween(column="n_chars", min_value=spec.min_chars, max_value=spec.max_chars,
+                                        description=f"{spec.min_chars:,}-{spec.max_chars:,} characters per split"),
+        E.ExpectColumnValuesToBeBetween(column="n_lines", min_value=spec.min_lines,
+                                        description=f"at least {spec.min_lines:,} non-empty lines per split"),
+        E.ExpectColumnValuesToBeBetween(
+            column="nonprintable_fraction", min_value=0.0, max_value=spec.max_nonprintable_fraction,
+            description=f"at most {spec.max_nonprintable_fraction:g} of the characters outside printable ASCII",
+        ),
+        E.ExpectColumnValuesToBeBetween(
+            column="vocab_coverage", min_value=spec.min_vocab_coverage, max_value=1.0,
+            description=f"at least {spec.min_vocab_coverage:g} of each held-out split's words in the train vocabulary",
+        ),
+    ]
+
+
+def _text_overlap_expectations(spec: TextSuiteSpec) -> list[gx.expectations.Expectation]:
+    return [
+        gx.expectations.ExpectColumnValuesToBeUnique(
+            column="line_sha1",
+            description=f"no line of >= {spec.overlap_min_chars} characters in both train and a held-out split "
+            "(each listed digest is on both sides)",
+        )
+    ]
+
+
+def validate_text_dataset(path: str | Path, spec: TextSuiteSpec, suite_name: str = "text_corpus") -> ValidationReport:
+    """Run the text suite declared by `spec` on the text dataset directory at `path` (one ``<split>.txt`` per split).
+
+    A missing or undecodable split file is a failed expectation, not an exception; only a missing directory raises.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset directory {root} does not exist (build it with `dvc repro`)")
+    texts = _read_split_texts(root, spec.splits)
+    validator = _Validator(suite_name)
+    validator.add_suite("splits", _text_expectations(spec))
+    validator.add_suite("overlap", _text_overlap_expectations(spec))
+    held_out = "+".join(spec.held_out_splits)
+    planned: list[tuple[str, str, pd.DataFrame, dict[str, Any]]] = [
+        ("splits", ",".join(spec.splits), _text_split_frame(texts, spec), _SPLIT_RESULT_FORMAT),
+        ("overlap", f"{spec.train_split} vs {held_out}", _text_overlap_frame(texts, spec), _RESULT_FORMAT),
+    ]
+    runs = [(part, batch, validator.run(part, batch, frame, fmt)) for part, batch, frame, fmt in planned]
+    return _report(path, suite_name, spec.model_dump(mode="json"), runs)
+
+
 # ------------------------------------------------------------------------------- the Prefect task
 
 # Suite name (a paper config's data.suite) -> the spec its `expect` block must satisfy and the runner.
-SUITES = {"image_classification": (ImageSuiteSpec, validate_image_dataset)}
+SUITES = {
+    "image_classification": (ImageSuiteSpec, validate_image_dataset),
+    "text_corpus": (TextSuiteSpec, validate_text_dataset),
+}
 
 
 @task(name="validate", retries=0)

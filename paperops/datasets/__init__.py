@@ -10,9 +10,21 @@ from paperops.datasets.images import (
     image_digests,
     load_image_dataset,
 )
+from paperops.datasets.text import (
+    TEXT_SOURCES,
+    TextDataset,
+    TextSuiteSpec,
+    build_shakespeare,
+    load_text_dataset,
+)
 
 __all__ = [
     "SOURCES",
+    "TEXT_SOURCES",
+    "TextDataset",
+    "TextSuiteSpec",
+    "build_shakespeare",
+    "load_text_dataset",
     "DatasetFormatError",
     "DatasetSourceMissingError",
     "ImageDataset",
