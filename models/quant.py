@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "QuantSpec", "code_range", "grouped", "quant_params", "quantize_to_codes", "dequantize_codes",
-    "fake_quantize", "FakeQuantLinear", "quantize_linears", "rtn_quantize", "export_integer_weights",
-    "dequantize_weights", "accumulate_hessian", "GPTQResult", "gptq_quantize",
+    "fake_quantize", "fake_quantize_activation", "FakeQuantLinear", "quantize_linears", "rtn_quantize",
+    "export_integer_weights", "dequantize_weights", "accumulate_hessian", "GPTQResult", "gptq_quantize",
 ]
 
 GRANULARITIES = ("per_channel", "per_group", "per_token", "per_tensor")
@@ -121,6 +121,15 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits
     return dequantize_codes(quantize_to_codes(x, scale, zero, bits, symmetric), scale, zero)
 
 
+def fake_quantize_activation(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Dynamic activation fake-quantization: the grid comes from x's own min/max (per token or per tensor).
+
+    The grid is a statistic of x, not a function to differentiate: gradients pass straight through, as for weights.
+    """
+    scale, zero = quant_params(x.detach(), spec)
+    return fake_quantize(grouped(x, spec), scale, zero, spec.bits, spec.symmetric).reshape(x.shape)
+
+
 class FakeQuantLinear(nn.Module):
     """An nn.Linear computing linear(fake_quant(input), fake_quant(weight)).
 
@@ -167,10 +176,7 @@ class FakeQuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:        # x: (..., in) -> (..., out)
         if self.act_spec is not None:
-            spec = self.act_spec
-            # the dynamic grid is a statistic of x, not a function to differentiate: STE only, as for weights
-            scale, zero = quant_params(x.detach(), spec)
-            x = fake_quantize(grouped(x, spec), scale, zero, spec.bits, spec.symmetric).reshape(x.shape)
+            x = fake_quantize_activation(x, self.act_spec)
         return F.linear(x, self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:

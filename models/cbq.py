@@ -1,0 +1,324 @@
+"""CBQ (arXiv 2312.07950, ICLR 2025): cross-block reconstruction over a sliding window of decoder blocks, with
+LoRA-Rounding (AdaRound-style learned rounding whose trainable part is low-rank) and learnable weight step sizes.
+
+The pass keeps two streams of block inputs: the full-precision model's and the quantized model's. For each
+window of consecutive blocks, the quantized window (fed by the quantized stream, so upstream error is seen) is
+trained to reproduce the FP window's output on the FP stream under an L2 + KL loss. Blocks leaving the window
+are hardened (rounding fixed to {0, 1}) and both streams advance through them. At the end every decoder linear
+is a `quant.FakeQuantLinear` whose weight lies on its grid: the learned rounding lives in the integer codes,
+nothing low-rank remains at inference. The CFP outlier preprocessing of the paper is not part of this module.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import LlamaForCausalLM
+
+from models.common.reporting import Reporter
+from models.quant import (
+    SCALE_FLOOR, FakeQuantLinear, QuantSpec, code_range, dequantize_codes, fake_quantize_activation,
+    grouped, quant_params,
+)
+
+__all__ = ["LoRARoundingLinear", "reconstruction_loss", "window_schedule", "CBQConfig", "cbq_quantize"]
+
+# AdaRound's rectified sigmoid stretch: h(V) reaches exactly 0 and 1 at finite V, so rounding can become binary
+ZETA, GAMMA = 1.1, -0.1
+
+
+def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def inverse_rectified_sigmoid(h: torch.Tensor) -> torch.Tensor:
+    """V with rectified_sigmoid(V) = h for h in (0, 1); h = 0 (a weight exactly on the grid) maps to a finite V
+    with h(V) = 0 thanks to the stretch below 0."""
+    return -torch.log((ZETA - GAMMA) / (h - GAMMA) - 1.0)
+
+
+class LoRARoundingLinear(nn.Module):
+    """An nn.Linear with a learned rounding of its weight onto a (learnable-step) integer grid.
+
+    Ŵ = S · (clamp(⌊W/S₀⌋ + h(V) + zero, qmin, qmax) − zero), with V = V0 + A1 @ A2 and S₀ the initial
+    min/max step. V0 is a frozen buffer
+    set as in AdaRound so that h(V0) is the fractional part of W/S (the soft weight starts at W, the hard
+    weight at round-to-nearest); only the low-rank correction A1 (out, r) @ A2 (r, in) is trained, i.e.
+    (out + in) · r rounding parameters instead of out · in. A V = A1 @ A2 alone could not even express
+    round-to-nearest, whose rounding pattern is full-rank. Only ⌊W/S₀⌋ and V0 are kept of the FP weight; S^W is a
+    Parameter (a factor on the min/max step), the zero point a buffer.
+    """
+
+    def __init__(self, linear: nn.Linear, weight_spec: QuantSpec, act_spec: QuantSpec | None,
+                 rank: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if weight_spec.granularity == "per_token":
+            raise ValueError("per_token is an activation granularity; LoRA-Rounding quantizes weights")
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight_spec = weight_spec
+        self.act_spec = act_spec
+        self.rank = rank
+        self.hard = False
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        weight = linear.weight.detach()                                     # (out, in)
+        scale, zero = quant_params(weight, weight_spec)        # (out, 1) | (out, n_groups, 1) | (1, 1)
+        # S^W = min/max step x a learned factor: one learning rate then fits every layer's step size
+        self.register_buffer("weight_scale_init", scale)
+        self.weight_scale_factor = nn.Parameter(torch.ones_like(scale))
+        self.register_buffer("weight_zero", zero)
+        # ⌊W/S⌋ on the initial grid, fixed: were it recomputed from the learned S, a small step-size change
+        # would flip whole codes (a jump of one step the gradient never sees) under an unchanged h
+        w_over_s = grouped(weight, weight_spec) / scale
+        self.register_buffer("floor_codes", torch.floor(w_over_s).reshape(weight.shape))     # (out, in)
+        rest = (w_over_s - torch.floor(w_over_s)).reshape(weight.shape)
+        self.register_buffer("rounding_init", inverse_rectified_sigmoid(rest))             # V0: (out, in)
+        # LoRA init: A1 = 0 keeps V = V0 at the start, a random A2 lets A1 receive gradient at once
+        self.lora_a1 = nn.Parameter(torch.zeros(self.out_features, rank))
+        self.lora_a2 = nn.Parameter(torch.randn(rank, self.in_features, generator=generator) / math.sqrt(self.in_features))
+
+    def rounding_variable(self) -> torch.Tensor:
+        return self.rounding_init + self.lora_a1 @ self.lora_a2            # V: (out, in)
+
+    def rounding(self) -> torch.Tensor:
+        """h in [0, 1] (soft) or {0, 1} (hard: h(V) >= 0.5, i.e. V >= 0 since ζ + γ = 1)."""
+        v = self.rounding_variable()
+        if self.hard:
+            return (v >= 0).to(v.dtype)
+        return rectified_sigmoid(v)
+
+    def rounding_regularizer(self, beta: float) -> torch.Tensor:
+        """AdaRound's Σ (1 − |2h − 1|^β): 0 when every h is binary; a lower β pulls more h towards 0 / 1."""
+        return (1.0 - (2.0 * rectified_sigmoid(self.rounding_variable()) - 1.0).abs().pow(beta)).sum()
+
+    def grid(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero) in use; floored because an optimiser step can push the learned scale to <= 0."""
+        return (self.weight_scale_init * self.weight_scale_factor).clamp(min=SCALE_FLOOR), self.weight_zero
+
+    def codes(self) -> torch.Tensor:
+        """Integer codes (as floats, differentiable w.r.t. h), grouped like the grid."""
+        scale, zero = self.grid()
+        qmin, qmax = code_range(self.weight_spec.bits, self.weight_spec.symmetric)
+        codes = grouped(self.floor_codes + self.rounding(), self.weight_spec)
+        return torch.clamp(codes + zero, qmin, qmax)
+
+    def quantized_weight(self) -> torch.Tensor:
+        scale, zero = self.grid()
+        return dequantize_codes(self.codes(), scale, zero).reshape(self.floor_codes.shape)   # (out, in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:        # x: (..., in) -> (..., out)
+        if self.act_spec is not None:
+            x = fake_quantize_activation(x, self.act_spec)
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+    def harden(self) -> None:
+        """Fix the rounding to {0, 1} and stop training this layer."""
+        self.hard = True
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+
+    @torch.no_grad()
+    def to_fake_quant_linear(self) -> FakeQuantLinear:
+        """The hard-rounded layer as a FakeQuantLinear on the learned grid. Its weight is Ŵ itself, so its
+        integer export (quant.export_integer_weights) gives exactly this layer's codes."""
+        if not self.hard:
+            raise RuntimeError("harden() the layer before exporting it: soft rounding has no integer codes")
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.floor_codes.device, dtype=self.floor_codes.dtype)
+        linear.weight.copy_(self.quantized_weight())
+        if self.bias is not None:
+            linear.bias.copy_(self.bias)
+        layer = FakeQuantLinear(linear, self.weight_spec, self.act_spec)
+        scale, zero = self.grid()
+        layer.weight_scale.copy_(scale)
+        layer.weight_zero.copy_(zero)
+        return layer
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"hard={self.hard}, weight_spec={self.weight_spec}, act_spec={self.act_spec}")
+
+
+def reconstruction_loss(target: torch.Tensor, output: torch.Tensor, use_kl: bool = True) -> torch.Tensor:
+    """CBQ's E(h1, h2) = ||h1 - h2||² + KL(softmax(h1) || softmax(h2)), both over the hidden dimension of
+    (..., hidden) states, averaged over tokens."""
+    loss = (target - output).pow(2).sum(dim=-1)                             # (...)
+    if use_kl:
+        loss = loss + F.kl_div(F.log_softmax(output, dim=-1), F.log_softmax(target, dim=-1),
+                               reduction="none", log_target=True).sum(dim=-1)
+    return loss.mean()
+
+
+def window_schedule(num_blocks: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """Half-open [start, end) windows of `window` blocks, each starting window - overlap after the previous,
+    the last one clipped to num_blocks."""
+    if num_blocks < 1:
+        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+    if not 0 <= overlap < window:
+        raise ValueError(f"need window > overlap >= 0, got window={window}, overlap={overlap}")
+    windows = []
+    start = 0
+    while True:
+        end = min(start + window, num_blocks)
+        windows.append((start, end))
+        if end == num_blocks:
+            return windows
+        start += window - overlap
+
+
+@dataclass(frozen=True)
+class CBQConfig:
+    window: int = 2
+    overlap: int = 1
+    rank: int = 4
+    epochs: int = 20              # passes over the calibration set per window
+    batch_size: int = 4           # calibration sequences per optimiser step
+    lr_rounding: float = 1e-3     # LoRA factors A1, A2
+    lr_scale: float = 5e-3        # weight step-size factors S^W / S^W_minmax
+    beta_start: float = 20.0      # regulariser exponent, annealed linearly over each window's steps
+    beta_end: float = 2.0
+    lambda_round: float = 1.0     # weight of the *mean* per-element regulariser, so it does not grow with size
+    use_kl: bool = True
+    seed: int = 0                 # LoRA factor initialisation
+
+
+def capture_block_kwargs(model: LlamaForCausalLM, input_ids: torch.Tensor) -> dict[str, Any]:
+    """The keyword arguments LlamaModel passes to its first decoder layer (causal mask, rotary position
+    embeddings, position ids) for `input_ids`, captured by a hook that stops the forward there. Captured on a
+    single sequence, so the mask and position embeddings (batch dimension 1) broadcast over any batch of
+    unpadded sequences of the same length."""
+    captured: dict[str, Any] = {}
+
+    class Captured(Exception):
+        pass
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        captured.update(kwargs)
+        raise Captured
+
+    handle = model.model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        model(input_ids[:1], use_cache=False)
+    except Captured:
+        pass
+    finally:
+        handle.remove()
+    captured["use_cache"] = False
+    captured.pop("cache", None)
+    return captured
+
+
+def run_blocks(blocks: list[nn.Module], hidden: torch.Tensor, block_kwargs: dict[str, Any]) -> torch.Tensor:
+    for block in blocks:                                       # hidden: (n, seq, d) -> (n, seq, d)
+        hidden = block(hidden, **block_kwargs)
+    return hidden
+
+
+def wrap_block_linears(block: nn.Module, weight_spec: QuantSpec, act_spec: QuantSpec | None, rank: int,
+                       generator: torch.Generator) -> list[LoRARoundingLinear]:
+    targets = [(name, m) for name, m in block.named_modules() if isinstance(m, nn.Linear)]
+    wrapped = []
+    for name, linear in targets:
+        parent_name, _, child_name = name.rpartition(".")
+        layer = LoRARoundingLinear(linear, weight_spec, act_spec, rank, generator)
+        setattr(block.get_submodule(parent_name) if parent_name else block, child_name, layer)
+        wrapped.append(layer)
+    return wrapped
+
+
+def optimise_window(window_layers: list[LoRARoundingLinear], student: list[nn.Module], targets: torch.Tensor,
+                    inputs: torch.Tensor, block_kwargs: dict[str, Any], cfg: CBQConfig,
+                    reporter: Reporter | None, first_step: int) -> int:
+    """Train the window's step sizes and LoRA factors so that student(inputs) matches targets; returns the
+    global step count after it."""
+    trainable = [layer for layer in window_layers if not layer.hard]
+    optimizer = torch.optim.AdamW([
+        {"params": [layer.weight_scale_factor for layer in trainable], "lr": cfg.lr_scale},
+        {"params": [p for layer in trainable for p in (layer.lora_a1, layer.lora_a2)], "lr": cfg.lr_rounding},
+    ], weight_decay=0.0)
+    n_rounding = sum(layer.floor_codes.numel() for layer in trainable)
+    batches = math.ceil(inputs.shape[0] / cfg.batch_size)
+    total_steps = cfg.epochs * batches
+    step = first_step
+    for i in range(total_steps):
+        beta = cfg.beta_start + (cfg.beta_end - cfg.beta_start) * i / max(total_steps - 1, 1)
+        lo = (i % batches) * cfg.batch_size
+        output = run_blocks(student, inputs[lo:lo + cfg.batch_size], block_kwargs)
+        reconstruction = reconstruction_loss(targets[lo:lo + cfg.batch_size], output, cfg.use_kl)
+        regularizer = sum(layer.rounding_regularizer(beta) for layer in trainable) / n_rounding
+        loss = reconstruction + cfg.lambda_round * regularizer
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if reporter is not None:
+            reporter.log_metrics({"cbq/loss": loss.item(), "cbq/reconstruction": reconstruction.item(),
+                                  "cbq/regularizer": regularizer.item(), "cbq/beta": beta}, step)
+        step += 1
+    return step
+
+
+def soft_fraction(layers: list[LoRARoundingLinear]) -> float:
+    """Fraction of soft rounding values strictly inside (0.01, 0.99): how far from binary the rounding is."""
+    with torch.no_grad():
+        h = torch.cat([rectified_sigmoid(layer.rounding_variable()).flatten() for layer in layers])
+    return ((h > 0.01) & (h < 0.99)).float().mean().item()
+
+
+def cbq_quantize(model: LlamaForCausalLM, calib_ids: torch.Tensor, weight_spec: QuantSpec,
+                 act_spec: QuantSpec | None, cfg: CBQConfig, reporter: Reporter | None = None) -> LlamaForCausalLM:
+    """Quantize every linear of the decoder blocks in place with CBQ; embeddings, final norm and lm_head stay
+    FP. `calib_ids` (n, seq) are unpadded calibration sequences. Returns the model, whose decoder linears are
+    then hard-rounded FakeQuantLinears. The reporter receives the loss per step and a "cbq_windows" table:
+    which blocks each window optimised and how binary their rounding was when hardened."""
+    blocks = list(model.model.layers)
+    windows = window_schedule(len(blocks), cfg.window, cfg.overlap)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    with torch.no_grad():
+        block_kwargs = capture_block_kwargs(model, calib_ids)
+        fp_stream = model.model.embed_tokens(calib_ids)                       # (n, seq, d)
+    quant_stream = fp_stream.clone()
+    fp_blocks: dict[int, nn.Module] = {}             # FP copies of the blocks in the current window
+    layers: dict[int, list[LoRARoundingLinear]] = {}
+    window_rows: list[dict[str, Any]] = []
+    generator = torch.Generator(device=calib_ids.device).manual_seed(cfg.seed)
+    step = 0
+    for index, (start, end) in enumerate(windows):
+        for b in range(start, end):
+            if b not in layers:                      # blocks in the overlap keep their wrappers and values
+                fp_blocks[b] = copy.deepcopy(blocks[b])
+                layers[b] = wrap_block_linears(blocks[b], weight_spec, act_spec, cfg.rank, generator)
+        with torch.no_grad():
+            targets = run_blocks([fp_blocks[b] for b in range(start, end)], fp_stream, block_kwargs)
+        window_layers = [layer for b in range(start, end) for layer in layers[b]]
+        step = optimise_window(window_layers, blocks[start:end], targets, quant_stream, block_kwargs, cfg,
+                               reporter, step)
+        # blocks before the next window's start leave for good: harden them and advance both streams
+        leaving = range(start, windows[index + 1][0] if index + 1 < len(windows) else end)
+        window_rows.append({"window": index, "start": start, "end": end,
+                            "hardened": list(leaving),
+                            "soft_fraction": soft_fraction([l for b in leaving for l in layers[b]])})
+        for b in leaving:
+            for layer in layers[b]:
+                layer.harden()
+        with torch.no_grad():
+            fp_stream = run_blocks([fp_blocks.pop(b) for b in leaving], fp_stream, block_kwargs)
+            quant_stream = run_blocks([blocks[b] for b in leaving], quant_stream, block_kwargs)
+        if reporter is not None:
+            reporter.progress(index + 1, len(windows), f"CBQ window {index + 1}/{len(windows)}")
+    if reporter is not None:
+        reporter.log_table("cbq_windows", window_rows)
+    for block in blocks:
+        for name, module in list(block.named_modules()):
+            if isinstance(module, LoRARoundingLinear):
+                parent_name, _, child_name = name.rpartition(".")
+                parent = block.get_submodule(parent_name) if parent_name else block
+                setattr(parent, child_name, module.to_fake_quant_linear())
+    return model
