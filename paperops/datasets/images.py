@@ -18,8 +18,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,8 +27,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from paperops.datasets.staging import META_FILE, write_dataset_dir
+
 IMAGES_FILE = "images.npz"
-META_FILE = "meta.json"
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 FORMAT_VERSION = 1
 
@@ -275,22 +274,9 @@ def build(name: str, out_dir: str | Path, test_fraction: float = 0.2, seed: int 
     }
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and swap at the end, so an interrupted build never leaves a half dataset.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        # np.savez is byte-reproducible: members are stored uncompressed and zipfile stamps members opened by
-        # name with the fixed 1980-01-01 date, not the clock (tests/unit/test_datasets.py guards this).
-        np.savez(staging / IMAGES_FILE, allow_pickle=False, **arrays)
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        staging.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return out
+    # np.savez is byte-reproducible: members are stored uncompressed and zipfile stamps members opened by
+    # name with the fixed 1980-01-01 date, not the clock (tests/unit/test_datasets.py guards this).
+    return write_dataset_dir(out, meta, lambda staging: np.savez(staging / IMAGES_FILE, allow_pickle=False, **arrays))
 
 
 # -------------------------------------------------------------------------------------------- loading

@@ -28,11 +28,9 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +39,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from paperops.datasets.images import DatasetFormatError, DatasetSourceMissingError
+from paperops.datasets.staging import META_FILE, write_dataset_dir
 
-META_FILE = "meta.json"
 SPLITS = ("train", "calib", "eval_shakespeare", "eval_milton")
 HELD_OUT_SPLITS = ("calib", "eval_shakespeare", "eval_milton")
 FORMAT_VERSION = 1
@@ -391,20 +389,11 @@ def build_shakespeare(
         },
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def write_splits(staging: Path) -> None:
         for split in SPLITS:
             (staging / f"{split}.txt").write_bytes((texts[split] + "\n").encode("utf-8"))
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        staging.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return out
+
+    return write_dataset_dir(out, meta, write_splits)
 
 
 TEXT_SOURCES = {"shakespeare": build_shakespeare}
