@@ -7,6 +7,7 @@ EViT at the same token budget (same r at the same blocks).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +73,8 @@ def _reduction_config(section: PPTSection, method: str, num_patches: int, cv: fl
 
 
 def _knobs(trc: ppt.TokenReductionConfig) -> dict[str, Any]:
-    return {"method": trc.method, "r": trc.r, "blocks": list(trc.blocks), "tau": trc.tau, "tau_cv": trc.tau_cv,
-            "prop_attn": trc.prop_attn}
+    """The config as JSON-ready knobs; `TokenReductionConfig(**knobs)` rebuilds it."""
+    return dataclasses.asdict(trc) | {"blocks": list(trc.blocks)}
 
 
 @register_recipe
@@ -130,9 +131,7 @@ class PPTRecipe(Recipe):
         return CompressionResult(model=model, method="ppt", knobs=_knobs(trc), metrics=metrics)
 
     def restore_compression(self, model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
-        return ppt.compress(model, ppt.TokenReductionConfig(
-            method=knobs["method"], r=int(knobs["r"]), blocks=tuple(knobs["blocks"]), tau=knobs["tau"],
-            tau_cv=knobs["tau_cv"], prop_attn=knobs["prop_attn"]))
+        return ppt.compress(model, ppt.TokenReductionConfig(**knobs))
 
     def evaluate(self, dense: nn.Module, compressed: nn.Module, data: TensorSplits, cfg: PPTRecipeConfig,
                  reporter: Reporter) -> Evaluation:

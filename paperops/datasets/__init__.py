@@ -1,9 +1,8 @@
 """Dataset builders and loaders (pure data code: no orchestration imports)."""
 
+from paperops.datasets.dataset_dir import DatasetFormatError, DatasetSourceMissingError
 from paperops.datasets.images import (
     SOURCES,
-    DatasetFormatError,
-    DatasetSourceMissingError,
     ImageDataset,
     ImageSuiteSpec,
     build,

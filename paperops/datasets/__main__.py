@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from paperops.datasets.images import SOURCES, DatasetSourceMissingError, build, load_image_dataset
+from paperops.datasets.dataset_dir import DatasetSourceMissingError
+from paperops.datasets.images import SOURCES, build, load_image_dataset
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.metadata
-import json
 import os
 import zipfile
 from collections.abc import Callable
@@ -27,19 +26,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from paperops.datasets.staging import META_FILE, write_dataset_dir
+from paperops.datasets.dataset_dir import (
+    DatasetFormatError, DatasetSourceMissingError, read_dataset_meta, write_dataset_dir,
+)
 
 IMAGES_FILE = "images.npz"
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 FORMAT_VERSION = 1
-
-
-class DatasetSourceMissingError(RuntimeError):
-    """The packaged source of a dataset is not installed on this machine."""
-
-
-class DatasetFormatError(ValueError):
-    """A dataset directory exists but its files do not have the documented layout."""
 
 
 @dataclass(frozen=True)
@@ -285,19 +278,10 @@ def build(name: str, out_dir: str | Path, test_fraction: float = 0.2, seed: int 
 def load_image_dataset(path: str | Path) -> ImageDataset:
     """Load a dataset directory written by `build`; errors name the file and what is wrong with it."""
     root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset directory {root} does not exist (build it with `dvc repro`)")
-    images_path, meta_path = root / IMAGES_FILE, root / META_FILE
-    for required in (images_path, meta_path):
-        if not required.is_file():
-            raise FileNotFoundError(f"dataset file {required} is missing")
-
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DatasetFormatError(f"{meta_path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or "classes" not in meta:
-        raise DatasetFormatError(f"{meta_path} has no 'classes' entry")
+    meta = read_dataset_meta(root, (IMAGES_FILE,))
+    images_path = root / IMAGES_FILE
+    if "classes" not in meta:
+        raise DatasetFormatError(f"{root / 'meta.json'} has no 'classes' entry")
 
     try:
         with np.load(images_path, allow_pickle=False) as archive:

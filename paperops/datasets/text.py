@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import random
 import re
@@ -38,8 +37,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from paperops.datasets.images import DatasetFormatError, DatasetSourceMissingError
-from paperops.datasets.staging import META_FILE, write_dataset_dir
+from paperops.datasets.dataset_dir import (
+    DatasetFormatError, DatasetSourceMissingError, read_dataset_meta, write_dataset_dir,
+)
 
 SPLITS = ("train", "calib", "eval_shakespeare", "eval_milton")
 HELD_OUT_SPLITS = ("calib", "eval_shakespeare", "eval_milton")
@@ -405,17 +405,7 @@ TEXT_SOURCES = {"shakespeare": build_shakespeare}
 def load_text_dataset(path: str | Path) -> TextDataset:
     """Load a directory written by `build_shakespeare`; errors name the file and what is wrong with it."""
     root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset directory {root} does not exist (build it with `dvc repro`)")
-    meta_path = root / META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"dataset file {meta_path} is missing")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DatasetFormatError(f"{meta_path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise DatasetFormatError(f"{meta_path} does not hold a JSON object")
+    meta = read_dataset_meta(root, ())  # a missing split is reported by name below (the suite checks presence)
     texts = {}
     for split in SPLITS:
         split_path = root / f"{split}.txt"
