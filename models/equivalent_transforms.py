@@ -22,7 +22,7 @@ from transformers import LlamaForCausalLM
 __all__ = [
     "fold_channel_scale", "norm_linear_pairs", "inject_activation_outliers", "collect_input_absmax",
     "smoothquant_scales", "smooth_model", "coarse_outlier_candidates", "fine_outlier_split",
-    "detect_outlier_channels", "cfp_scale_activation_outliers",
+    "detect_outlier_channels", "cfp_scale_activation_outliers", "cfp_clip_weight_outliers",
 ]
 
 # Floors of the official SmoothQuant code (mit-han-lab/smoothquant, smooth.py): an all-zero weight column or a
@@ -169,21 +169,26 @@ def fine_outlier_split(candidate_values: torch.Tensor, lambda2: float = 1.0) -> 
     Two choices of ours, not from the paper: values are divided by their maximum first, so that lambda2 weighs a
     squared spread against a distance independently of the values' unit; and "no split" (every candidate an
     outlier) competes with an empty lower set centred at 0, the magnitude floor. Without it a single tight group
-    of true outliers would always be cut in two.
+    of true outliers would always be cut in two. Every split is scored at once from prefix sums (weights have
+    thousands of candidates).
     """
-    if candidate_values.numel() == 0:
-        return torch.zeros(0, dtype=torch.long)
-    if candidate_values.numel() == 1:
-        return torch.zeros(1, dtype=torch.long)
-    sorted_values, order = torch.sort(candidate_values.float())                           # (k,), (k,)
+    k = candidate_values.numel()
+    if k <= 1:
+        return torch.zeros(k, dtype=torch.long)
+    sorted_values, order = torch.sort(candidate_values.double())                          # (k,), (k,)
     normalized = sorted_values / sorted_values[-1]
-    best_split = 0
-    best_score = normalized.mean() - lambda2 * normalized.var(unbiased=False)              # no split
-    for split in range(1, normalized.numel()):
-        lower, upper = normalized[:split], normalized[split:]
-        score = (upper.mean() - lower.mean()) - lambda2 * (lower.var(unbiased=False) + upper.var(unbiased=False))
-        if score > best_score:
-            best_split, best_score = split, score
+    no_split = normalized.mean() - lambda2 * normalized.var(unbiased=False)
+    zero = normalized.new_zeros(1)
+    prefix = torch.cat([zero, normalized.cumsum(0)])                                       # (k + 1,)
+    prefix_sq = torch.cat([zero, normalized.pow(2).cumsum(0)])
+    split = torch.arange(1, k, dtype=torch.float64)                                        # lower = [:split]
+    mean_lower = prefix[1:k] / split
+    mean_upper = (prefix[k] - prefix[1:k]) / (k - split)
+    var_lower = prefix_sq[1:k] / split - mean_lower.pow(2)
+    var_upper = (prefix_sq[k] - prefix_sq[1:k]) / (k - split) - mean_upper.pow(2)
+    scores = (mean_upper - mean_lower) - lambda2 * (var_lower.clamp(min=0) + var_upper.clamp(min=0))  # (k - 1,)
+    best = int(torch.argmax(scores))
+    best_split = best + 1 if scores[best] > no_split else 0
     return order[best_split:].sort().values
 
 
@@ -209,3 +214,22 @@ def cfp_scale_activation_outliers(model: nn.Module, act_absmax_by_pair: dict[str
         fold_channel_scale(norm_weight, linears, scale)
         scaled_by_norm[name] = outliers.tolist()
     return scaled_by_norm
+
+
+@torch.no_grad()
+def cfp_clip_weight_outliers(linears: Iterable[nn.Linear], lambda1: float = 1.5,
+                             lambda2: float = 1.0) -> dict[int, int]:
+    """CFP, weight half: in each linear, the weights whose magnitude the coarse fence and the fine split call
+    outliers are truncated to the largest magnitude that is not one (sign kept). Not function-preserving: it
+    trades a few large weights for a finer grid for all the others. Returns {layer index: weights clipped}."""
+    clipped: dict[int, int] = {}
+    for index, linear in enumerate(linears):
+        magnitude = linear.weight.abs().flatten()                                         # (out·in,)
+        outliers = detect_outlier_channels(magnitude, lambda1, lambda2)
+        if outliers.numel() and outliers.numel() < magnitude.numel():
+            keep = torch.ones_like(magnitude, dtype=torch.bool)
+            keep[outliers] = False
+            bound = magnitude[keep].max()
+            linear.weight.clamp_(-bound, bound)
+        clipped[index] = int(outliers.numel())
+    return clipped

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 __all__ = [
     "QuantSpec", "code_range", "grouped", "quant_params", "quantize_to_codes", "dequantize_codes",
     "fake_quantize", "fake_quantize_activation", "FakeQuantLinear", "quantize_linears", "rtn_quantize",
-    "export_integer_weights", "dequantize_weights", "accumulate_hessian", "GPTQResult", "gptq_quantize",
+    "export_integer_weights", "dequantize_weights", "pack_codes", "unpack_codes", "PackedQuantLinear",
+    "pack_quantized_linears", "install_packed_linears", "replace_modules", "accumulate_hessian", "GPTQResult", "gptq_quantize",
 ]
 
 GRANULARITIES = ("per_channel", "per_group", "per_token", "per_tensor")
@@ -188,12 +189,8 @@ def quantize_linears(model: nn.Module, weight_spec: QuantSpec | None, act_spec: 
                      skip: Callable[[str], bool] = lambda name: False, learn_scale: bool = False) -> nn.Module:
     """Replace, in place, every nn.Linear whose qualified name is not skipped (e.g. "lm_head") by a
     FakeQuantLinear sharing its parameters. Returns the model."""
-    targets = [(name, module) for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and not skip(name)]
-    for name, linear in targets:
-        parent_name, _, child_name = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child_name, FakeQuantLinear(linear, weight_spec, act_spec, learn_scale))
+    replace_modules(model, nn.Linear, lambda linear: FakeQuantLinear(linear, weight_spec, act_spec, learn_scale),
+                     skip)
     return model
 
 
@@ -231,6 +228,117 @@ def dequantize_weights(packed: dict[str, torch.Tensor]) -> torch.Tensor:
     if scale.dim() == qweight.dim() + 1:                        # per_group: (out, n_groups, 1)
         codes = codes.unflatten(-1, (scale.shape[-2], -1))
     return dequantize_codes(codes, scale, packed["zero"].to(scale.dtype)).reshape(qweight.shape)
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned codes (any shape, values < 2^bits) as a dense little-endian bit stream: (ceil(n·bits/8),) uint8.
+    A 4-bit weight takes half a byte and a 3-bit one three eighths, so the file size is the real size."""
+    flat = codes.flatten().to(torch.int64)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 2 ** bits):
+        raise ValueError(f"codes must lie in [0, {2 ** bits - 1}] to pack into {bits} bits")
+    stream = ((flat[:, None] >> torch.arange(bits)) & 1).flatten()              # (n·bits,) least significant first
+    stream = F.pad(stream, (0, (-stream.numel()) % 8))
+    return (stream.view(-1, 8) << torch.arange(8)).sum(dim=1).to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """Inverse of `pack_codes`: the first `numel` codes as (numel,) int64."""
+    stream = ((packed.to(torch.int64)[:, None] >> torch.arange(8, device=packed.device)) & 1).flatten()
+    values = stream[: numel * bits].view(numel, bits)
+    return (values << torch.arange(bits, device=packed.device)).sum(dim=1)
+
+
+class PackedQuantLinear(nn.Module):
+    """The deployable form of a quantized linear: bit-packed integer codes, per-grid scale and zero point, the
+    bias, and the activation spec; no floating-point copy of the weight is stored (the state dict is what goes
+    to disk). The dequantized weight is rebuilt once, on first use after loading, and kept in memory only.
+    Outputs are bit-equal to the FakeQuantLinear it was packed from."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, weight_spec: QuantSpec,
+                 act_spec: QuantSpec | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_spec, self.act_spec = weight_spec, act_spec
+        n_bytes = math.ceil(in_features * out_features * weight_spec.bits / 8)
+        shape = (1, 1) if weight_spec.granularity == "per_tensor" else (out_features, 1)
+        if weight_spec.granularity == "per_group":
+            assert weight_spec.group_size is not None
+            shape = (out_features, in_features // weight_spec.group_size, 1)
+        self.register_buffer("qweight", torch.zeros(n_bytes, dtype=torch.uint8))
+        self.register_buffer("scale", torch.ones(shape))
+        self.register_buffer("zero", torch.zeros(shape, dtype=torch.int16))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._weight: torch.Tensor | None = None
+
+    @classmethod
+    def from_fake_quant(cls, layer: FakeQuantLinear) -> PackedQuantLinear:
+        assert layer.weight_spec is not None
+        exported = export_integer_weights(layer)
+        spec = layer.weight_spec
+        qmin, _ = code_range(spec.bits, spec.symmetric)
+        packed = cls(layer.in_features, layer.out_features, layer.bias is not None, spec, layer.act_spec)
+        packed.qweight = pack_codes(exported["qweight"].to(torch.int64) - qmin, spec.bits)
+        packed.scale = exported["scale"].to(torch.float32)
+        packed.zero = exported["zero"].to(torch.int16)
+        if layer.bias is not None:
+            packed.bias = exported["bias"]
+        return packed
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(*args, **kwargs)
+        self._weight = None
+
+    def dequantized_weight(self) -> torch.Tensor:
+        if self._weight is None or self._weight.device != self.scale.device:
+            spec = self.weight_spec
+            qmin, _ = code_range(spec.bits, spec.symmetric)
+            codes = unpack_codes(self.qweight, spec.bits, self.in_features * self.out_features) + qmin
+            codes = codes.view(self.out_features, self.in_features).to(self.scale.dtype)
+            self._weight = dequantize_codes(grouped(codes, spec), self.scale, self.zero.to(self.scale.dtype)) \
+                .reshape(self.out_features, self.in_features)                                   # (out, in)
+        return self._weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:        # x: (..., in) -> (..., out)
+        if self.act_spec is not None:
+            x = fake_quantize_activation(x, self.act_spec)
+        return F.linear(x, self.dequantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"weight_spec={self.weight_spec}, act_spec={self.act_spec}")
+
+
+def replace_modules(model: nn.Module, kind: type, convert: Callable[[nn.Module], nn.Module],
+                    skip: Callable[[str], bool] = lambda name: False) -> int:
+    """In place: every submodule of type `kind` whose qualified name is not skipped becomes convert(module).
+    Returns how many were replaced."""
+    targets = [(name, module) for name, module in model.named_modules() if isinstance(module, kind) and not skip(name)]
+    for name, module in targets:
+        parent_name, _, child_name = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child_name, convert(module))
+    return len(targets)
+
+
+def pack_quantized_linears(model: nn.Module) -> nn.Module:
+    """Replace, in place, every weight-quantized FakeQuantLinear by its PackedQuantLinear. Returns the model."""
+    replace_modules(model, FakeQuantLinear,
+                     lambda layer: PackedQuantLinear.from_fake_quant(layer) if layer.weight_spec else layer,
+                     lambda name: False)
+    return model
+
+
+def install_packed_linears(model: nn.Module, weight_spec: QuantSpec, act_spec: QuantSpec | None,
+                           skip: Callable[[str], bool] = lambda name: False) -> nn.Module:
+    """Replace every non-skipped nn.Linear by an empty PackedQuantLinear shell of the same shape, ready for
+    `load_state_dict` of a packed model's tensors (how a saved quantized model is loaded without any of the
+    calibration code). Returns the model."""
+    count = replace_modules(model, nn.Linear,
+                             lambda linear: PackedQuantLinear(linear.in_features, linear.out_features,
+                                                              linear.bias is not None, weight_spec, act_spec),
+                             skip)
+    if count == 0:
+        raise ValueError("no nn.Linear to install packed layers into (already quantized, or all skipped)")
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -114,10 +114,13 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(steps)
     if summary["variants"]:
         variants = Table(title="evaluated side by side (same run, same machine)")
-        for header, _ in VARIANT_COLUMNS.values():
+        # the columns this paper's metrics fill: accuracy and MACs for vision, perplexity and size for language
+        columns = {key: spec for key, spec in VARIANT_COLUMNS.items()
+                   if any(row.get(key) is not None for row in summary["variants"])}
+        for header, _ in columns.values():
             variants.add_column(header, justify="left" if header in ("variant", "role") else "right")
         for row in summary["variants"]:
-            variants.add_row(*(_fmt(row.get(key), scale) for key, (_, scale) in VARIANT_COLUMNS.items()))
+            variants.add_row(*(_fmt(row.get(key), scale) for key, (_, scale) in columns.items()))
         console.print(variants)
     versions, promotion = summary["versions"], summary["promotion"]
     if versions:
@@ -139,8 +142,10 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 # summary key -> (column header, scale of the shown number)
 VARIANT_COLUMNS = {"variant": ("variant", 1.0), "role": ("role", 1.0), "top1": ("top-1 %", 1.0),
-                   "delta_vs_parent": ("Δ vs dense", 1.0), "macs_per_image": ("MMACs/img", 1e-6),
-                   "macs_ratio": ("MACs ×", 1.0), "throughput_per_s": ("img/s", 1.0),
+                   "ppl_shakespeare": ("ppl Shakespeare", 1.0), "ppl_milton": ("ppl Milton", 1.0),
+                   "delta_vs_parent": ("Δ vs parent", 1.0), "macs_per_image": ("MMACs/img", 1e-6),
+                   "macs_ratio": ("MACs ×", 1.0), "size_bytes": ("MB on disk", 1e-6), "size_ratio": ("size ×", 1.0),
+                   "tokens_per_s": ("tokens/s", 1.0), "throughput_per_s": ("items/s", 1.0),
                    "throughput_ratio": ("speed ×", 1.0), "latency_p50_ms": ("p50 ms", 1.0),
                    "latency_p95_ms": ("p95 ms", 1.0)}
 

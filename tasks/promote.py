@@ -18,15 +18,17 @@ from tasks.validate import ValidationReport
 
 
 def promotion_failures(metrics: dict[str, float], gate: PromotionSection, primary_metric: str, cost_metric: str,
-                       data_passed: bool) -> list[str]:
+                       data_passed: bool, higher_is_better: bool = True) -> list[str]:
     """Every check that fails, as a sentence naming the figure and the threshold; empty = promote."""
     failures = []
     if not data_passed:
         failures.append("dataset did not pass its validation suite")
     delta = metrics.get("delta_vs_parent", math.nan)
-    if not delta >= -gate.max_metric_drop:  # written so NaN fails
-        failures.append(f"{primary_metric} changed by {delta:+.2f} vs the parent; the gate allows "
-                        f"-{gate.max_metric_drop:.2f} at most")
+    worsening = -delta if higher_is_better else delta
+    if not worsening <= gate.max_metric_drop:  # written so NaN fails
+        failures.append(f"{primary_metric} changed by {delta:+.2f} vs the parent "
+                        f"({'higher' if higher_is_better else 'lower'} is better); the gate allows "
+                        f"{gate.max_metric_drop:.2f} worse at most")
     cost = metrics.get(cost_metric, math.nan)
     if not cost <= gate.max_cost_ratio:
         failures.append(f"{cost_metric} is {cost:.3f}; the gate requires <= {gate.max_cost_ratio:.3f}")
@@ -41,7 +43,7 @@ def promote_version(paper: str, versions: RegisteredVersions, evaluation: Evalua
     name, version = versions.model_name, versions.method_version
     method_metrics = next(v for v in evaluation.variants.values() if v.role == "method").metrics
     failures = promotion_failures(method_metrics, gate, recipe.primary_metric, recipe.cost_metric,
-                                  validation.success)
+                                  validation.success, recipe.higher_is_better)
     try:
         previous = str(client.get_model_version_by_alias(name, gate.alias).version)
     except MlflowException:
@@ -57,7 +59,7 @@ def promote_version(paper: str, versions: RegisteredVersions, evaluation: Evalua
         client.set_model_version_tag(name, version, "validation_status", "approved")
         client.set_model_version_tag(name, version, "promotion.audit",
                                      f"{gate.alias} set by paperops pipeline ({getpass.getuser()}) at {checked_at}; "
-                                     f"checks: data valid, {recipe.primary_metric} drop <= {gate.max_metric_drop}, "
+                                     f"checks: data valid, {recipe.primary_metric} worse by <= {gate.max_metric_drop}, "
                                      f"{recipe.cost_metric} <= {gate.max_cost_ratio}")
     except BaseException:
         # The alias must not point at a version whose approval was not recorded: put the old one back.

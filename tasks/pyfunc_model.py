@@ -1,5 +1,6 @@
 """MLflow "models from code" entry point of every paper model: rebuilds the recipe's module from the logged
-config, loads the safetensors weights, re-applies the recorded compression, and predicts with the recipe.
+config and files (architecture + recorded compression), loads the safetensors weights into it, and predicts
+with the recipe.
 Nothing is unpickled, so serving works with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false."""
 from __future__ import annotations
 
@@ -13,23 +14,23 @@ from mlflow.pyfunc import PythonModel
 
 class PaperModel(PythonModel):
     def load_context(self, context: Any) -> None:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
         from models.common.recipe import get_recipe
 
         with open(context.artifacts["spec"]) as f:
             spec = json.load(f)
+        with open(context.artifacts["files"]) as f:
+            files = json.load(f)
         self.recipe = get_recipe(spec["paper"])
         config = self.recipe.config_model.model_validate(spec["config"])
-        module = self.recipe.build_model(config)
-        module.load_state_dict(load_file(context.artifacts["weights"]))
-        if spec["compression"]:
-            module = self.recipe.restore_compression(module, spec["compression"])
+        module = self.recipe.module_for_loading(config, files, spec["compression"])
+        load_model(module, context.artifacts["weights"], strict=True)
         self.module = module.eval()
 
     # np.ndarray is a hint MLflow accepts without deriving a schema from it: the logged signature is the schema.
-    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-        return self.recipe.predict(self.module, np.asarray(model_input, dtype=np.float32))
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> Any:
+        return self.recipe.predict(self.module, model_input, params)
 
 
 mlflow.models.set_model(PaperModel())

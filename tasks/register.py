@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
-from models.common.recipe import get_recipe
+from models.common.recipe import Recipe, get_recipe
 from tasks.data import DatasetRef
 from tasks.refs import EvaluationRef, ModelRef, RegisteredVersions
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
@@ -48,16 +48,19 @@ def version_tags(paper: str, profile: str, config_hash: str, dataset: DatasetRef
     }
 
 
-def compression_tags(parent_version: str, compressed: ModelRef, evaluation: EvaluationRef, method: str,
-                     primary_metric: str, cost_metric: str) -> dict[str, str]:
+def compression_tags(parent_version: str, compressed: ModelRef, evaluation: EvaluationRef,
+                     recipe: Recipe) -> dict[str, str]:
     m = next(v for v in evaluation.variants.values() if v.role == "method").metrics
+    knobs = compressed.knobs or {}
     return {
         "compression.parent_version": parent_version,
-        "compression.method": method,
-        "compression.knobs": json.dumps(compressed.knobs, sort_keys=True),
-        f"compression.delta_{primary_metric}": f"{m['delta_vs_parent']:.4f}",
-        f"compression.{cost_metric}": f"{m[cost_metric]:.4f}",
+        "compression.method": recipe.compression,
+        "compression.knobs": json.dumps(knobs, sort_keys=True),
+        **{f"compression.{k}": v for k, v in recipe.compression_record(knobs).items()},
+        f"compression.delta_{recipe.primary_metric}": f"{m['delta_vs_parent']:.4f}",
+        f"compression.{recipe.cost_metric}": f"{m[recipe.cost_metric]:.4f}",
         "compression.throughput_ratio": f"{m.get('throughput_ratio', float('nan')):.4f}",
+        "compression.latency_p50_ms": f"{m.get('latency_p50_ms', float('nan')):.4f}",
     }
 
 
@@ -79,8 +82,8 @@ def register_versions(paper: str, profile: str, config_hash: str, dataset: Datas
     created: list[str] = []
     try:
         versions: dict[str, str] = {}
-        method_variant = next(v.name for v in evaluation.variants.values() if v.role == "method")
-        for model, variant in ((dense, "dense"), (compressed, method_variant)):
+        variant_of = {v.role: v.name for v in evaluation.variants.values() if v.role in ("parent", "method")}
+        for model, variant in ((dense, variant_of["parent"]), (compressed, variant_of["method"])):
             existing = _find_version(client, name, model.model_uri)
             if existing is not None:
                 versions[model.role] = existing
@@ -88,8 +91,7 @@ def register_versions(paper: str, profile: str, config_hash: str, dataset: Datas
             tags = version_tags(paper, profile, config_hash, dataset, validation, model, evaluation, variant,
                                 parent_run_id)
             if model.role == "method":
-                tags.update(compression_tags(versions["parent"], model, evaluation, recipe.compression,
-                                             recipe.primary_metric, recipe.cost_metric))
+                tags.update(compression_tags(versions["parent"], model, evaluation, recipe))
             version = str(mlflow.register_model(model.model_uri, name, tags=tags).version)
             created.append(version)
             versions[model.role] = version

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric
@@ -22,8 +21,9 @@ from tasks.progress import report_progress
 
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
 # What a served model needs; exact pins so the serving environment matches the one that trained it.
-SERVING_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "numpy==2.4.6",
-                        "safetensors==0.8.0", "pydantic==2.14.4", "mlflow==3.17.2"]
+SERVING_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "transformers==5.24.0",
+                        "tokenizers==0.23.3", "numpy==2.4.6", "safetensors==0.8.0", "pydantic==2.14.4",
+                        "mlflow==3.17.2"]
 
 
 def configure_tracking() -> MlflowClient:
@@ -135,27 +135,29 @@ def log_params_flat(client: MlflowClient, run_id: str, config: dict[str, Any]) -
     client.log_dict(run_id, config, "config/resolved.json")
 
 
-def log_paper_model(recipe: Recipe, config: RecipeConfig, module: Any, example: np.ndarray,
+def log_paper_model(recipe: Recipe, config: RecipeConfig, module: Any, example: Any,
                     knobs: dict[str, Any] | None, run_id: str) -> str:
-    """Logs `module` as a pickle-free pyfunc (models from code) into `run_id`; returns the model URI."""
+    """Logs `module` as a pickle-free pyfunc (models from code) into `run_id`; returns the model URI.
+    Tensors go to safetensors (tied weights stored once), the recipe's extra files (e.g. a tokenizer) to JSON."""
     from mlflow.models import infer_signature
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.safetensors"
-        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        save_file(state, str(weights))
+        save_model(module, str(weights))
         spec = Path(tmp) / "spec.json"
         spec.write_text(json.dumps({"paper": recipe.name, "config": config.model_dump(mode="json"),
                                     "compression": knobs}, indent=2, sort_keys=True))
+        files = Path(tmp) / "files.json"
+        files.write_text(json.dumps(recipe.model_files(module), sort_keys=True))
         prediction = recipe.predict(module, example)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(PYFUNC_MODEL_FILE),
-                artifacts={"weights": str(weights), "spec": str(spec)},
+                artifacts={"weights": str(weights), "spec": str(spec), "files": str(files)},
                 code_paths=[str(project_root() / "models"), str(project_root() / "paperops")],
-                signature=infer_signature(example, prediction),
+                signature=infer_signature(example, prediction, params=recipe.serving_params or None),
                 input_example=example,
                 pip_requirements=SERVING_REQUIREMENTS,
             )

@@ -36,7 +36,8 @@ class DataSection(Section):
 class PromotionSection(Section):
     """Thresholds of the promotion gate, in the units of the recipe's primary metric."""
 
-    max_metric_drop: float = Field(0.5, ge=0, description="largest allowed drop vs the parent version (points)")
+    max_metric_drop: float = Field(0.5, ge=0, description="largest allowed worsening of the primary metric vs the parent version, in its units "
+                                   "(top-1 points; perplexity)")
     max_cost_ratio: float = Field(0.70, gt=0, description="compressed/dense cost ratio (MACs or bits) to pass")
     alias: str = "champion"
 
@@ -103,6 +104,8 @@ class Recipe(ABC):
     config_model: ClassVar[type[RecipeConfig]]
     primary_metric: ClassVar[str]
     cost_metric: ClassVar[str]  # metric holding compressed/dense cost (MACs, bits, bytes): the gate's ratio
+    higher_is_better: ClassVar[bool] = True  # of the primary metric: accuracy yes, perplexity no
+    serving_params: ClassVar[dict[str, Any]] = {}  # inference parameters a request may set, with defaults
     paper_figures: ClassVar[tuple[PaperFigure, ...]] = ()
 
     @abstractmethod
@@ -132,13 +135,28 @@ class Recipe(ABC):
         """Our values of the paper's headline figures (same names as `paper_figures`), from one evaluation."""
         return {}
 
-    @abstractmethod
-    def input_example(self, data: Any, n: int = 2) -> np.ndarray:
-        """A batch of real inputs in the served format (numpy), used as MLflow input example and smoke request."""
+    def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
+        """The knobs a reviewer filters versions by (bits, granularity, r, ...), as flat registry tags."""
+        return {}
+
+    def model_files(self, model: nn.Module) -> dict[str, str]:
+        """Named text files the module needs besides its tensors (e.g. a tokenizer), saved with the model."""
+        return {}
+
+    def module_for_loading(self, cfg: RecipeConfig, files: dict[str, str],
+                           knobs: dict[str, Any] | None) -> nn.Module:
+        """An architecture-only module, compression re-applied, whose state dict the saved tensors fill."""
+        module = self.build_model(cfg)
+        return self.restore_compression(module, knobs) if knobs else module
 
     @abstractmethod
-    def predict(self, model: nn.Module, batch: np.ndarray) -> np.ndarray:
-        """The served prediction for a batch in the input_example format."""
+    def input_example(self, data: Any, n: int = 2) -> Any:
+        """A batch of real inputs in the served format (numpy images, a list of prompts), used as MLflow input
+        example and smoke request."""
+
+    @abstractmethod
+    def predict(self, model: nn.Module, batch: Any, params: dict[str, Any] | None = None) -> Any:
+        """The served prediction for a batch in the input_example format; `params` as in `serving_params`."""
 
 
 _RECIPES: dict[str, type[Recipe]] = {}

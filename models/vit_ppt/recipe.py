@@ -130,6 +130,10 @@ class PPTRecipe(Recipe):
         metrics["top1"] = top1_accuracy(predict_logits(model, data.x_test), data.y_test)
         return CompressionResult(model=model, method="ppt", knobs=_knobs(trc), metrics=metrics)
 
+    def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
+        return {"strategy": str(knobs["method"]), "r": str(knobs["r"]),
+                "blocks": ",".join(str(b) for b in knobs["blocks"])}
+
     def restore_compression(self, model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
         return ppt.compress(model, ppt.TokenReductionConfig(**knobs))
 
@@ -183,9 +187,9 @@ class PPTRecipe(Recipe):
     def input_example(self, data: TensorSplits, n: int = 2) -> np.ndarray:
         return data.raw.x_test[:n].astype(np.float32)  # (n, H, W) raw pixels, the served format
 
-    def predict(self, model: nn.Module, batch: np.ndarray) -> np.ndarray:
+    def predict(self, model: nn.Module, batch: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         img_size = model.patch_embed.img_size[0]
-        logits = predict_logits(model, images_to_input(batch, img_size))
+        logits = predict_logits(model, images_to_input(np.asarray(batch, dtype=np.float32), img_size))
         return torch.softmax(logits, -1).numpy()  # (n, num_classes) class probabilities
 
 

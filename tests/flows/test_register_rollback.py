@@ -24,7 +24,7 @@ def test_failed_registration_leaves_no_version_behind():
                           run.info.run_id)
     dense = ModelRef(run_id=run.info.run_id, model_uri=uri, role="parent")
     broken = ModelRef(run_id=run.info.run_id, model_uri="models:/m-does-not-exist", role="method",
-                      knobs={"method": "ppt", "r": 14})
+                      knobs={"method": "ppt", "r": 14, "blocks": [3, 6, 9]})
     metrics = {"top1": 90.0, "macs_ratio": 0.68, "delta_vs_parent": -0.3, "throughput_ratio": 1.3}
     evaluation = EvaluationRef(run_id=run.info.run_id, device={"device": "cpu"}, variants={
         "dense": VariantRef("dense", "parent", "dense", run.info.run_id, {}, {"top1": 90.3}),

@@ -17,6 +17,17 @@ def test_each_check_fails_on_its_own():
     assert reasons == ["dataset did not pass its validation suite"]
 
 
+def test_lower_is_better_metrics_fail_when_they_rise():
+    ppl_gate = PromotionSection(max_metric_drop=2.0, max_cost_ratio=0.5)
+    assert promotion_failures({"delta_vs_parent": 2.0, "size_ratio": 0.4}, ppl_gate, "ppl", "size_ratio", True,
+                              higher_is_better=False) == []
+    assert promotion_failures({"delta_vs_parent": -3.0, "size_ratio": 0.4}, ppl_gate, "ppl", "size_ratio", True,
+                              higher_is_better=False) == []
+    reasons = promotion_failures({"delta_vs_parent": 2.01, "size_ratio": 0.4}, ppl_gate, "ppl", "size_ratio", True,
+                                 higher_is_better=False)
+    assert len(reasons) == 1 and "lower is better" in reasons[0]
+
+
 def test_missing_or_nan_figures_fail():
     reasons = promotion_failures({"delta_vs_parent": math.nan}, GATE, "top1", "macs_ratio", True)
     assert len(reasons) == 2 and "top1" in reasons[0] and "macs_ratio" in reasons[1]

@@ -7,8 +7,8 @@ import torch.nn as nn
 
 from models.quant import (
     FakeQuantLinear, GPTQResult, QuantSpec, accumulate_hessian, code_range, dequantize_weights,
-    export_integer_weights, fake_quantize, gptq_quantize, grouped, quant_params,
-    quantize_linears, rtn_quantize,
+    PackedQuantLinear, export_integer_weights, fake_quantize, gptq_quantize, grouped, install_packed_linears,
+    pack_codes, pack_quantized_linears, quant_params, quantize_linears, rtn_quantize, unpack_codes,
 )
 
 GRID_SPECS = [
@@ -332,3 +332,49 @@ def test_rtn_quantize_on_a_transformers_llama() -> None:
     assert sum(isinstance(m, FakeQuantLinear) for m in model.modules()) == n_linears - 1 == 14
     assert not torch.equal(logits, reference)
     torch.testing.assert_close(logits, reference, atol=0.05, rtol=0)   # 8-bit weights barely move the logits
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_pack_codes_round_trip_and_size(bits: int) -> None:
+    codes = torch.randint(0, 2 ** bits, (37, 11), generator=torch.Generator().manual_seed(bits))
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-37 * 11 * bits // 8)
+    assert torch.equal(unpack_codes(packed, bits, codes.numel()).view(37, 11), codes)
+
+
+def test_pack_codes_hand_computed_and_range_check() -> None:
+    # 2-bit codes 1, 2, 3, 0 little-endian in one byte: 0b00_11_10_01 = 57
+    assert pack_codes(torch.tensor([1, 2, 3, 0]), 2).tolist() == [57]
+    with pytest.raises(ValueError, match=r"\[0, 3\]"):
+        pack_codes(torch.tensor([4]), 2)
+
+
+@pytest.mark.parametrize("spec", GRID_SPECS, ids=lambda s: f"{s.granularity}-{s.bits}b-sym{s.symmetric}")
+def test_packed_linear_equals_fake_quant_and_reloads_without_calibration(spec: QuantSpec) -> None:
+    gen = torch.Generator().manual_seed(3)
+    linear = nn.Linear(32, 8)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(8, 32, generator=gen))
+    fake = FakeQuantLinear(linear, spec, QuantSpec(8, "per_token"))
+    packed = PackedQuantLinear.from_fake_quant(fake)
+    x = torch.randn(3, 5, 32, generator=gen)
+    assert torch.equal(packed(x), fake(x))
+    assert "weight" not in packed.state_dict()
+    # a shell of the same shape, filled from the state dict alone, gives the same outputs
+    model = nn.Sequential(nn.Linear(32, 8))
+    install_packed_linears(model, spec, QuantSpec(8, "per_token"))
+    model.load_state_dict({f"0.{k}": v for k, v in packed.state_dict().items()})
+    assert torch.equal(model(x), fake(x))
+
+
+def test_pack_quantized_linears_shrinks_the_state_dict() -> None:
+    model = nn.Sequential(nn.Linear(64, 64, bias=False), nn.Linear(64, 64, bias=False))
+    fp_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    rtn_quantize(model, QuantSpec(4, "per_channel"))
+    pack_quantized_linears(model)
+    packed_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    # 4-bit codes are 1/8 of fp32; each row adds a 4-byte scale and a 2-byte zero point
+    assert packed_bytes == 2 * (64 * 64 // 2 + 64 * 6)
+    assert packed_bytes < fp_bytes / 6
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        install_packed_linears(model, QuantSpec(4, "per_channel"), None)

@@ -1,0 +1,338 @@
+"""CBQ — Cross-Block Quantization for LLMs (arXiv 2312.07950, ICLR 2025), as a paperops recipe.
+
+Train (tiny) or load (small: SmolLM2-135M, full: a local checkpoint) a LLaMA decoder, quantize it with CBQ at the
+configured setting, and compare — in one run, on the same held-out text — every method × setting of the paper's
+tables: RTN, GPTQ, SmoothQuant, CBQ and CBQ without its outlier preprocessing, at W4A16 / W2A16 / W4A8 / W4A4.
+The registered compressed model stores bit-packed integer weights + scales (quant.PackedQuantLinear), so its size
+on disk is the real quantized size and loading it needs none of the calibration code.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files for MLflow, never windows
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from tokenizers import Tokenizer
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from models.cbq import CBQConfig
+from models.common.lm import (
+    LMSection, LMTrainSection, TokenizedLM, build_lm, calibration_segments, eval_windows, generate, perplexity,
+    size_on_disk, train_bpe_tokenizer, train_lm,
+)
+from models.common.profiling import measure_latency
+from models.common.recipe import (
+    CompressionResult, Evaluation, PaperFigure, Recipe, RecipeConfig, Section, VariantResult, compare_to_parent,
+    register_recipe, seed_everything,
+)
+from models.common.reporting import Reporter
+from models.equivalent_transforms import inject_activation_outliers
+from models.ptq import METHODS, QuantSetting, keeps_full_precision, quantize_lm
+from models.quant import QuantSpec, install_packed_linears, pack_quantized_linears
+from paperops.datasets.text import TextDataset, load_text_dataset
+
+EVAL_SETS = {"shakespeare": "eval_shakespeare", "milton": "eval_milton"}   # WikiText-2 role, C4 role
+
+
+class SettingSection(Section):
+    """One quantization setting. Weights are asymmetric; activations dynamic asymmetric per token."""
+
+    name: str = Field(description="label in tables, e.g. W4A16 or W2A16g64")
+    w_bits: int = Field(ge=2, le=8)
+    w_granularity: Literal["per_channel", "per_group"] = "per_channel"
+    group_size: int | None = Field(None, ge=1)
+    a_bits: int | None = Field(None, ge=2, le=8, description="None = activations stay floating point")
+    a_granularity: Literal["per_token", "per_tensor"] = "per_token"
+
+    def to_setting(self) -> QuantSetting:
+        weight = QuantSpec(self.w_bits, self.w_granularity, self.group_size)
+        act = QuantSpec(self.a_bits, self.a_granularity) if self.a_bits is not None else None
+        return QuantSetting(self.name, weight, act)
+
+
+class CBQSection(Section):
+    setting: SettingSection = SettingSection(name="W4A16", w_bits=4)
+    calib_segments: int = Field(64, ge=1, description="random calibration segments (the paper: 128 x 2048)")
+    calib_seq_len: int = Field(128, ge=8)
+    window: int = Field(2, ge=1)
+    overlap: int = Field(1, ge=0)
+    rank: int = Field(4, ge=1, description="LoRA-Rounding rank r: (d + k) r rounding parameters per linear")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr_rounding: float = Field(1e-3, gt=0)
+    lr_scale: float = Field(5e-3, gt=0)
+    beta_start: float = Field(20.0, gt=0)
+    beta_end: float = Field(2.0, gt=0)
+    lambda_round: float = Field(1.0, ge=0)
+    warmup: float = Field(0.2, ge=0, lt=1)
+    temperature_end: float = Field(0.02, gt=0, le=1)
+    use_kl: bool = True
+    cfp: bool = True
+    cfp_lambda1: float = Field(1.5, gt=0)
+    cfp_lambda2: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_window(self) -> CBQSection:
+        if self.overlap >= self.window:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than window ({self.window})")
+        return self
+
+    def cbq_config(self, seed: int) -> CBQConfig:
+        fields = self.model_dump(exclude={"setting", "calib_segments", "calib_seq_len"})
+        return CBQConfig(**fields, seed=seed)
+
+
+class LMEvaluateSection(Section):
+    seq_len: int = Field(256, ge=8, description="perplexity context (non-overlapping windows)")
+    max_windows: int | None = Field(40, ge=1, description="windows per held-out set; None = all of it")
+    methods: tuple[str, ...] = Field(METHODS, description="every method runs at every setting in one run")
+    settings: tuple[SettingSection, ...] = (
+        SettingSection(name="W4A16", w_bits=4),
+        SettingSection(name="W2A16g64", w_bits=2, w_granularity="per_group", group_size=64),
+        SettingSection(name="W4A8", w_bits=4, a_bits=8),
+        SettingSection(name="W4A4", w_bits=4, a_bits=4),
+    )
+    smoothquant_alpha: float = Field(0.5, ge=0, le=1)
+    latency_batch: int = Field(4, ge=1)
+    latency_runs: int = Field(5, ge=1)
+    latency_warmup: int = Field(1, ge=0)
+    prompts: tuple[str, ...] = ("ROMEO:\n", "To be, or not to be,")
+    max_new_tokens: int = Field(24, ge=1)
+
+    @model_validator(mode="after")
+    def _check_methods(self) -> LMEvaluateSection:
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; known: {list(METHODS)}")
+        names = [s.name for s in self.settings]
+        if len(set(names)) != len(names):
+            raise ValueError(f"setting names must be distinct, got {names}")
+        return self
+
+
+class CBQRecipeConfig(RecipeConfig):
+    model: LMSection = LMSection()
+    train: LMTrainSection = LMTrainSection()
+    compress: CBQSection = CBQSection()
+    evaluate: LMEvaluateSection = LMEvaluateSection()
+
+
+@dataclass(frozen=True)
+class TextSplits:
+    """The dataset's text, and the token ids of each split per tokenizer (encoding is cached per tokenizer)."""
+
+    raw: TextDataset
+    _ids: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    def ids(self, model: TokenizedLM, split: str) -> torch.Tensor:
+        key = (id(model.tokenizer), split)
+        if key not in self._ids:
+            self._ids[key] = model.encode(self.raw.split(split))
+        return self._ids[key]
+
+
+def _prompts(model_input: Any) -> list[str]:
+    """Prompts from what MLflow hands a pyfunc: a list, a 1-D array, or a one-column DataFrame of strings."""
+    if hasattr(model_input, "iloc"):
+        if model_input.shape[1] != 1:
+            raise ValueError(f"expected one column of prompts, got columns {list(model_input.columns)}")
+        model_input = model_input.iloc[:, 0].tolist()
+    prompts = [str(p) for p in np.asarray(model_input, dtype=object).reshape(-1)]
+    if not prompts:
+        raise ValueError("no prompts given")
+    return prompts
+
+
+@register_recipe
+class CBQRecipe(Recipe):
+    name = "cbq"
+    title = "CBQ: Cross-Block Quantization for Large Language Models"
+    compression = "cbq"
+    config_model = CBQRecipeConfig
+    primary_metric = "ppl_shakespeare"
+    higher_is_better = False
+    cost_metric = "size_ratio"
+    serving_params = {"max_new_tokens": 32}
+    paper_figures = (
+        PaperFigure("w4a16_ppl_gain_vs_gptq", 0.2, "arXiv 2312.07950 abstract",
+                    "W4A16 perplexity 0.1-0.3 lower than GPTQ (LLaMA/OPT, WikiText2)"),
+        PaperFigure("w4a4_ppl_ratio_vs_fp", 11.26 / 5.68, "OmniQuant (ICLR 2024), LLaMA-1-7B WikiText2",
+                    "OmniQuant W4A4 11.26 vs FP16 5.68; CBQ claims to be below it"),
+        PaperFigure("w2a16g64_ppl_ratio_vs_fp", 9.72 / 5.68, "OmniQuant (ICLR 2024), LLaMA-1-7B WikiText2",
+                    "OmniQuant W2A16g128 9.72 vs FP16 5.68; CBQ claims to be below it"),
+    )
+
+    def load_data(self, path: str, cfg: CBQRecipeConfig) -> TextSplits:
+        return TextSplits(load_text_dataset(path))
+
+    def build_model(self, cfg: CBQRecipeConfig) -> nn.Module:
+        seed_everything(cfg.seed)
+        return build_lm(cfg.model)
+
+    def train(self, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
+              reporter: Reporter) -> dict[str, float]:
+        generator = seed_everything(cfg.seed)
+        metrics: dict[str, float] = {}
+        if cfg.model.source == "tiny":
+            model.tokenizer = train_bpe_tokenizer(data.raw.train, cfg.model.vocab_size)
+        if cfg.train.steps:
+            metrics |= train_lm(model, data.ids(model, "train"), cfg.train, reporter, generator)
+        metrics |= self._perplexities(model.lm, model, data, cfg)
+        if cfg.model.inject_outliers is not None:
+            inject = cfg.model.inject_outliers
+            inject_activation_outliers(model.lm, inject.channels, inject.factor, cfg.seed)
+            after = self._perplexities(model.lm, model, data, cfg)
+            metrics["outlier_injection_ppl_change"] = max(abs(after[k] - metrics[k]) for k in after)
+            metrics |= after
+        return metrics
+
+    def _perplexities(self, lm: nn.Module, model: TokenizedLM, data: TextSplits,
+                      cfg: CBQRecipeConfig) -> dict[str, float]:
+        return {f"ppl_{name}": perplexity(lm, eval_windows(data.ids(model, split), cfg.evaluate.seq_len,
+                                                           cfg.evaluate.max_windows))
+                for name, split in EVAL_SETS.items()}
+
+    def _calibration(self, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(cfg.seed + 1)
+        return calibration_segments(data.ids(model, "calib"), cfg.compress.calib_segments,
+                                    cfg.compress.calib_seq_len, generator)
+
+    def _quantize(self, model: TokenizedLM, method: str, setting: QuantSetting, calib: torch.Tensor,
+                  cfg: CBQRecipeConfig, reporter: Reporter | None) -> TokenizedLM:
+        quantize_lm(model.lm, method, setting, calib, cfg.compress.cbq_config(cfg.seed),
+                    cfg.evaluate.smoothquant_alpha, reporter)
+        pack_quantized_linears(model.lm)
+        return model
+
+    def compress(self, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
+                 reporter: Reporter) -> CompressionResult:
+        setting = cfg.compress.setting.to_setting()
+        self._quantize(model, "cbq", setting, self._calibration(model, data, cfg), cfg, reporter)
+        metrics = self._perplexities(model.lm, model, data, cfg)
+        return CompressionResult(model=model, method="cbq", knobs={"method": "cbq", **setting.knobs()},
+                                 metrics=metrics)
+
+    def restore_compression(self, model: TokenizedLM, knobs: dict[str, Any]) -> nn.Module:
+        setting = QuantSetting.from_knobs(knobs)
+        install_packed_linears(model.lm, setting.weight, setting.act, skip=keeps_full_precision)
+        return model
+
+    def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
+        setting = QuantSetting.from_knobs(knobs)
+        return {"setting": setting.name, "weight_bits": str(setting.weight.bits),
+                "weight_granularity": setting.weight.granularity,
+                "group_size": str(setting.weight.group_size or ""),
+                "act_bits": str(setting.act.bits) if setting.act else "fp32",
+                "act_granularity": setting.act.granularity if setting.act else ""}
+
+    def model_files(self, model: TokenizedLM) -> dict[str, str]:
+        assert model.tokenizer is not None
+        return {"lm_config.json": model.lm.config.to_json_string(),
+                "tokenizer.json": model.tokenizer.to_str(),
+                "eos_token_id.json": json.dumps(model.eos_token_id)}
+
+    def module_for_loading(self, cfg: CBQRecipeConfig, files: dict[str, str], knobs: dict[str, Any] | None) -> nn.Module:
+        """The architecture from the saved config (no pretrained source needed), empty until the weights load."""
+        lm = LlamaForCausalLM(LlamaConfig.from_dict(json.loads(files["lm_config.json"]))).eval()
+        model = TokenizedLM(lm, Tokenizer.from_str(files["tokenizer.json"]), json.loads(files["eos_token_id.json"]))
+        return self.restore_compression(model, knobs) if knobs else model
+
+    def _measure(self, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig) -> dict[str, float]:
+        ev = cfg.evaluate
+        metrics = self._perplexities(model.lm, model, data, cfg)
+        metrics["size_bytes"] = float(size_on_disk(model))
+        batch = eval_windows(data.ids(model, "eval_shakespeare"), ev.seq_len, ev.latency_batch)
+        timing = measure_latency(model, batch, runs=ev.latency_runs, warmup=ev.latency_warmup)
+        metrics |= timing | {"tokens_per_s": timing["throughput_per_s"] * ev.seq_len}
+        return metrics
+
+    def evaluate(self, dense: TokenizedLM, compressed: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
+                 reporter: Reporter) -> Evaluation:
+        ev = cfg.evaluate
+        setting = cfg.compress.setting.to_setting()
+        calib = self._calibration(dense, data, cfg)
+        parent = self._measure(dense, data, cfg)
+        variants = [VariantResult("fp", "parent", "fp", {}, parent)]
+        grid: list[dict[str, Any]] = []
+        settings = {s.name: s.to_setting() for s in ev.settings} | {setting.name: setting}
+        total = len(settings) * len(ev.methods)
+        for s_index, current in enumerate(settings.values()):
+            for m_index, method in enumerate(ev.methods):
+                at_compress_setting = current.name == setting.name
+                if method == "cbq" and at_compress_setting:
+                    model = compressed          # the registered model itself, not a re-run
+                else:
+                    copied = TokenizedLM(copy.deepcopy(dense.lm), dense.tokenizer, dense.eos_token_id)
+                    model = self._quantize(copied, method, current, calib, cfg, None)
+                metrics = (self._measure(model, data, cfg) if at_compress_setting
+                           else self._perplexities(model.lm, model, data, cfg)
+                           | {"size_bytes": float(size_on_disk(model))})
+                metrics["size_ratio"] = metrics["size_bytes"] / parent["size_bytes"]
+                metrics["w_bits"] = float(current.weight.bits)
+                grid.append({"setting": current.name, "method": method,
+                             **{k: metrics[k] for k in ("ppl_shakespeare", "ppl_milton", "size_bytes", "size_ratio")}})
+                if at_compress_setting:
+                    role = {"cbq": "method", "cbq_no_cfp": "ablation"}.get(method, "baseline")
+                    variants.append(VariantResult(f"{method}_{current.name}", role, method,
+                                                  {"method": method, **current.knobs()}, metrics))
+                reporter.progress(s_index * len(ev.methods) + m_index + 1, total, "quantize method x setting")
+        compare_to_parent(variants, self.primary_metric)
+        for row in grid:
+            for name in EVAL_SETS:
+                row[f"ppl_{name}_ratio_vs_fp"] = row[f"ppl_{name}"] / parent[f"ppl_{name}"]
+        samples = [{"variant": label, "prompt": prompt, "completion": completion}
+                   for label, model in (("fp", dense), (f"cbq_{setting.name}", compressed))
+                   for prompt, completion in zip(ev.prompts, generate(model, list(ev.prompts), ev.max_new_tokens))]
+        table = [{"variant": v.name, "role": v.role, **{k: round(float(m), 6) for k, m in v.metrics.items()}}
+                 for v in variants]
+        return Evaluation(variants=variants,
+                          tables={"comparison": table, "method_by_setting": grid, "samples": samples},
+                          figures={"ppl_by_setting": _ppl_by_setting_figure(grid, parent)})
+
+    def our_figures(self, evaluation: Evaluation) -> dict[str, float]:
+        grid = {(r["setting"], r["method"]): r for r in evaluation.tables["method_by_setting"]}
+        figures = {}
+        if ("W4A16", "cbq") in grid and ("W4A16", "gptq") in grid:
+            figures["w4a16_ppl_gain_vs_gptq"] = (grid["W4A16", "gptq"]["ppl_shakespeare"]
+                                                 - grid["W4A16", "cbq"]["ppl_shakespeare"])
+        for setting in ("W4A4", "W2A16g64"):
+            if (setting, "cbq") in grid:
+                figures[f"{setting.lower()}_ppl_ratio_vs_fp"] = grid[setting, "cbq"]["ppl_shakespeare_ratio_vs_fp"]
+        return figures
+
+    def input_example(self, data: TextSplits, n: int = 2) -> list[str]:
+        return ["ROMEO:\n", "To be, or not to be,"][:n]
+
+    def predict(self, model: TokenizedLM, batch: Any, params: dict[str, Any] | None = None) -> list[str]:
+        max_new_tokens = int((params or {}).get("max_new_tokens", self.serving_params["max_new_tokens"]))
+        if not 1 <= max_new_tokens <= 1024:
+            raise ValueError(f"max_new_tokens must be in [1, 1024], got {max_new_tokens}")
+        return generate(model, _prompts(batch), max_new_tokens)
+
+
+def _ppl_by_setting_figure(grid: list[dict[str, Any]], parent: dict[str, float]) -> Any:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    settings = list(dict.fromkeys(r["setting"] for r in grid))
+    for ax, name in zip(axes, ("shakespeare", "milton")):
+        for method in dict.fromkeys(r["method"] for r in grid):
+            rows = {r["setting"]: r for r in grid if r["method"] == method}
+            ax.plot(settings, [rows[s][f"ppl_{name}"] if s in rows else math.nan for s in settings],
+                    marker="o", label=method)
+        ax.axhline(parent[f"ppl_{name}"], color="black", linestyle="--", label="fp")
+        ax.set_yscale("log")
+        ax.set_title(f"perplexity on held-out {name}")
+        ax.set_xlabel("setting")
+        ax.set_ylabel("perplexity (log)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
