@@ -95,6 +95,31 @@ def run(
     print_summary(summary)
 
 
+@app.command()
+def serve(
+    paper: str = typer.Argument(..., help="registered paper, see `paperops list`"),
+    alias: str = typer.Option("champion", "--alias", "-a", help="registry alias of the version to serve"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(5001, "--port"),
+    workers: int = typer.Option(1, "--workers"),
+) -> None:
+    """Serve paperops-<paper>@<alias> over REST (POST /invocations) with `mlflow models serve`, pickle-free."""
+    apply_runtime_defaults()
+    import os
+
+    from tasks.serve import ServingError, resolve_served_model, serve_command
+
+    try:
+        model = resolve_served_model(paper, alias)
+    except ServingError as exc:
+        console.print(f"[red]cannot serve:[/] {exc}")
+        raise typer.Exit(5) from exc
+    command, env = serve_command(model, host, port, workers)
+    console.print(f"serving {model.model_name} v{model.version} (@{model.alias} at start) on http://{host}:{port}"
+                  "/invocations; restart to follow a moved alias")
+    os.execvpe(command[0], command, env)
+
+
 def quiet_library_logs() -> None:
     """The progress bars and the summary are the run's output; library INFO chatter goes to the MLflow runs."""
     import logging
