@@ -96,6 +96,25 @@ def run(
 
 
 @app.command()
+def lineage(
+    paper: str = typer.Argument(..., help="registered paper, see `paperops list`"),
+    version: Optional[str] = typer.Option(None, "--version", "-v", help="registry version; default @champion"),
+) -> None:
+    """Print a version's chain: DVC stage -> GX -> runs -> registered version -> aliases -> endpoint."""
+    apply_runtime_defaults()
+    from rich.markdown import Markdown
+
+    from tasks.lineage_view import LineageError, version_lineage
+
+    try:
+        view = version_lineage(paper, version)
+    except LineageError as exc:
+        console.print(f"[red]no lineage:[/] {exc}")
+        raise typer.Exit(5) from exc
+    console.print(Markdown(view.markdown()))
+
+
+@app.command()
 def serve(
     paper: str = typer.Argument(..., help="registered paper, see `paperops list`"),
     alias: str = typer.Option("champion", "--alias", "-a", help="registry alias of the version to serve"),

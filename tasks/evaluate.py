@@ -34,7 +34,8 @@ def evaluate_models(paper: str, config: dict[str, Any], step_key: str, dataset: 
         ours = recipe.our_figures(evaluation)
         reporter.log_table("paper_vs_ours", [
             {"metric": f.metric, "paper_figure": f.value, "ours": ours.get(f.metric), "source": f.source,
-             "paper_setting": f.note} for f in recipe.paper_figures])
+             "paper_setting": f.note, "higher_is_better": f.higher_is_better, "verdict": f.verdict(ours.get(f.metric))}
+            for f in recipe.paper_figures])
         reporter.log_metrics({f"ours.{k}": v for k, v in ours.items()}
                              | {f"paper_figure.{f.metric}": f.value for f in recipe.paper_figures})
         variants: dict[str, VariantRef] = {}

@@ -4,8 +4,6 @@ version its compression record (parent version, method, knobs, deltas vs the par
 from __future__ import annotations
 
 import json
-from typing import Any
-
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -95,29 +93,9 @@ def register_versions(paper: str, profile: str, config_hash: str, dataset: Datas
             version = str(mlflow.register_model(model.model_uri, name, tags=tags).version)
             created.append(version)
             versions[model.role] = version
-            client.update_model_version(name, version, description=_describe(recipe.title, model, tags))
     except BaseException:
         for version in created:
             client.delete_model_version(name, version)
         raise
     return RegisteredVersions(model_name=name, parent_version=versions["parent"],
                               method_version=versions["method"], created=bool(created))
-
-
-def _describe(title: str, model: ModelRef, tags: dict[str, Any]) -> str:
-    lines = [f"**{title}** — {model.role} model ({tags['paperops.variant']}), profile `{tags['paperops.profile']}`.",
-             "",
-             f"- data: DVC stage `{tags['dataset.stage']}` md5 `{tags['dataset.md5']}`; GX suite "
-             f"`{tags['gx.suite']}` passed: {tags['gx.success']}",
-             f"- training run `{model.run_id}`, evaluation run `{tags['paperops.evaluation_run_id']}`, "
-             f"pipeline run `{tags['paperops.pipeline_run_id']}`",
-             f"- {tags['primary_metric']} {tags.get('metrics.' + tags['primary_metric'], '?')}, "
-             f"p50 latency {tags.get('metrics.latency_p50_ms', '?')} ms"]
-    if "compression.method" in tags:
-        lines.append(f"- compressed from version {tags['compression.parent_version']} with "
-                     f"{tags['compression.method']} {tags['compression.knobs']}: "
-                     + ", ".join(f"{k.removeprefix('compression.')} {v}" for k, v in tags.items()
-                                 if k.startswith("compression.") and k not in {"compression.parent_version",
-                                                                               "compression.method",
-                                                                               "compression.knobs"}))
-    return "\n".join(lines)

@@ -58,6 +58,14 @@ class PaperFigure:
     value: float
     source: str
     note: str = ""
+    higher_is_better: bool = True
+
+    def verdict(self, ours: float | None) -> str:
+        """Whether our figure is at least as good as the paper's, in the figure's own direction."""
+        if ours is None or ours != ours:  # missing or NaN
+            return "not measured"
+        meets = ours >= self.value if self.higher_is_better else ours <= self.value
+        return "meets the paper" if meets else "short of the paper"
 
 
 @dataclass

@@ -167,9 +167,9 @@ class CBQRecipe(Recipe):
         PaperFigure("w4a16_ppl_gain_vs_gptq", 0.2, "arXiv 2312.07950 abstract",
                     "W4A16 perplexity 0.1-0.3 lower than GPTQ (LLaMA/OPT, WikiText2)"),
         PaperFigure("w4a4_ppl_ratio_vs_fp", 11.26 / 5.68, "OmniQuant (ICLR 2024), LLaMA-1-7B WikiText2",
-                    "OmniQuant W4A4 11.26 vs FP16 5.68; CBQ claims to be below it"),
+                    "OmniQuant W4A4 11.26 vs FP16 5.68; CBQ claims to be below it", higher_is_better=False),
         PaperFigure("w2a16g64_ppl_ratio_vs_fp", 9.72 / 5.68, "OmniQuant (ICLR 2024), LLaMA-1-7B WikiText2",
-                    "OmniQuant W2A16g128 9.72 vs FP16 5.68; CBQ claims to be below it"),
+                    "OmniQuant W2A16g128 9.72 vs FP16 5.68; CBQ claims to be below it", higher_is_better=False),
     )
 
     def load_data(self, path: str, cfg: CBQRecipeConfig) -> TextSplits:

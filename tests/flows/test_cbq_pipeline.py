@@ -87,3 +87,29 @@ def test_champion_loads_by_alias_without_pickle_and_generates(cbq_run, monkeypat
 
     module = model.unwrap_python_model().module
     assert sum(isinstance(m, PackedQuantLinear) for m in module.modules()) == 7 * 2
+
+
+def test_lineage_chain_and_certificate_are_stored_and_printed(cbq_run):
+    from tasks.lineage_view import version_lineage
+
+    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    method_version = cbq_run["versions"]["method_version"]
+    lineage = version_lineage("cbq")                         # default: @champion
+    assert lineage.version == method_version
+    links = dict(lineage.chain)
+    version = client.get_model_version("paperops-cbq", method_version)
+    assert version.tags["dataset.md5"] in links["DVC stage"]
+    assert "text_corpus" in links["GX validation"] and "passed: true" in links["GX validation"]
+    assert version.tags["paperops.training_run_id"] in links["compression run"]
+    assert version.tags["paperops.evaluation_run_id"] in links["evaluation run"]
+    assert links["aliases"] == "@champion" and "paperops serve cbq --alias champion" in links["serving endpoint"]
+    assert {row["metric"] for row in lineage.certificate} == {
+        "w4a16_ppl_gain_vs_gptq", "w4a4_ppl_ratio_vs_fp", "w2a16g64_ppl_ratio_vs_fp"}
+    assert all(row["verdict"] in ("meets the paper", "short of the paper", "not measured")
+               for row in lineage.certificate)
+    # the registry holds it: the description and a markdown artifact of the version's run
+    assert version.description == lineage.markdown()
+    text = mlflow.artifacts.load_text(f"runs:/{version.run_id}/lineage/v{method_version}.md")
+    assert text == lineage.markdown()
+    parent_links = dict(version_lineage("cbq", cbq_run["versions"]["parent_version"]).chain)
+    assert parent_links["compression run"] == "none: this is the dense parent"
