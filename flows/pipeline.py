@@ -64,7 +64,7 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
         versions = _run(summary, "register", register_versions, paper, profile, resolved.digest(), dataset, report,
                         dense, compressed, evaluation, parent)
         summary.versions = asdict(versions)
-        decision = _run(summary, "promote", promote_version, paper, versions, evaluation, report, cfg.promote)
+        decision = _run(summary, "promote", promote_version, paper, versions.method_version, cfg.promote)
         summary.promotion = asdict(decision)
         _run(summary, "lineage", store_lineage, paper, [versions.parent_version, versions.method_version])
     except BaseException as exc:

@@ -96,6 +96,34 @@ def run(
 
 
 @app.command()
+def promote(
+    paper: str = typer.Argument(..., help="registered paper, see `paperops list`"),
+    version: Optional[str] = typer.Option(None, "--version", "-v", help="registry version; default: newest compressed"),
+) -> None:
+    """Run the promotion gate on a version: data valid, metric within threshold of its parent, cost ratio below
+    threshold, serving smoke request answered. Passing moves @challenger and @champion to it."""
+    apply_runtime_defaults()
+    from flows.promote import promote_flow
+    from tasks.promote import PromotionRequestError
+
+    quiet_library_logs()
+    try:
+        decision = promote_flow(paper, version)
+    except PromotionRequestError as exc:
+        console.print(f"[red]cannot promote:[/] {exc}")
+        raise typer.Exit(5) from exc
+    if decision["promoted"]:
+        console.print(f"[green]@{decision['alias']} -> v{decision['version']}[/] (was "
+                      f"{('v' + decision['previous_version']) if decision['previous_version'] else 'unset'})")
+        return
+    console.print(f"[yellow]v{decision['version']} rejected; @{decision['alias']} stays at "
+                  f"{('v' + decision['previous_version']) if decision['previous_version'] else 'unset'}:[/]")
+    for reason in decision["reasons"]:
+        console.print(f"  - {reason}")
+    raise typer.Exit(6)
+
+
+@app.command()
 def lineage(
     paper: str = typer.Argument(..., help="registered paper, see `paperops list`"),
     version: Optional[str] = typer.Option(None, "--version", "-v", help="registry version; default @champion"),

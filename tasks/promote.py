@@ -1,20 +1,26 @@
-"""The promotion gate of a pipeline run: the compressed version becomes `@champion` only when its data passed
-validation, its primary metric dropped no more than allowed vs its parent, and its cost ratio is below the
-threshold. Otherwise the alias stays where it was and the version records why it was rejected."""
+"""The promotion gate: a compressed version becomes `@champion` only when its data passed validation, its primary
+metric worsened no more than allowed vs its parent, its cost ratio is below the threshold, and it loads from the
+registry and answers a serving smoke request in its logged signature. Otherwise the alias stays where it was and
+the version records why it was rejected. The pipeline runs it on the version it registered; `paperops promote`
+(flows/promote.py) runs it on any version."""
 from __future__ import annotations
 
 import datetime as dt
 import getpass
+import json
 import math
+import os
+
+import mlflow
+import numpy as np
 
 from mlflow.exceptions import MlflowException
 from prefect import task
 
 from models.common.recipe import PromotionSection, get_recipe
-from tasks.refs import EvaluationRef, PromotionDecision, RegisteredVersions
+from tasks.refs import PromotionDecision
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
-from tasks.tracking import configure_tracking
-from tasks.validate import ValidationReport
+from tasks.tracking import configure_tracking, registered_model_name
 
 
 def promotion_failures(metrics: dict[str, float], gate: PromotionSection, primary_metric: str, cost_metric: str,
@@ -35,15 +41,92 @@ def promotion_failures(metrics: dict[str, float], gate: PromotionSection, primar
     return failures
 
 
+class PromotionRequestError(LookupError):
+    """The version to promote does not exist or was not registered by a paperops pipeline."""
+
+
+def newest_compressed_version(paper: str) -> str:
+    client = configure_tracking()
+    name = registered_model_name(paper)
+    compressed = [int(v.version) for v in client.search_model_versions(f"name='{name}'")
+                  if v.tags.get("paperops.role") == "method"]
+    if not compressed:
+        raise PromotionRequestError(f"{name} has no compressed version: run `paperops run {paper}` first")
+    return str(max(compressed))
+
+
+def version_profile(paper: str, version: str) -> str:
+    client = configure_tracking()
+    name = registered_model_name(paper)
+    try:
+        tags = client.get_model_version(name, version).tags
+    except MlflowException as exc:
+        raise PromotionRequestError(f"{name} has no version {version}") from exc
+    if "paperops.profile" not in tags:
+        raise PromotionRequestError(f"{name} v{version} was not registered by a paperops pipeline")
+    return tags["paperops.profile"]
+
+
+def serving_smoke_failure(model_uri: str) -> str | None:
+    """Loads the version from the registry as a server would (pickle deserialization off), sends its logged input
+    example, and checks the answer against the logged output signature. None = it answered correctly."""
+    previous = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+        example = model.input_example
+        if example is None:
+            return "the model has no logged input example to send as a smoke request"
+        prediction = model.predict(example)
+        outputs = model.metadata.get_output_schema()
+    except Exception as exc:  # any failure to load or answer is the finding, reported verbatim
+        return f"serving smoke request failed: {type(exc).__name__}: {str(exc)[:300]}"
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
+        else:
+            os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = previous
+    n_inputs = len(example)
+    if outputs is None:
+        return "the model has no logged output signature to check the answer against"
+    if outputs.is_tensor_spec():
+        expected = outputs.inputs[0].shape
+        got = np.asarray(prediction).shape
+        if len(got) != len(expected) or any(e not in (-1, g) for e, g in zip(expected, got, strict=True)) \
+                or got[0] != n_inputs:
+            return f"serving smoke answer has shape {got}; the signature says {expected} for {n_inputs} inputs"
+    elif len(prediction) != n_inputs:
+        return f"serving smoke answer has {len(prediction)} rows for {n_inputs} inputs"
+    return None
+
+
+def _tag_float(tags: dict[str, str], key: str) -> float:
+    try:
+        return float(tags[key])
+    except (KeyError, ValueError):
+        return math.nan
+
+
 @task(name="promote", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
-def promote_version(paper: str, versions: RegisteredVersions, evaluation: EvaluationRef,
-                    validation: ValidationReport, gate: PromotionSection) -> PromotionDecision:
+def promote_version(paper: str, version: str, gate: PromotionSection, actor: str = "pipeline") -> PromotionDecision:
+    """The gate on one registered compressed version, read entirely from the registry: its data passed
+    validation, its primary metric is within the threshold of its parent's, its cost ratio is below the threshold,
+    and it loads and answers a serving smoke request. Passing moves `@challenger` then `gate.alias` to it (the
+    old champion is restored if recording the approval fails); failing tags it rejected with every reason."""
     client = configure_tracking()
     recipe = get_recipe(paper)
-    name, version = versions.model_name, versions.method_version
-    method_metrics = next(v for v in evaluation.variants.values() if v.role == "method").metrics
-    failures = promotion_failures(method_metrics, gate, recipe.primary_metric, recipe.cost_metric,
-                                  validation.success, recipe.higher_is_better)
+    name = registered_model_name(paper)
+    mv = client.get_model_version(name, version)
+    tags = mv.tags
+    metrics = {"delta_vs_parent": _tag_float(tags, "metrics.delta_vs_parent"),
+               recipe.cost_metric: _tag_float(tags, f"metrics.{recipe.cost_metric}")}
+    failures = promotion_failures(metrics, gate, recipe.primary_metric, recipe.cost_metric,
+                                  tags.get("gx.success") == "true", recipe.higher_is_better)
+    if tags.get("paperops.role") != "method":
+        failures.append(f"v{version} is a {tags.get('paperops.role', 'untracked')} version, not a compressed one")
+    smoke = serving_smoke_failure(f"models:/{name}/{version}")
+    if smoke is not None:
+        failures.append(smoke)
     try:
         previous = str(client.get_model_version_by_alias(name, gate.alias).version)
     except MlflowException:
@@ -54,13 +137,19 @@ def promote_version(paper: str, versions: RegisteredVersions, evaluation: Evalua
         client.set_model_version_tag(name, version, "promotion.reasons", " | ".join(failures))
         client.set_model_version_tag(name, version, "promotion.checked_at", checked_at)
         return PromotionDecision(name, version, gate.alias, False, failures, previous)
+    checks = (f"data valid ({tags['gx.suite']}), {recipe.primary_metric} worse by <= {gate.max_metric_drop}, "
+              f"{recipe.cost_metric} <= {gate.max_cost_ratio}, serving smoke request answered")
+    client.set_registered_model_alias(name, "challenger", version)
     client.set_registered_model_alias(name, gate.alias, version)
     try:
         client.set_model_version_tag(name, version, "validation_status", "approved")
         client.set_model_version_tag(name, version, "promotion.audit",
-                                     f"{gate.alias} set by paperops pipeline ({getpass.getuser()}) at {checked_at}; "
-                                     f"checks: data valid, {recipe.primary_metric} worse by <= {gate.max_metric_drop}, "
-                                     f"{recipe.cost_metric} <= {gate.max_cost_ratio}")
+                                     f"@{gate.alias} set by paperops {actor} ({getpass.getuser()}) at {checked_at}, "
+                                     f"replacing {('v' + previous) if previous else 'nothing'}; checks: {checks}")
+        history = json.loads(client.get_registered_model(name).tags.get("promotion.history", "[]"))
+        history.append({"version": version, "alias": gate.alias, "at": checked_at, "by": actor,
+                        "replaced": previous})
+        client.set_registered_model_tag(name, "promotion.history", json.dumps(history[-50:]))
     except BaseException:
         # The alias must not point at a version whose approval was not recorded: put the old one back.
         if previous is None:

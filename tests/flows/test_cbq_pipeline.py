@@ -102,7 +102,8 @@ def test_lineage_chain_and_certificate_are_stored_and_printed(cbq_run):
     assert "text_corpus" in links["GX validation"] and "passed: true" in links["GX validation"]
     assert version.tags["paperops.training_run_id"] in links["compression run"]
     assert version.tags["paperops.evaluation_run_id"] in links["evaluation run"]
-    assert links["aliases"] == "@champion" and "paperops serve cbq --alias champion" in links["serving endpoint"]
+    assert links["aliases"] == "@challenger, @champion"
+    assert "paperops serve cbq --alias champion" in links["serving endpoint"]
     assert {row["metric"] for row in lineage.certificate} == {
         "w4a16_ppl_gain_vs_gptq", "w4a4_ppl_ratio_vs_fp", "w2a16g64_ppl_ratio_vs_fp"}
     assert all(row["verdict"] in ("meets the paper", "short of the paper", "not measured")
