@@ -1,6 +1,7 @@
 """paper_pipeline: the one flow every paper runs through.
 
-prepare data (DVC) -> validate (GX) -> train -> compress -> evaluate -> register (MLflow) -> promote -> lineage
+prepare data (DVC) -> validate (GX) -> train -> compress -> evaluate -> register (MLflow) -> promote -> Pareto front
+and SLA aliases -> lineage
 Thin wiring only: each step is a task in tasks/, steps hand each other references, and the paper's MLflow run
 is closed FAILED with the error if any step raises.
 """
@@ -18,6 +19,7 @@ from tasks.data import prepare_data
 from tasks.evaluate import evaluate_models
 from tasks.lineage import close_pipeline_run, open_pipeline_run, record_dataset, record_validation, step_keys
 from tasks.lineage_view import store_lineage
+from tasks.pareto import update_pareto_front
 from tasks.promote import promote_version
 from tasks.register import register_versions
 from tasks.train import train_model
@@ -66,6 +68,7 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
         summary.versions = asdict(versions)
         decision = _run(summary, "promote", promote_version, paper, versions.method_version, cfg.promote)
         summary.promotion = asdict(decision)
+        _run(summary, "pareto", update_pareto_front, paper, profile, cfg.promote.sla)
         _run(summary, "lineage", store_lineage, paper, [versions.parent_version, versions.method_version])
     except BaseException as exc:
         close_pipeline_run(parent, asdict(summary), exc)

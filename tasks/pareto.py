@@ -1,17 +1,22 @@
 """The accuracy × cost Pareto front over a registered model's versions, and SLA aliases chosen from it by rule.
 
-Pure functions on plain records: tasks/register.py reads the versions from MLflow, calls these, and writes the
-tags and aliases back.
+The front and the rules are pure functions on plain records; `update_pareto_front` reads the versions from the
+registry, calls them, and writes the tags and aliases back.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from prefect import task
 
-from models.common.recipe import Section
+from models.common.recipe import SlaRule, get_recipe
+from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
+from tasks.tracking import configure_tracking, registered_model_name
 
 
 @dataclass(frozen=True)
@@ -21,14 +26,6 @@ class VersionPoint:
     latency_ms: float                # p50 at the recorded batch
     size_bytes: float
     throughput_per_s: float
-
-
-class SlaRule(Section):
-    """One alias and the rule that picks its version among the front."""
-
-    alias: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
-    rule: Literal["best_under_latency", "best_above_throughput", "best_under_size"]
-    bound: float = Field(gt=0, description="ms for latency, items/s for throughput, bytes for size")
 
 
 COSTS = {"latency": lambda p: p.latency_ms, "size": lambda p: p.size_bytes}
@@ -70,3 +67,52 @@ def sla_aliases(points: list[VersionPoint], rules: tuple[SlaRule, ...],
         eligible.sort(key=lambda p: (sign * p.metric, COSTS[cost](p), -int(p.version)))
         chosen[rule.alias] = eligible[0].version if eligible else None
     return chosen
+
+
+def tag_float(tags: dict[str, str], key: str) -> float:
+    """A numeric registry tag; NaN when it is missing or not a number (every check then fails on it)."""
+    try:
+        return float(tags[key])
+    except (KeyError, ValueError):
+        return math.nan
+
+
+def _points(client: MlflowClient, name: str, profile: str, metric: str) -> list[VersionPoint]:
+    """Candidates of one profile: dense parents and compressed versions the gate approved."""
+    points = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        tags = mv.tags
+        if tags.get("paperops.profile") != profile:
+            continue
+        if tags.get("paperops.role") != "parent" and tags.get("validation_status") != "approved":
+            continue
+        points.append(VersionPoint(str(mv.version), *(tag_float(tags, f"metrics.{key}") for key in (
+            metric, "latency_p50_ms", "size_bytes", "throughput_per_s"))))
+    return points
+
+
+@task(name="pareto-front", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
+def update_pareto_front(paper: str, profile: str, rules: tuple[SlaRule, ...]) -> dict[str, object]:
+    """Recomputes the latency and size fronts of a profile's versions, tags every candidate with its membership,
+    stores the fronts as registered-model tags, and points each SLA alias at its rule's choice (an alias whose
+    rule no version meets is removed, never left pointing at a version that no longer qualifies)."""
+    client = configure_tracking()
+    recipe = get_recipe(paper)
+    name = registered_model_name(paper)
+    points = _points(client, name, profile, recipe.primary_metric)
+    fronts = {cost: pareto_front(points, cost, recipe.higher_is_better) for cost in ("latency", "size")}
+    for point in points:
+        for cost, front in fronts.items():
+            client.set_model_version_tag(name, point.version, f"pareto.{cost}_front", str(point.version in front).lower())
+    for cost, front in fronts.items():
+        client.set_registered_model_tag(name, f"pareto.{profile}.{cost}_front", json.dumps(front))
+    aliases = sla_aliases(points, rules, recipe.higher_is_better)
+    for alias, version in aliases.items():
+        if version is not None:
+            client.set_registered_model_alias(name, alias, version)
+            continue
+        try:
+            client.delete_registered_model_alias(name, alias)
+        except MlflowException:
+            pass  # it was not set
+    return {"fronts": fronts, "aliases": aliases}

@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 
 from models.common.recipe import PromotionSection, get_recipe
+from tasks.pareto import tag_float
 from tasks.refs import PromotionDecision
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 from tasks.tracking import configure_tracking, registered_model_name
@@ -100,13 +101,6 @@ def serving_smoke_failure(model_uri: str) -> str | None:
     return None
 
 
-def _tag_float(tags: dict[str, str], key: str) -> float:
-    try:
-        return float(tags[key])
-    except (KeyError, ValueError):
-        return math.nan
-
-
 @task(name="promote", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
 def promote_version(paper: str, version: str, gate: PromotionSection, actor: str = "pipeline") -> PromotionDecision:
     """The gate on one registered compressed version, read entirely from the registry: its data passed
@@ -118,8 +112,8 @@ def promote_version(paper: str, version: str, gate: PromotionSection, actor: str
     name = registered_model_name(paper)
     mv = client.get_model_version(name, version)
     tags = mv.tags
-    metrics = {"delta_vs_parent": _tag_float(tags, "metrics.delta_vs_parent"),
-               recipe.cost_metric: _tag_float(tags, f"metrics.{recipe.cost_metric}")}
+    metrics = {"delta_vs_parent": tag_float(tags, "metrics.delta_vs_parent"),
+               recipe.cost_metric: tag_float(tags, f"metrics.{recipe.cost_metric}")}
     failures = promotion_failures(metrics, gate, recipe.primary_metric, recipe.cost_metric,
                                   tags.get("gx.success") == "true", recipe.higher_is_better)
     if tags.get("paperops.role") != "method":

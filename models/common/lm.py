@@ -174,18 +174,6 @@ def build_lm(section: LMSection) -> TokenizedLM:
     return load_pretrained(section.source, section.checkpoint)
 
 
-def size_on_disk(module: nn.Module) -> int:
-    """Bytes of the module's state dict as a safetensors file (tied tensors once): the size a saved model takes."""
-    import tempfile
-
-    from safetensors.torch import save_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "weights.safetensors"
-        save_model(module, str(path))
-        return path.stat().st_size
-
-
 def training_batch(ids: torch.Tensor, batch_size: int, seq_len: int,
                    generator: torch.Generator) -> torch.Tensor:
     """(batch_size, seq_len + 1) random windows of the id stream: inputs [:, :-1], targets [:, 1:]."""

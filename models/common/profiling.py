@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import platform
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -115,3 +117,13 @@ def device_fingerprint(device: str | torch.device | None = None) -> dict[str, An
     else:
         name, label = _cpu_model_name(), device.type
     return {"device": label, "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def size_on_disk(module: nn.Module) -> int:
+    """Bytes of the module's state dict as a safetensors file (tied tensors once): the size a saved model takes."""
+    from safetensors.torch import save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.safetensors"
+        save_model(module, str(path))
+        return path.stat().st_size

@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -33,13 +33,22 @@ class DataSection(Section):
     expect: dict[str, Any] = Field(default_factory=dict, description="what the suite checks (suite-specific)")
 
 
+class SlaRule(Section):
+    """One alias and the rule that picks its version among the front."""
+
+    alias: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    rule: Literal["best_under_latency", "best_above_throughput", "best_under_size"]
+    bound: float = Field(gt=0, description="ms for latency, items/s for throughput, bytes for size")
+
+
 class PromotionSection(Section):
     """Thresholds of the promotion gate, in the units of the recipe's primary metric."""
 
-    max_metric_drop: float = Field(0.5, ge=0, description="largest allowed worsening of the primary metric vs the parent version, in its units "
-                                   "(top-1 points; perplexity)")
+    max_metric_drop: float = Field(0.5, ge=0, description="largest allowed worsening of the primary metric vs "
+                                   "the parent version, in its units (top-1 points; perplexity)")
     max_cost_ratio: float = Field(0.70, gt=0, description="compressed/dense cost ratio (MACs or bits) to pass")
     alias: str = "champion"
+    sla: tuple[SlaRule, ...] = Field((), description="aliases set from the Pareto front by rule after promotion")
 
 
 class RecipeConfig(Section):

@@ -28,9 +28,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from models.cbq import CBQConfig
 from models.common.lm import (
     LMSection, LMTrainSection, TokenizedLM, build_lm, calibration_segments, eval_windows, generate, perplexity,
-    size_on_disk, train_bpe_tokenizer, train_lm,
+    train_bpe_tokenizer, train_lm,
 )
-from models.common.profiling import measure_latency
+from models.common.profiling import measure_latency, size_on_disk
 from models.common.recipe import (
     CompressionResult, Evaluation, PaperFigure, Recipe, RecipeConfig, Section, VariantResult, compare_to_parent,
     register_recipe, seed_everything,

@@ -22,7 +22,7 @@ from torch import nn
 
 from models import ppt
 from models.common.classifier import TrainSection, predict_logits, top1_accuracy, train_classifier
-from models.common.profiling import count_macs, measure_latency
+from models.common.profiling import count_macs, measure_latency, size_on_disk
 from models.common.recipe import (
     CompressionResult, Evaluation, PaperFigure, compare_to_parent, Recipe, RecipeConfig, Section, VariantResult, register_recipe,
     seed_everything,
@@ -163,7 +163,8 @@ class PPTRecipe(Recipe):
             macs = count_macs(model, latency_batch) / len(latency_batch)
             timing = measure_latency(model, latency_batch, runs=cfg.evaluate.latency_runs,
                                      warmup=cfg.evaluate.latency_warmup)
-            metrics = {"top1": top1, "macs_per_image": macs, "macs_ratio": macs / dense_macs, **timing}
+            metrics = {"top1": top1, "macs_per_image": macs, "macs_ratio": macs / dense_macs,
+                       "size_bytes": float(size_on_disk(model)), **timing}
             for s in stats:
                 metrics[f"pool_fraction_block{s['block']}"] = float(s["pool_fraction"])
                 layer_rows.append({"variant": name, **s})

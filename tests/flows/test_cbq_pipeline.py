@@ -114,3 +114,16 @@ def test_lineage_chain_and_certificate_are_stored_and_printed(cbq_run):
     assert text == lineage.markdown()
     parent_links = dict(version_lineage("cbq", cbq_run["versions"]["parent_version"]).chain)
     assert parent_links["compression run"] == "none: this is the dense parent"
+
+
+def test_pareto_fronts_and_sla_aliases_are_stored(cbq_run):
+    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    assert cbq_run["steps"]["pareto"] == "Completed"
+    model = client.get_registered_model("paperops-cbq")
+    fronts = {cost: json.loads(model.tags[f"pareto.tiny.{cost}_front"]) for cost in ("latency", "size")}
+    assert cbq_run["versions"]["method_version"] in fronts["size"]     # the smallest version is always on it
+    for version in (cbq_run["versions"]["parent_version"], cbq_run["versions"]["method_version"]):
+        tags = client.get_model_version("paperops-cbq", version).tags
+        assert tags["pareto.size_front"] == str(version in fronts["size"]).lower()
+    small = str(client.get_model_version_by_alias("paperops-cbq", "small").version)
+    assert small in fronts["size"]

@@ -10,8 +10,9 @@ from torch import nn
 
 from models.common.lm import (
     LMSection, LMTrainSection, TokenizedLM, build_lm, calibration_segments, eval_windows, generate, load_pretrained,
-    perplexity, size_on_disk, train_bpe_tokenizer, train_lm,
+    perplexity, train_bpe_tokenizer, train_lm,
 )
+from models.common.profiling import size_on_disk
 from models.common.reporting import RecordingReporter
 
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
