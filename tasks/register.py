@@ -1,9 +1,8 @@
-"""Register the dense parent and the compressed model as versions of `paperops-<paper>`, each with the record
-a reviewer needs in the MLflow UI: data (DVC md5, GX result), config hash, runs, metrics, and for the compressed
-version its compression record (parent version, method, knobs, deltas vs the parent, device)."""
+"""Register the dense parent and the compressed model as versions of `paperops-<paper>`, each with its validated
+record (tasks/record.py) as tags and as a JSON artifact: data (DVC md5, GX result), config hash, git commit, runs,
+metrics, cost, device, and for the compressed version its compression record (parent version, method, knobs)."""
 from __future__ import annotations
 
-import json
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -11,6 +10,8 @@ from prefect import task
 
 from models.common.recipe import Recipe, get_recipe
 from tasks.data import DatasetRef
+from tasks.lineage import git_commit
+from tasks.record import CompressionRecord, VersionRecord
 from tasks.refs import EvaluationRef, ModelRef, RegisteredVersions
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 from tasks.tracking import configure_tracking, registered_model_name
@@ -24,42 +25,32 @@ def _find_version(client: MlflowClient, name: str, model_uri: str) -> str | None
     return None
 
 
-def _metric_tags(prefix: str, metrics: dict[str, float]) -> dict[str, str]:
-    return {f"{prefix}.{k}": f"{v:.6g}" for k, v in sorted(metrics.items())}
-
-
-def version_tags(paper: str, profile: str, config_hash: str, dataset: DatasetRef, validation: ValidationReport,
-                 model: ModelRef, evaluation: EvaluationRef, variant: str, parent_run_id: str) -> dict[str, str]:
-    recipe = get_recipe(paper)
-    evaluated = evaluation.variants[variant]
-    return {
-        "paperops.paper": paper, "paperops.recipe": recipe.name, "paperops.profile": profile,
-        "paperops.role": model.role, "paperops.variant": variant, "paperops.model_uri": model.model_uri,
-        "paperops.config_hash": config_hash, "paperops.pipeline_run_id": parent_run_id,
-        "paperops.training_run_id": model.run_id, "paperops.evaluation_run_id": evaluation.run_id,
-        "dataset.name": dataset.name, "dataset.stage": dataset.stage, "dataset.md5": dataset.md5,
-        "gx.suite": validation.suite, "gx.success": str(validation.success).lower(),
-        "primary_metric": recipe.primary_metric,
-        **_metric_tags("metrics", evaluated.metrics),
-        **{f"device.{k}": str(v) for k, v in evaluation.device.items()},
-        "validation_status": "pending",
-    }
-
-
-def compression_tags(parent_version: str, compressed: ModelRef, evaluation: EvaluationRef,
-                     recipe: Recipe) -> dict[str, str]:
-    m = next(v for v in evaluation.variants.values() if v.role == "method").metrics
-    knobs = compressed.knobs or {}
-    return {
-        "compression.parent_version": parent_version,
-        "compression.method": recipe.compression,
-        "compression.knobs": json.dumps(knobs, sort_keys=True),
-        **{f"compression.{k}": v for k, v in recipe.compression_record(knobs).items()},
-        f"compression.delta_{recipe.primary_metric}": f"{m['delta_vs_parent']:.4f}",
-        f"compression.{recipe.cost_metric}": f"{m[recipe.cost_metric]:.4f}",
-        "compression.throughput_ratio": f"{m.get('throughput_ratio', float('nan')):.4f}",
-        "compression.latency_p50_ms": f"{m.get('latency_p50_ms', float('nan')):.4f}",
-    }
+def version_record(recipe: Recipe, profile: str, config_hash: str, dataset: DatasetRef,
+                   validation: ValidationReport, model: ModelRef, evaluation: EvaluationRef, variant: str,
+                   pipeline_run_id: str, parent_version: str | None) -> VersionRecord:
+    """The validated record of one version from what the pipeline steps handed over."""
+    metrics = evaluation.variants[variant].metrics
+    knobs = model.knobs or {}
+    weight = knobs.get("weight")
+    compression = None
+    if model.role == "method":
+        assert parent_version is not None
+        compression = CompressionRecord(parent_version=parent_version, method=recipe.compression, knobs=knobs,
+                                        summary=recipe.compression_record(knobs))
+    return VersionRecord(
+        paper=recipe.name, recipe=recipe.name, profile=profile, role=model.role, variant=variant,
+        model_uri=model.model_uri, dataset_name=dataset.name, dataset_stage=dataset.stage, dataset_md5=dataset.md5,
+        gx_suite=validation.suite, gx_success=validation.success, config_hash=config_hash, git_commit=git_commit(),
+        pipeline_run_id=pipeline_run_id, training_run_id=model.run_id, evaluation_run_id=evaluation.run_id,
+        primary_metric=recipe.primary_metric, higher_is_better=recipe.higher_is_better,
+        primary_value=metrics[recipe.primary_metric], delta_vs_parent=metrics.get("delta_vs_parent"),
+        cost_metric=recipe.cost_metric, cost_ratio=metrics.get(recipe.cost_metric) if compression else None,
+        macs_per_item=metrics.get("macs_per_image"), weight_bits=weight["bits"] if weight else 32,
+        latency_p50_ms=metrics["latency_p50_ms"], latency_p95_ms=metrics["latency_p95_ms"],
+        latency_batch=int(metrics["batch_size"]), throughput_per_s=metrics["throughput_per_s"],
+        peak_memory_bytes=int(metrics["peak_memory_bytes"]) if "peak_memory_bytes" in metrics else None,
+        size_bytes=int(metrics["size_bytes"]), device={k: str(v) for k, v in evaluation.device.items()},
+        metrics=metrics, compression=compression)
 
 
 @task(name="register", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
@@ -86,13 +77,15 @@ def register_versions(paper: str, profile: str, config_hash: str, dataset: Datas
             if existing is not None:
                 versions[model.role] = existing
                 continue
-            tags = version_tags(paper, profile, config_hash, dataset, validation, model, evaluation, variant,
-                                parent_run_id)
-            if model.role == "method":
-                tags.update(compression_tags(versions["parent"], model, evaluation, recipe))
+            record = version_record(recipe, profile, config_hash, dataset, validation, model, evaluation, variant,
+                                    parent_run_id, versions.get("parent"))
+            tags = record.tags() | {"validation_status": "pending"}
             version = str(mlflow.register_model(model.model_uri, name, tags=tags).version)
             created.append(version)
             versions[model.role] = version
+            artifact = f"registry/v{version}.json"
+            client.log_dict(model.run_id, record.model_dump(mode="json"), artifact)
+            client.set_model_version_tag(name, version, "record.artifact", f"runs:/{model.run_id}/{artifact}")
     except BaseException:
         for version in created:
             client.delete_model_version(name, version)

@@ -81,18 +81,25 @@ def latency_summary(seconds: list[float], batch_size: int) -> dict[str, float]:
 
 
 def measure_latency(model: nn.Module, batch: torch.Tensor, runs: int = 10, warmup: int = 2) -> dict[str, float]:
-    """Latency and throughput of eval-mode forward passes on `batch`; the model's train/eval mode is restored."""
+    """Latency and throughput of eval-mode forward passes on `batch` (and, on a GPU, the peak allocated memory);
+    the model's train/eval mode is restored."""
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     was_training = model.training
     model.eval()
+    on_gpu = batch.device.type == "cuda"
     try:
         for _ in range(warmup):
             time_forward(model, batch)
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats(batch.device)
         seconds = [time_forward(model, batch) for _ in range(runs)]
     finally:
         model.train(was_training)
-    return latency_summary(seconds, len(batch))
+    summary = latency_summary(seconds, len(batch))
+    if on_gpu:  # the CPU allocator keeps no peak statistic, so CPU runs record none rather than a guess
+        summary["peak_memory_bytes"] = float(torch.cuda.max_memory_allocated(batch.device))
+    return summary
 
 
 def _cpu_model_name() -> str:

@@ -127,3 +127,19 @@ def test_pareto_fronts_and_sla_aliases_are_stored(cbq_run):
         assert tags["pareto.size_front"] == str(version in fronts["size"]).lower()
     small = str(client.get_model_version_by_alias("paperops-cbq", "small").version)
     assert small in fronts["size"]
+
+
+def test_every_version_carries_its_validated_record(cbq_run):
+    from tasks.record import VersionRecord
+
+    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    for role, key in (("parent", "parent_version"), ("method", "method_version")):
+        version = client.get_model_version("paperops-cbq", cbq_run["versions"][key])
+        record = VersionRecord.model_validate(mlflow.artifacts.load_dict(version.tags["record.artifact"]))
+        assert record.role == role and record.dataset_md5 == version.tags["dataset.md5"]
+        assert record.tags().items() <= version.tags.items()     # the tags are the record, flattened
+        assert record.size_bytes > 0 and record.latency_batch == 2 and len(record.git_commit) >= 40
+    method = VersionRecord.model_validate(mlflow.artifacts.load_dict(
+        client.get_model_version("paperops-cbq", cbq_run["versions"]["method_version"]).tags["record.artifact"]))
+    assert method.weight_bits == 4 and method.compression.parent_version == cbq_run["versions"]["parent_version"]
+    assert method.cost_ratio == pytest.approx(method.metrics["size_ratio"])

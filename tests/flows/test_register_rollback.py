@@ -25,9 +25,11 @@ def test_failed_registration_leaves_no_version_behind():
     dense = ModelRef(run_id=run.info.run_id, model_uri=uri, role="parent")
     broken = ModelRef(run_id=run.info.run_id, model_uri="models:/m-does-not-exist", role="method",
                       knobs={"method": "ppt", "r": 14, "blocks": [3, 6, 9]})
-    metrics = {"top1": 90.0, "macs_ratio": 0.68, "delta_vs_parent": -0.3, "throughput_ratio": 1.3}
+    timing = {"latency_p50_ms": 5.0, "latency_p95_ms": 6.0, "batch_size": 64, "throughput_per_s": 900.0,
+              "size_bytes": 1000.0}
+    metrics = {"top1": 90.0, "macs_ratio": 0.68, "delta_vs_parent": -0.3, "throughput_ratio": 1.3, **timing}
     evaluation = EvaluationRef(run_id=run.info.run_id, device={"device": "cpu"}, variants={
-        "dense": VariantRef("dense", "parent", "dense", run.info.run_id, {}, {"top1": 90.3}),
+        "dense": VariantRef("dense", "parent", "dense", run.info.run_id, {}, {"top1": 90.3, **timing}),
         "ppt": VariantRef("ppt", "method", "ppt", run.info.run_id, {"r": 14}, metrics)})
     report = ValidationReport(dataset="data/mnist5k", suite="image_classification", success=True, evaluated=23,
                               successful=23, failed=[], result={})

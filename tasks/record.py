@@ -1,0 +1,95 @@
+"""The registry record: one pydantic schema for what every registered version carries. It is validated when a
+version is registered, written as flat queryable tags (`tags()`: e.g. `search_model_versions("name='paperops-ppt'
+and tags.`gx.success` = 'true'")`) and as the JSON artifact `registry/v<N>.json` of the version's run."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CompressionRecord(Record):
+    parent_version: str
+    method: str
+    knobs: dict[str, Any]
+    summary: dict[str, str] = Field(default_factory=dict, description="the recipe's filterable knobs")
+
+
+class VersionRecord(Record):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    paper: str
+    recipe: str
+    profile: str
+    role: Literal["parent", "method"]
+    variant: str
+    model_uri: str
+    dataset_name: str
+    dataset_stage: str
+    dataset_md5: str = Field(pattern=r"^[0-9a-f]{32}(\.dir)?$", description="DVC md5 of the stage output")
+    gx_suite: str
+    gx_success: bool
+    config_hash: str
+    git_commit: str
+    pipeline_run_id: str
+    training_run_id: str = Field(description="the run that produced the weights: training, or compression")
+    evaluation_run_id: str
+    primary_metric: str
+    higher_is_better: bool
+    primary_value: float
+    delta_vs_parent: float | None = None
+    cost_metric: str
+    cost_ratio: float | None = Field(None, description="compressed / parent MACs or bytes; None for parents")
+    macs_per_item: float | None = None
+    weight_bits: int = Field(ge=1, le=32, description="bits per stored decoder weight: 32 for FP parents")
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_batch: int = Field(ge=1)
+    throughput_per_s: float
+    peak_memory_bytes: int | None = Field(None, ge=0, description="peak allocator bytes of one forward (GPU only)")
+    size_bytes: int = Field(ge=0, description="bytes of the version's weights file")
+    device: dict[str, str]
+    metrics: dict[str, float] = Field(description="every metric of the version's evaluated variant")
+    compression: CompressionRecord | None = None
+
+    def tags(self) -> dict[str, str]:
+        """The record as registry tags (the names the UI, the gate and `paperops lineage` read)."""
+        tags = {
+            "record.schema_version": str(self.schema_version),
+            "paperops.paper": self.paper, "paperops.recipe": self.recipe, "paperops.profile": self.profile,
+            "paperops.role": self.role, "paperops.variant": self.variant, "paperops.model_uri": self.model_uri,
+            "paperops.config_hash": self.config_hash, "paperops.git_commit": self.git_commit,
+            "paperops.pipeline_run_id": self.pipeline_run_id, "paperops.training_run_id": self.training_run_id,
+            "paperops.evaluation_run_id": self.evaluation_run_id,
+            "dataset.name": self.dataset_name, "dataset.stage": self.dataset_stage, "dataset.md5": self.dataset_md5,
+            "gx.suite": self.gx_suite, "gx.success": str(self.gx_success).lower(),
+            "primary_metric": self.primary_metric, "record.weight_bits": str(self.weight_bits),
+            "record.size_bytes": str(self.size_bytes), "record.latency_batch": str(self.latency_batch),
+            **{f"metrics.{k}": f"{v:.6g}" for k, v in sorted(self.metrics.items())},
+            **{f"device.{k}": v for k, v in self.device.items()},
+        }
+        if self.peak_memory_bytes is not None:
+            tags["record.peak_memory_bytes"] = str(self.peak_memory_bytes)
+        if self.compression is not None:
+            c = self.compression
+            tags |= {
+                "compression.parent_version": c.parent_version, "compression.method": c.method,
+                "compression.knobs": json.dumps(c.knobs, sort_keys=True),
+                **{f"compression.{k}": v for k, v in c.summary.items()},
+                f"compression.delta_{self.primary_metric}": _fixed(self.delta_vs_parent),
+                f"compression.{self.cost_metric}": _fixed(self.cost_ratio),
+                "compression.throughput_ratio": _fixed(self.metrics.get("throughput_ratio")),
+                "compression.latency_p50_ms": _fixed(self.latency_p50_ms),
+            }
+        return tags
+
+
+def _fixed(value: float | None) -> str:
+    return "nan" if value is None or not math.isfinite(value) else f"{value:.4f}"
