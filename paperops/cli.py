@@ -163,7 +163,7 @@ def serve(
         raise typer.Exit(5) from exc
     command, env = serve_command(model, host, port, workers)
     console.print(f"serving {model.model_name} v{model.version} (@{model.alias} at start) on http://{host}:{port}"
-                  "/invocations; restart to follow a moved alias")
+                  "/invocations; if the alias moves, it refuses requests until restarted")
     os.execvpe(command[0], command, env)
 
 

@@ -1,7 +1,8 @@
 """Serve a registered paper model over REST with `mlflow models serve`, pickle-free.
 
-The alias is resolved once, before the server starts, and the version it names is what gets served (printed and
-returned), so a later alias move never changes a running server silently: restart `paperops serve` to follow it.
+The alias is resolved once, before the server starts, and the version it names is what gets served. When the
+alias later moves, the running server refuses requests with a message naming the new version (see
+tasks/pyfunc_model.py) instead of silently answering for the old one: restart `paperops serve` to follow it.
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def serve_command(model: ServedModel, host: str, port: int, workers: int = 1) ->
     # mlflow execs `uvicorn` by name: the project's environment must come first on PATH
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     env = dict(os.environ, PATH=path, MLFLOW_TRACKING_URI=tracking_uri(), MLFLOW_REGISTRY_URI=tracking_uri(),
-               MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
+               MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false",
+               PAPEROPS_SERVED_ALIAS=f"{model.model_name}@{model.alias}={model.version}")
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model.model_uri, "--env-manager", "local",
                "--host", host, "--port", str(port), "--workers", str(workers)]
     return command, env

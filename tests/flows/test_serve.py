@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -69,6 +70,14 @@ def test_server_answers_a_request_and_stops(champion):
             predictions = np.asarray(json.loads(reply.read())["predictions"])
         assert predictions.shape == (3, 10)
         assert np.allclose(predictions.sum(axis=1), 1.0, atol=1e-4)    # class probabilities
+        # the alias moves: the server refuses, naming the new version, instead of answering for the old one
+        client = configure_tracking()
+        moved_to = str(mlflow.register_model(model.model_uri, "paperops-ppt").version)
+        client.set_registered_model_alias("paperops-ppt", "serve-test", moved_to)
+        time.sleep(2.5)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert f"moved from v{champion} to v{moved_to}" in refused.value.read().decode()
     finally:
         server.terminate()
         try:
