@@ -143,3 +143,11 @@ def test_every_version_carries_its_validated_record(cbq_run):
         client.get_model_version("paperops-cbq", cbq_run["versions"]["method_version"]).tags["record.artifact"]))
     assert method.weight_bits == 4 and method.compression.parent_version == cbq_run["versions"]["parent_version"]
     assert method.cost_ratio == pytest.approx(method.metrics["size_ratio"])
+
+
+def test_champion_serves_generations_over_rest(cbq_run, running_server, post_json):
+    from tasks.serve import resolve_served_model
+
+    url = running_server(resolve_served_model("cbq", "champion"))
+    reply = post_json(url, {"inputs": ["ROMEO:\n", "To be"], "params": {"max_new_tokens": 4}})
+    assert len(reply["predictions"]) == 2 and all(isinstance(p, str) for p in reply["predictions"])

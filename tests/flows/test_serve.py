@@ -2,12 +2,8 @@
 127.0.0.1 port with pickle deserialization off, answering a REST request with the logged signature's format."""
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
 import time
 import urllib.error
-import urllib.request
 
 import mlflow
 import numpy as np
@@ -15,14 +11,8 @@ import pytest
 
 from models.common.recipe import get_recipe
 from paperops.config import load_config
-from tasks.serve import ServingError, resolve_served_model, serve_command
+from tasks.serve import ServingError, resolve_served_model
 from tasks.tracking import configure_tracking, ensure_experiment, log_paper_model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,44 +34,19 @@ def test_unknown_alias_is_refused_clearly(champion):
         resolve_served_model("ppt", "nonexistent")
 
 
-def test_server_answers_a_request_and_stops(champion):
+def test_server_answers_a_request_and_refuses_once_the_alias_moves(champion, running_server, post_json):
     model = resolve_served_model("ppt", "serve-test")
     assert model.version == champion and model.model_uri.endswith(f"/{champion}")
-    port = free_port()
-    command, env = serve_command(model, "127.0.0.1", port)
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not come up (exit {server.poll()}):\n{server.stdout.read()[-3000:]}")
-            time.sleep(1)
-        images = np.random.default_rng(0).integers(0, 255, (3, 28, 28)).astype(np.float32)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"inputs": images.tolist()}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            predictions = np.asarray(json.loads(reply.read())["predictions"])
-        assert predictions.shape == (3, 10)
-        assert np.allclose(predictions.sum(axis=1), 1.0, atol=1e-4)    # class probabilities
-        # the alias moves: the server refuses, naming the new version, instead of answering for the old one
-        client = configure_tracking()
-        moved_to = str(mlflow.register_model(model.model_uri, "paperops-ppt").version)
-        client.set_registered_model_alias("paperops-ppt", "serve-test", moved_to)
-        time.sleep(2.5)
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=60)
-        assert f"moved from v{champion} to v{moved_to}" in refused.value.read().decode()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    url = running_server(model)
+    images = np.random.default_rng(0).integers(0, 255, (3, 28, 28)).astype(np.float32)
+    predictions = np.asarray(post_json(url, {"inputs": images.tolist()})["predictions"])
+    assert predictions.shape == (3, 10)
+    assert np.allclose(predictions.sum(axis=1), 1.0, atol=1e-4)    # class probabilities
+    # the alias moves: the server refuses, naming the new version, instead of answering for the old one
+    client = configure_tracking()
+    moved_to = str(mlflow.register_model(model.model_uri, "paperops-ppt").version)
+    client.set_registered_model_alias("paperops-ppt", "serve-test", moved_to)
+    time.sleep(2.5)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        post_json(url, {"inputs": images.tolist()})
+    assert f"moved from v{champion} to v{moved_to}" in refused.value.read().decode()

@@ -1,0 +1,66 @@
+"""A real `mlflow models serve` process per test, on a free 127.0.0.1 port, stopped even when the test fails."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tasks.serve import ServedModel, serve_command
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def post_json() -> Callable[[str, dict[str, Any]], Any]:
+    """POSTs a JSON payload and returns the decoded JSON answer (HTTP errors raise urllib.error.HTTPError)."""
+    return _post_json
+
+
+def _post_json(url: str, payload: dict[str, Any]) -> Any:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as reply:
+        return json.loads(reply.read())
+
+
+@pytest.fixture
+def running_server() -> Iterator[Callable[[ServedModel], str]]:
+    """Starts the server `paperops serve` would start for a model; returns its /invocations URL once /ping
+    answers."""
+    servers: list[subprocess.Popen] = []
+
+    def start(model: ServedModel) -> str:
+        port = free_port()
+        command, env = serve_command(model, "127.0.0.1", port)
+        server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        servers.append(server)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
+                    if reply.status == 200:
+                        return f"http://127.0.0.1:{port}/invocations"
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"server did not come up (exit {server.poll()}):\n{server.stdout.read()[-3000:]}")
+            time.sleep(1)
+
+    yield start
+    for server in servers:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
