@@ -25,7 +25,7 @@ from models.common.lm import capture_block_kwargs, run_blocks
 from models.common.reporting import Reporter
 from models.equivalent_transforms import cfp_clip_weight_outliers, cfp_scale_activation_outliers, collect_input_absmax
 from models.quant import (
-    SCALE_FLOOR, FakeQuantLinear, QuantSpec, code_range, dequantize_codes, fake_quantize_activation,
+    SCALE_FLOOR, FakeQuantLinear, QuantizedLinear, QuantSpec, code_range, dequantize_codes,
     grouped, quant_params, replace_modules,
 )
 
@@ -45,7 +45,7 @@ def inverse_rectified_sigmoid(h: torch.Tensor) -> torch.Tensor:
     return -torch.log((ZETA - GAMMA) / (h - GAMMA) - 1.0)
 
 
-class LoRARoundingLinear(nn.Module):
+class LoRARoundingLinear(QuantizedLinear):
     """An nn.Linear with a learned rounding of its weight onto a (learnable-step) integer grid.
 
     Ŵ = S · (clamp(⌊W/S₀⌋ + h(V) + zero, qmin, qmax) − zero), with V = V0 + A1 @ A2 and S₀ the initial
@@ -123,11 +123,6 @@ class LoRARoundingLinear(nn.Module):
     def quantized_weight(self) -> torch.Tensor:
         scale, zero = self.grid()
         return dequantize_codes(self.codes(), scale, zero).reshape(self.floor_codes.shape)   # (out, in)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:        # x: (..., in) -> (..., out)
-        if self.act_spec is not None:
-            x = fake_quantize_activation(x, self.act_spec)
-        return F.linear(x, self.quantized_weight(), self.bias)
 
     def harden(self) -> None:
         """Fix the rounding to {0, 1} and stop training this layer."""
@@ -215,13 +210,13 @@ class CBQConfig:
 
 def wrap_block_linears(block: nn.Module, weight_spec: QuantSpec, act_spec: QuantSpec | None, rank: int,
                        generator: torch.Generator) -> list[LoRARoundingLinear]:
-    targets = [(name, m) for name, m in block.named_modules() if isinstance(m, nn.Linear)]
-    wrapped = []
-    for name, linear in targets:
-        parent_name, _, child_name = name.rpartition(".")
-        layer = LoRARoundingLinear(linear, weight_spec, act_spec, rank, generator)
-        setattr(block.get_submodule(parent_name) if parent_name else block, child_name, layer)
-        wrapped.append(layer)
+    wrapped: list[LoRARoundingLinear] = []
+
+    def wrap(linear: nn.Module) -> LoRARoundingLinear:
+        wrapped.append(LoRARoundingLinear(linear, weight_spec, act_spec, rank, generator))
+        return wrapped[-1]
+
+    replace_modules(block, nn.Linear, wrap)
     return wrapped
 
 

@@ -25,7 +25,9 @@ from models.cbq import CBQConfig, cbq_quantize
 from models.common.lm import capture_block_kwargs, run_blocks
 from models.common.reporting import Reporter
 from models.equivalent_transforms import collect_input_absmax, smooth_model
-from models.quant import FakeQuantLinear, QuantSpec, accumulate_hessian, gptq_quantize, rtn_quantize
+from models.quant import (
+    FakeQuantLinear, QuantSpec, accumulate_hessian, gptq_quantize, replace_modules, rtn_quantize,
+)
 
 __all__ = ["METHODS", "QuantSetting", "keeps_full_precision", "gptq_quantize_model", "quantize_lm"]
 
@@ -55,24 +57,34 @@ def keeps_full_precision(name: str) -> bool:
 
 
 @torch.no_grad()
-def _input_hessians(block: nn.Module, linears: list[tuple[str, nn.Linear]], hidden: torch.Tensor,
-                    block_kwargs: dict[str, Any], batch_size: int) -> dict[str, torch.Tensor]:
-    """GPTQ's H = 2/n Σ x xᵀ of every linear's input, over one pass of `hidden` (n, seq, d) through `block`."""
-    running: dict[str, tuple[torch.Tensor | None, int]] = {name: (None, 0) for name, _ in linears}
+def _input_hessians(block: nn.Module, hidden: torch.Tensor, block_kwargs: dict[str, Any],
+                    batch_size: int) -> dict[nn.Module, torch.Tensor]:
+    """GPTQ's H = 2/n Σ x xᵀ of the input of every linear in `block`, over one pass of `hidden` (n, seq, d)."""
+    running: dict[nn.Module, tuple[torch.Tensor | None, int]] = {
+        m: (None, 0) for m in block.modules() if isinstance(m, nn.Linear)}
 
-    def recorder(name: str) -> Any:
-        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            running[name] = accumulate_hessian(running[name][0], inputs[0], running[name][1])
-        return record
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        running[module] = accumulate_hessian(running[module][0], inputs[0], running[module][1])
 
-    handles = [m.register_forward_pre_hook(recorder(name)) for name, m in linears]
+    handles = [m.register_forward_pre_hook(record) for m in running]
     try:
         for chunk in hidden.split(batch_size):
             run_blocks([block], chunk, block_kwargs)
     finally:
         for handle in handles:
             handle.remove()
-    return {name: hessian for name, (hessian, _) in running.items() if hessian is not None}
+    return {m: hessian for m, (hessian, _) in running.items() if hessian is not None}
+
+
+def _gptq_layer(linear: nn.Linear, hessian: torch.Tensor, setting: QuantSetting, block_size: int,
+                percdamp: float) -> FakeQuantLinear:
+    """The linear, GPTQ-quantized in place, wrapped on the grids GPTQ chose."""
+    result = gptq_quantize(linear.weight, hessian, setting.weight, block_size, percdamp)
+    linear.weight.copy_(result.weight)
+    layer = FakeQuantLinear(linear, setting.weight, setting.act)
+    layer.weight_scale.copy_(result.scale)
+    layer.weight_zero.copy_(result.zero)
+    return layer
 
 
 @torch.no_grad()
@@ -84,16 +96,9 @@ def gptq_quantize_model(model: LlamaForCausalLM, calib_ids: torch.Tensor, settin
     block_kwargs = capture_block_kwargs(model, calib_ids)
     hidden = model.model.embed_tokens(calib_ids)                                       # (n, seq, d)
     for block in model.model.layers:
-        linears = [(name, m) for name, m in block.named_modules() if isinstance(m, nn.Linear)]
-        hessians = _input_hessians(block, linears, hidden, block_kwargs, batch_size)
-        for name, linear in linears:
-            result = gptq_quantize(linear.weight, hessians[name], setting.weight, block_size, percdamp)
-            linear.weight.copy_(result.weight)
-            layer = FakeQuantLinear(linear, setting.weight, setting.act)
-            layer.weight_scale.copy_(result.scale)
-            layer.weight_zero.copy_(result.zero)
-            parent_name, _, child_name = name.rpartition(".")
-            setattr(block.get_submodule(parent_name) if parent_name else block, child_name, layer)
+        hessians = _input_hessians(block, hidden, block_kwargs, batch_size)
+        replace_modules(block, nn.Linear, lambda linear, h=hessians: _gptq_layer(linear, h[linear], setting,
+                                                                                 block_size, percdamp))
         hidden = torch.cat([run_blocks([block], chunk, block_kwargs) for chunk in hidden.split(batch_size)])
     return model
 

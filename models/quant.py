@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "QuantSpec", "code_range", "grouped", "quant_params", "quantize_to_codes", "dequantize_codes",
-    "fake_quantize", "fake_quantize_activation", "FakeQuantLinear", "quantize_linears", "rtn_quantize",
+    "fake_quantize", "fake_quantize_activation", "QuantizedLinear", "FakeQuantLinear", "quantize_linears", "rtn_quantize",
     "export_integer_weights", "dequantize_weights", "pack_codes", "unpack_codes", "PackedQuantLinear",
     "pack_quantized_linears", "install_packed_linears", "replace_modules", "accumulate_hessian", "GPTQResult", "gptq_quantize",
 ]
@@ -131,7 +131,30 @@ def fake_quantize_activation(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return fake_quantize(grouped(x, spec), scale, zero, spec.bits, spec.symmetric).reshape(x.shape)
 
 
-class FakeQuantLinear(nn.Module):
+class QuantizedLinear(nn.Module):
+    """What every quantized linear shares: activations fake-quantized dynamically (when an act spec is set), then a
+    matmul with `quantized_weight()`, which each subclass computes from its own storage."""
+
+    in_features: int
+    out_features: int
+    weight_spec: QuantSpec | None
+    act_spec: QuantSpec | None
+    bias: torch.Tensor | None
+
+    def quantized_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:        # x: (..., in) -> (..., out)
+        if self.act_spec is not None:
+            x = fake_quantize_activation(x, self.act_spec)
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"weight_spec={self.weight_spec}, act_spec={self.act_spec}")
+
+
+class FakeQuantLinear(QuantizedLinear):
     """An nn.Linear computing linear(fake_quant(input), fake_quant(weight)).
 
     Shares (does not copy) the wrapped layer's weight and bias. The weight grid is fixed at wrap time from the
@@ -174,15 +197,6 @@ class FakeQuantLinear(nn.Module):
         spec = self.weight_spec
         w = fake_quantize(grouped(self.weight, spec), scale, zero, spec.bits, spec.symmetric)
         return w.reshape(self.weight.shape)                     # (out, in)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:        # x: (..., in) -> (..., out)
-        if self.act_spec is not None:
-            x = fake_quantize_activation(x, self.act_spec)
-        return F.linear(x, self.quantized_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"weight_spec={self.weight_spec}, act_spec={self.act_spec}")
 
 
 def quantize_linears(model: nn.Module, weight_spec: QuantSpec | None, act_spec: QuantSpec | None,
@@ -248,7 +262,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     return (values << torch.arange(bits, device=packed.device)).sum(dim=1)
 
 
-class PackedQuantLinear(nn.Module):
+class PackedQuantLinear(QuantizedLinear):
     """The deployable form of a quantized linear: bit-packed integer codes, per-grid scale and zero point, the
     bias, and the activation spec; no floating-point copy of the weight is stored (the state dict is what goes
     to disk). The dequantized weight is rebuilt once, on first use after loading, and kept in memory only.
@@ -288,7 +302,7 @@ class PackedQuantLinear(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self._weight = None
 
-    def dequantized_weight(self) -> torch.Tensor:
+    def quantized_weight(self) -> torch.Tensor:
         if self._weight is None or self._weight.device != self.scale.device:
             spec = self.weight_spec
             qmin, _ = code_range(spec.bits, spec.symmetric)
@@ -297,15 +311,6 @@ class PackedQuantLinear(nn.Module):
             self._weight = dequantize_codes(grouped(codes, spec), self.scale, self.zero.to(self.scale.dtype)) \
                 .reshape(self.out_features, self.in_features)                                   # (out, in)
         return self._weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:        # x: (..., in) -> (..., out)
-        if self.act_spec is not None:
-            x = fake_quantize_activation(x, self.act_spec)
-        return F.linear(x, self.dequantized_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"weight_spec={self.weight_spec}, act_spec={self.act_spec}")
 
 
 def replace_modules(model: nn.Module, kind: type, convert: Callable[[nn.Module], nn.Module],

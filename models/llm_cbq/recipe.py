@@ -132,13 +132,16 @@ class TextSplits:
     """The dataset's text, and the token ids of each split per tokenizer (encoding is cached per tokenizer)."""
 
     raw: TextDataset
-    _ids: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    _ids: dict[str, list[tuple[Tokenizer, torch.Tensor]]] = field(default_factory=dict, repr=False, compare=False)
 
     def ids(self, model: TokenizedLM, split: str) -> torch.Tensor:
-        key = (id(model.tokenizer), split)
-        if key not in self._ids:
-            self._ids[key] = model.encode(self.raw.split(split))
-        return self._ids[key]
+        # matched by identity (kept alive here), so a new tokenizer never reuses another's cached ids
+        for tokenizer, ids in self._ids.setdefault(split, []):
+            if tokenizer is model.tokenizer:
+                return ids
+        ids = model.encode(self.raw.split(split))
+        self._ids[split].append((model.tokenizer, ids))
+        return ids
 
 
 def _prompts(model_input: Any) -> list[str]:
