@@ -16,7 +16,7 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: venv run test data ui clean bench
+.PHONY: venv run test data ui clean bench postgres
 
 venv: $(STAMP)
 
@@ -34,8 +34,12 @@ data: $(STAMP)
 run: $(STAMP)
 	$(BIN)/paperops run $(PAPER) --profile $(PROFILE)
 
-test: $(STAMP)
+test: $(STAMP) postgres
 	$(BIN)/python -m pytest
+
+# The integration tests start PostgreSQL as a local process; Debian's package is installed where it is missing.
+postgres:
+	bash scripts/install-postgres.sh
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.paperops/mlflow.db --host 127.0.0.1 --port 5000
@@ -46,3 +50,16 @@ bench: $(STAMP)
 
 clean:
 	rm -rf .paperops .prefect
+
+# The docker-compose stack (docker-compose.yml). Its secrets live in an untracked .env made from .env.example;
+# compose itself stops on a missing required one, this refuses the placeholders too.
+.PHONY: up down
+
+up:
+	@test -f .env || { echo "no .env: cp .env.example .env, then replace every change-me value" >&2; exit 1; }
+	@if grep -nE '^[A-Za-z_][A-Za-z0-9_]*=.*change-me' .env >&2; then \
+		echo ".env still has the placeholder values above: replace them with real secrets" >&2; exit 1; fi
+	docker compose up -d --build --wait
+
+down:
+	docker compose down

@@ -17,7 +17,9 @@ from paperops.config import load_config
 from tasks.compress import compress_model
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_models
-from tasks.lineage import close_pipeline_run, open_pipeline_run, record_dataset, record_validation, step_keys
+from tasks.lineage import (
+    close_abandoned_steps, close_pipeline_run, open_pipeline_run, record_dataset, record_validation, step_keys,
+)
 from tasks.lineage_view import store_lineage
 from tasks.pareto import update_pareto_front
 from tasks.promote import promote_version
@@ -49,6 +51,7 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
     resolved = load_config(paper, profile, overrides)
     cfg, config, keys = resolved.config, resolved.as_dict(), step_keys(resolved)
     parent = open_pipeline_run(resolved, overrides, flow_run.get_id())
+    close_abandoned_steps(parent)
     summary = PipelineSummary(paper=paper, profile=profile, pipeline_run_id=parent)
     try:
         dataset = _run(summary, "prepare-data", prepare_data, cfg.data.stage)
@@ -56,11 +59,14 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
         report = _run(summary, "validate", validate_data, dataset, cfg.data)
         record_validation(parent, report)
         report.raise_for_failure()
-        dense = _run(summary, "train", train_model, paper, config, keys["train"], dataset, parent)
-        compressed = _run(summary, "compress", compress_model, paper, config, keys["compress"], dataset, dense,
+        limits = cfg.runtime
+        train = train_model.with_options(timeout_seconds=limits.train_timeout_s)
+        compress = compress_model.with_options(timeout_seconds=limits.compress_timeout_s)
+        evaluate = evaluate_models.with_options(timeout_seconds=limits.evaluate_timeout_s)
+        dense = _run(summary, "train", train, paper, config, keys["train"], dataset, parent)
+        compressed = _run(summary, "compress", compress, paper, config, keys["compress"], dataset, dense, parent)
+        evaluation = _run(summary, "evaluate", evaluate, paper, config, keys["evaluate"], dataset, dense, compressed,
                           parent)
-        evaluation = _run(summary, "evaluate", evaluate_models, paper, config, keys["evaluate"], dataset, dense,
-                          compressed, parent)
         summary.variants = [{"variant": v.name, "role": v.role, "method": v.method, "run_id": v.run_id, **v.metrics}
                             for v in evaluation.variants.values()]
         versions = _run(summary, "register", register_versions, paper, profile, resolved.digest(), dataset, report,

@@ -16,6 +16,10 @@ from models.common.recipe import RecipeConfig, get_recipe
 from paperops.settings import project_root
 
 
+# Sections that cannot change a result (timeouts): left out of every digest, so tuning them re-runs nothing.
+RESULT_NEUTRAL_SECTIONS = ("runtime",)
+
+
 class ConfigError(ValueError):
     """A config file, profile or override is wrong; the message says which and where."""
 
@@ -35,7 +39,8 @@ class ResolvedConfig:
 
         A step's key excludes the sections only later steps read (training ignores `compress`, `evaluate` and
         `promote`), so changing a compression knob re-runs compression and evaluation but not training."""
-        data = {k: v for k, v in self.as_dict().items() if k not in excluding}
+        excluded = set(excluding) | set(RESULT_NEUTRAL_SECTIONS)
+        data = {k: v for k, v in self.as_dict().items() if k not in excluded}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

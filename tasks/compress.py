@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from tasks.data import DatasetRef
+from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import ModelRef
 from tasks.tracking import (
     child_run, compute_device, configure_tracking, load_paper_model, log_paper_model, log_params_flat,
@@ -14,23 +14,24 @@ from tasks.tracking import (
 )
 
 
-@task(name="compress", cache_policy=TASK_SOURCE + INPUTS - "parent_run_id" - "config", persist_result=True)
+@task(name="compress", **HEAVY_STEP_OPTIONS)
 def compress_model(paper: str, config: dict[str, Any], step_key: str, dataset: DatasetRef, dense: ModelRef,
                    parent_run_id: str) -> ModelRef:
-    client = configure_tracking()
-    recipe, cfg = recipe_and_config(paper, config)
-    tags = {"paperops.step": "compress", "paperops.role": "method", "paperops.paper": paper,
-            "paperops.method": recipe.compression, "paperops.parent_run_id": dense.run_id,
-            "paperops.parent_model_uri": dense.model_uri, "paperops.step_key": step_key}
-    with child_run(client, parent_run_id, f"compress-{recipe.compression}", tags) as reporter:
-        log_params_flat(client, reporter.run_id, config)
-        data = recipe.load_data(dataset.path, cfg)
-        module = load_paper_model(dense.model_uri).to(compute_device())
-        result = recipe.compress(module, data, cfg, reporter)
-        reporter.log_metrics(result.metrics)
-        client.log_dict(reporter.run_id, result.knobs, "compression/knobs.json")
-        compressed = result.model.cpu().eval()
-        model_uri = log_paper_model(recipe, cfg, compressed, recipe.input_example(data), result.knobs,
-                                    reporter.run_id)
-    return ModelRef(run_id=reporter.run_id, model_uri=model_uri, role="method", metrics=result.metrics,
-                    knobs=result.knobs)
+    with gpu_slot():
+        client = configure_tracking()
+        recipe, cfg = recipe_and_config(paper, config)
+        tags = {"paperops.step": "compress", "paperops.role": "method", "paperops.paper": paper,
+                "paperops.method": recipe.compression, "paperops.parent_run_id": dense.run_id,
+                "paperops.parent_model_uri": dense.model_uri, "paperops.step_key": step_key}
+        with child_run(client, parent_run_id, f"compress-{recipe.compression}", tags) as reporter:
+            log_params_flat(client, reporter.run_id, config)
+            data = recipe.load_data(dataset.path, cfg)
+            module = load_paper_model(dense.model_uri).to(compute_device())
+            result = recipe.compress(module, data, cfg, reporter)
+            reporter.log_metrics(result.metrics)
+            client.log_dict(reporter.run_id, result.knobs, "compression/knobs.json")
+            compressed = result.model.cpu().eval()
+            model_uri = log_paper_model(recipe, cfg, compressed, recipe.input_example(data), result.knobs,
+                                        reporter.run_id)
+        return ModelRef(run_id=reporter.run_id, model_uri=model_uri, role="method", metrics=result.metrics,
+                        knobs=result.knobs)

@@ -5,47 +5,50 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from models.common.profiling import device_fingerprint
 from tasks.data import DatasetRef
+from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import EvaluationRef, ModelRef, VariantRef
 from tasks.tracking import child_run, compute_device, configure_tracking, load_paper_model, recipe_and_config
 
 
-@task(name="evaluate", cache_policy=TASK_SOURCE + INPUTS - "parent_run_id" - "config", persist_result=True)
+@task(name="evaluate", **HEAVY_STEP_OPTIONS)
 def evaluate_models(paper: str, config: dict[str, Any], step_key: str, dataset: DatasetRef, dense: ModelRef,
                     compressed: ModelRef, parent_run_id: str) -> EvaluationRef:
-    client = configure_tracking()
-    recipe, cfg = recipe_and_config(paper, config)
-    device = compute_device()
-    fingerprint = device_fingerprint()
-    base_tags = {"paperops.paper": paper, "paperops.step_key": step_key, "paperops.device": fingerprint["device_name"]}
-    with child_run(client, parent_run_id, "evaluate", {"paperops.step": "evaluate", **base_tags}) as reporter:
-        data = recipe.load_data(dataset.path, cfg)
-        dense_module = load_paper_model(dense.model_uri).to(device)
-        compressed_module = load_paper_model(compressed.model_uri).to(device)
-        evaluation = recipe.evaluate(dense_module, compressed_module, data, cfg, reporter)
-        for name, rows in evaluation.tables.items():
-            reporter.log_table(name, rows)
-        for name, figure in evaluation.figures.items():
-            reporter.log_figure(name, figure)
-        client.log_dict(reporter.run_id, fingerprint, "device.json")
-        ours = recipe.our_figures(evaluation)
-        reporter.log_table("paper_vs_ours", [
-            {"metric": f.metric, "paper_figure": f.value, "ours": ours.get(f.metric), "source": f.source,
-             "paper_setting": f.note, "higher_is_better": f.higher_is_better, "verdict": f.verdict(ours.get(f.metric))}
-            for f in recipe.paper_figures])
-        reporter.log_metrics({f"ours.{k}": v for k, v in ours.items()}
-                             | {f"paper_figure.{f.metric}": f.value for f in recipe.paper_figures})
-        variants: dict[str, VariantRef] = {}
-        for v in evaluation.variants:
-            tags = {"paperops.step": "evaluate-variant", "paperops.variant": v.name, "paperops.role": v.role,
-                    "paperops.method": v.method, "paperops.evaluation_run_id": reporter.run_id, **base_tags}
-            with child_run(client, parent_run_id, f"variant-{v.name}", tags) as variant_reporter:
-                variant_reporter.log_metrics(v.metrics)
-                client.log_dict(variant_reporter.run_id, v.knobs, "knobs.json")
-            variants[v.name] = VariantRef(name=v.name, role=v.role, method=v.method, run_id=variant_reporter.run_id,
-                                          knobs=v.knobs, metrics=v.metrics)
-            reporter.log_metrics({f"{v.name}.{k}": m for k, m in v.metrics.items()})
-    return EvaluationRef(run_id=reporter.run_id, variants=variants, device=fingerprint)
+    with gpu_slot():
+        client = configure_tracking()
+        recipe, cfg = recipe_and_config(paper, config)
+        device = compute_device()
+        fingerprint = device_fingerprint()
+        base_tags = {"paperops.paper": paper, "paperops.step_key": step_key,
+                     "paperops.device": fingerprint["device_name"]}
+        with child_run(client, parent_run_id, "evaluate", {"paperops.step": "evaluate", **base_tags}) as reporter:
+            data = recipe.load_data(dataset.path, cfg)
+            dense_module = load_paper_model(dense.model_uri).to(device)
+            compressed_module = load_paper_model(compressed.model_uri).to(device)
+            evaluation = recipe.evaluate(dense_module, compressed_module, data, cfg, reporter)
+            for name, rows in evaluation.tables.items():
+                reporter.log_table(name, rows)
+            for name, figure in evaluation.figures.items():
+                reporter.log_figure(name, figure)
+            client.log_dict(reporter.run_id, fingerprint, "device.json")
+            ours = recipe.our_figures(evaluation)
+            reporter.log_table("paper_vs_ours", [
+                {"metric": f.metric, "paper_figure": f.value, "ours": ours.get(f.metric), "source": f.source,
+                 "paper_setting": f.note, "higher_is_better": f.higher_is_better,
+                 "verdict": f.verdict(ours.get(f.metric))}
+                for f in recipe.paper_figures])
+            reporter.log_metrics({f"ours.{k}": v for k, v in ours.items()}
+                                 | {f"paper_figure.{f.metric}": f.value for f in recipe.paper_figures})
+            variants: dict[str, VariantRef] = {}
+            for v in evaluation.variants:
+                tags = {"paperops.step": "evaluate-variant", "paperops.variant": v.name, "paperops.role": v.role,
+                        "paperops.method": v.method, "paperops.evaluation_run_id": reporter.run_id, **base_tags}
+                with child_run(client, parent_run_id, f"variant-{v.name}", tags) as variant_reporter:
+                    variant_reporter.log_metrics(v.metrics)
+                    client.log_dict(variant_reporter.run_id, v.knobs, "knobs.json")
+                variants[v.name] = VariantRef(name=v.name, role=v.role, method=v.method, run_id=variant_reporter.run_id,
+                                              knobs=v.knobs, metrics=v.metrics)
+                reporter.log_metrics({f"{v.name}.{k}": m for k, m in v.metrics.items()})
+        return EvaluationRef(run_id=reporter.run_id, variants=variants, device=fingerprint)

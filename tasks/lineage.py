@@ -11,6 +11,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
 from prefect import task
+from prefect.cache_policies import DEFAULT, NONE
 
 from paperops.config import ResolvedConfig
 from paperops.settings import project_root
@@ -41,7 +42,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-@task(name="open-pipeline-run", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
+# Cached per flow run and persisted: a retried flow run (its worker died) continues the same pipeline run.
+@task(name="open-pipeline-run", cache_policy=DEFAULT, persist_result=True, **IO_RETRIES,
+      retry_condition_fn=retry_on_infrastructure_errors)
 def open_pipeline_run(resolved: ResolvedConfig, overrides: list[str], flow_run_id: str | None) -> str:
     client = configure_tracking()
     experiment_id = ensure_experiment(client, resolved.paper)
@@ -53,6 +56,24 @@ def open_pipeline_run(resolved: ResolvedConfig, overrides: list[str], flow_run_i
     })
     log_params_flat(client, run.info.run_id, resolved.as_dict())
     return run.info.run_id
+
+
+@task(name="close-abandoned-steps", cache_policy=NONE, **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
+def close_abandoned_steps(parent_run_id: str) -> list[str]:
+    """Closes as KILLED the step runs an earlier attempt of this flow run left RUNNING; returns their ids.
+
+    A retried flow run reuses its pipeline run (open-pipeline-run's result is cached per flow run), so when this
+    runs, before any step of this attempt, a running child can only belong to an attempt whose worker died
+    mid-step — nothing else would ever close it."""
+    client = configure_tracking()
+    parent = client.get_run(parent_run_id)
+    abandoned = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                                                                "and attributes.status = 'RUNNING'")
+    for run in abandoned:
+        client.set_tag(run.info.run_id, "paperops.error", "abandoned: the flow-run attempt running this step died "
+                                                          "(worker lost); the retry redoes it")
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return [run.info.run_id for run in abandoned]
 
 
 @task(name="record-dataset", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)

@@ -18,10 +18,13 @@ IO_RETRIES: dict[str, Any] = {
 
 def is_infrastructure_error(exc: BaseException) -> bool:
     import requests
+    from prefect.task_engine import TaskRunTimeoutError
     from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
     from tasks.data import DataInfrastructureError
 
+    if isinstance(exc, TaskRunTimeoutError):
+        return False  # a step over its time budget would be over it again
     return isinstance(exc, INFRASTRUCTURE_ERRORS + (requests.ConnectionError, requests.Timeout,
                                                     SQLAlchemyOperationalError, DataInfrastructureError))
 

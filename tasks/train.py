@@ -4,30 +4,31 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from tasks.data import DatasetRef
+from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import ModelRef
 from tasks.tracking import (
     child_run, compute_device, configure_tracking, log_paper_model, log_params_flat, recipe_and_config,
 )
 
 
-@task(name="train", cache_policy=TASK_SOURCE + INPUTS - "parent_run_id" - "config", persist_result=True)
+@task(name="train", **HEAVY_STEP_OPTIONS)
 def train_model(paper: str, config: dict[str, Any], step_key: str, dataset: DatasetRef,
                 parent_run_id: str) -> ModelRef:
     """`step_key` = the digest of every config section training reads plus the models/ source digest; with the
     dataset md5 (in `dataset`) it makes the cache key, so nothing else re-trains the model."""
-    client = configure_tracking()
-    recipe, cfg = recipe_and_config(paper, config)
-    tags = {"paperops.step": "train", "paperops.role": "parent", "paperops.paper": paper,
-            "paperops.step_key": step_key, "paperops.dataset.md5": dataset.md5}
-    with child_run(client, parent_run_id, "train-dense", tags) as reporter:
-        log_params_flat(client, reporter.run_id, config)
-        data = recipe.load_data(dataset.path, cfg)
-        module = recipe.build_model(cfg).to(compute_device())
-        metrics = recipe.train(module, data, cfg, reporter)
-        reporter.log_metrics(metrics)
-        module = module.cpu().eval()
-        model_uri = log_paper_model(recipe, cfg, module, recipe.input_example(data), None, reporter.run_id)
-    return ModelRef(run_id=reporter.run_id, model_uri=model_uri, role="parent", metrics=metrics)
+    with gpu_slot():
+        client = configure_tracking()
+        recipe, cfg = recipe_and_config(paper, config)
+        tags = {"paperops.step": "train", "paperops.role": "parent", "paperops.paper": paper,
+                "paperops.step_key": step_key, "paperops.dataset.md5": dataset.md5}
+        with child_run(client, parent_run_id, "train-dense", tags) as reporter:
+            log_params_flat(client, reporter.run_id, config)
+            data = recipe.load_data(dataset.path, cfg)
+            module = recipe.build_model(cfg).to(compute_device())
+            metrics = recipe.train(module, data, cfg, reporter)
+            reporter.log_metrics(metrics)
+            module = module.cpu().eval()
+            model_uri = log_paper_model(recipe, cfg, module, recipe.input_example(data), None, reporter.run_id)
+        return ModelRef(run_id=reporter.run_id, model_uri=model_uri, role="parent", metrics=metrics)

@@ -51,12 +51,22 @@ class PromotionSection(Section):
     sla: tuple[SlaRule, ...] = Field((), description="aliases set from the Pareto front by rule after promotion")
 
 
+class RuntimeSection(Section):
+    """Wall-clock limits of the heavy steps: a hung job fails and frees its GPU slot instead of holding it.
+    They change where and how long a step may run, never its result, so no cache key or config hash reads them."""
+
+    train_timeout_s: float = Field(6 * 3600, gt=0)
+    compress_timeout_s: float = Field(4 * 3600, gt=0)
+    evaluate_timeout_s: float = Field(2 * 3600, gt=0)
+
+
 class RecipeConfig(Section):
     """Base of every recipe's resolved config. Subclasses add the paper's own sections."""
 
     seed: int = 0
     data: DataSection
     promote: PromotionSection = PromotionSection()
+    runtime: RuntimeSection = RuntimeSection()
 
 
 @dataclass(frozen=True)

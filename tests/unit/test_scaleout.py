@@ -1,0 +1,163 @@
+"""The scale-out pieces that need no server: prefect.yaml against the registered papers, the placeholders
+`paperops deploy` fills, idempotency keys, the worker's environment, the retry rule for timeouts, the stack's
+secret handling and the closing of steps a dead worker abandoned."""
+from __future__ import annotations
+
+import re
+import stat
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from prefect.task_engine import TaskRunTimeoutError
+from typer.testing import CliRunner
+
+from models.common.recipe import available_recipes
+from paperops.cli import app
+from paperops.config import load_config
+from paperops.settings import project_root, tracking_uri
+from paperops.stack import (
+    StackConfigError, mlflow_server_command, mlflow_server_environment, required_secret, write_mlflow_auth_config,
+)
+from tasks.data import dataset_ref
+from tasks.retry import is_infrastructure_error
+from tasks.scaleout import (
+    CPU_POOL, GPU_POOL, SLOT_ENV, DeployOptions, gpu_slot, pipeline_idempotency_key, worker_command,
+    worker_environment,
+)
+
+PREFECT_YAML = project_root() / "prefect.yaml"
+
+
+def deployments() -> dict[str, dict]:
+    return {d["name"]: d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}
+
+
+def test_prefect_yaml_has_a_gpu_deployment_per_registered_paper_and_a_cpu_fan_out():
+    declared = deployments()
+    papers = set(available_recipes())
+    assert set(declared) == papers | {"all-papers"}
+    for paper in papers:
+        entry = declared[paper]
+        assert entry["entrypoint"] == "flows/pipeline.py:paper_pipeline"
+        assert entry["work_pool"]["name"] == GPU_POOL and entry["enforce_parameter_schema"] is True
+        assert entry["parameters"]["paper"] == paper
+        assert entry["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    fan_out = declared["all-papers"]
+    assert fan_out["entrypoint"] == "flows/fanout.py:all_papers" and fan_out["work_pool"]["name"] == CPU_POOL
+
+
+def test_every_deploy_time_placeholder_of_prefect_yaml_is_filled_by_paperops_deploy():
+    placeholders = set(re.findall(r"\{\{\s*\$(\w+)\s*\}\}", PREFECT_YAML.read_text()))
+    # PAPEROPS_ROOT is resolved on the worker when a run pulls its code (`paperops worker` sets it).
+    assert placeholders - {"PAPEROPS_ROOT"} == set(DeployOptions().environment())
+    assert "PAPEROPS_ROOT" in worker_environment(GPU_POOL, "gpu-0")
+
+
+@pytest.mark.parametrize("profile, explicit, active", [
+    ("tiny", None, "false"), ("full", None, "true"), ("tiny", True, "true"), ("full", False, "false"),
+])
+def test_schedules_are_off_for_tiny_unless_asked(profile, explicit, active):
+    environment = DeployOptions(profile=profile, schedule_active=explicit, cron="15 2 * * 1").environment()
+    assert (environment["PAPEROPS_SCHEDULE_ACTIVE"], environment["PAPEROPS_PROFILE"]) == (active, profile)
+    assert environment["PAPEROPS_CRON"] == "15 2 * * 1"
+
+
+def test_idempotency_key_is_paper_profile_data_md5_and_config_hash():
+    key = pipeline_idempotency_key("ppt", "tiny")
+    md5 = dataset_ref("mnist5k", project_root()).md5
+    assert key == f"ppt:tiny:{md5}:{load_config('ppt', 'tiny').digest()}"
+    assert pipeline_idempotency_key("ppt", "tiny") == key
+    assert pipeline_idempotency_key("ppt", "tiny", ["train.epochs=2"]) != key
+    # A timeout cannot change a result, so it cannot make a new run either.
+    assert pipeline_idempotency_key("ppt", "tiny", ["runtime.train_timeout_s=60"]) == key
+
+
+def test_gpu_slot_is_a_no_op_without_a_worker_slot(monkeypatch):
+    monkeypatch.delenv(SLOT_ENV, raising=False)
+    with gpu_slot() as slot:
+        assert slot is None
+
+
+def test_worker_environment_gives_gpu_workers_a_slot_and_every_worker_heartbeats():
+    gpu = worker_environment(GPU_POOL, "gpu-3")
+    cpu = worker_environment(CPU_POOL, None)
+    assert gpu[SLOT_ENV] == "gpu-3" and SLOT_ENV not in cpu
+    assert worker_environment(GPU_POOL, None)[SLOT_ENV].endswith("-0")
+    assert gpu["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30" and gpu["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] == "true"
+    command = worker_command(GPU_POOL, "w1", 2)
+    assert command[1:] == ["worker", "start", "--pool", "gpu", "--type", "process", "--with-healthcheck",
+                           "--name", "w1", "--limit", "2"]
+
+
+def test_a_timed_out_step_is_not_retried_but_a_lost_connection_is():
+    assert not is_infrastructure_error(TaskRunTimeoutError("train exceeded 60 s"))
+    assert is_infrastructure_error(TimeoutError("read timed out"))
+    assert is_infrastructure_error(ConnectionError("reset by peer"))
+    assert not is_infrastructure_error(ValueError("shape mismatch"))
+
+
+def test_runtime_limits_are_validated_and_left_out_of_every_digest():
+    base = load_config("cbq", "tiny")
+    tuned = load_config("cbq", "tiny", ["runtime.evaluate_timeout_s=30"])
+    assert tuned.config.runtime.evaluate_timeout_s == 30
+    assert tuned.digest() == base.digest() and tuned.digest(excluding=("promote",)) == base.digest(("promote",))
+    from paperops.config import ConfigError
+
+    with pytest.raises(ConfigError, match="runtime.train_timeout_s"):
+        load_config("cbq", "tiny", ["runtime.train_timeout_s=0"])
+
+
+@pytest.mark.parametrize("value, problem", [
+    (None, "is not set"), ("", "is not set"), ("change-me-mlflow-admin", "placeholder"),
+    ("password1234", "placeholder or default"),
+])
+def test_stack_refuses_missing_placeholder_and_default_secrets(monkeypatch, value, problem):
+    if value is None:
+        monkeypatch.delenv("MLFLOW_ADMIN_PASSWORD", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_ADMIN_PASSWORD", value)
+    with pytest.raises(StackConfigError, match=f"MLFLOW_ADMIN_PASSWORD .*{problem}|MLFLOW_ADMIN_PASSWORD {problem}"):
+        required_secret("MLFLOW_ADMIN_PASSWORD")
+
+
+def test_mlflow_server_runs_basic_auth_with_no_default_permission_and_proxied_artifacts(tmp_path, monkeypatch):
+    path = write_mlflow_auth_config(tmp_path, "postgresql://mlflow:p%40ss@db:5432/mlflow")
+    text = path.read_text()
+    assert "default_permission = NO_PERMISSIONS" in text
+    assert "database_uri = postgresql://mlflow:p%%40ss@db:5432/mlflow" in text  # ConfigParser reads back p%40ss
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    command = mlflow_server_command("postgresql://x/mlflow", "s3://bucket", "0.0.0.0", 5000, "mlflow:5000")
+    assert command[1:4] == ["server", "--app-name", "basic-auth"] and "--serve-artifacts" in command
+    assert command[command.index("--allowed-hosts") + 1] == "mlflow:5000"
+    monkeypatch.setenv("MLFLOW_ADMIN_PASSWORD", "s3cret-admin")
+    monkeypatch.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "k" * 32)
+    environment = mlflow_server_environment(path)
+    assert environment["MLFLOW_AUTH_ADMIN_PASSWORD"] == "s3cret-admin"
+    assert environment["MLFLOW_AUTH_CONFIG_PATH"] == str(path)
+
+
+def test_deploy_and_worker_without_a_server_exit_2_saying_what_to_set(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    for command in (["deploy"], ["worker", "--pool", "gpu"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2 and "PREFECT_API_URL" in result.output
+
+
+def test_a_retry_closes_the_step_runs_a_dead_attempt_left_running():
+    from tasks.lineage import close_abandoned_steps
+
+    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    experiment = client.get_experiment_by_name("abandoned-steps") or client.create_experiment("abandoned-steps")
+    experiment_id = experiment if isinstance(experiment, str) else experiment.experiment_id
+    parent = client.create_run(experiment_id).info.run_id
+    finished = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+    client.set_terminated(finished, "FINISHED")
+    running = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+    unrelated = client.create_run(experiment_id).info.run_id
+
+    assert close_abandoned_steps.fn(parent) == [running]
+    assert client.get_run(running).info.status == "KILLED"
+    assert "abandoned" in client.get_run(running).data.tags["paperops.error"]
+    assert client.get_run(finished).info.status == "FINISHED"
+    assert client.get_run(unrelated).info.status == "RUNNING"
