@@ -297,8 +297,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(variants)
     versions, promotion = summary["versions"], summary["promotion"]
     if versions:
-        console.print(f"registered [bold]{versions['model_name']}[/]: dense v{versions['parent_version']}, "
-                      f"compressed v{versions['method_version']}"
+        compressed = f", compressed v{versions['method_version']}" if versions["method_version"] else \
+            " (not compressed)"
+        console.print(f"registered [bold]{versions['model_name']}[/]: trained v{versions['parent_version']}"
+                      + compressed
                       + ("" if versions["created"] else " (already registered: same data, config and code)"))
     if promotion:
         if promotion["promoted"]:

@@ -127,7 +127,8 @@ class Evaluation:
 class Recipe(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
-    compression: ClassVar[str]
+    compression: ClassVar[str | None]  # None: the paper's model is not compressible by our methods (say why below)
+    compression_skip_reason: ClassVar[str] = ""  # recorded on the version and in the lineage when compression is None
     config_model: ClassVar[type[RecipeConfig]]
     primary_metric: ClassVar[str]
     cost_metric: ClassVar[str]  # metric holding compressed/dense cost (MACs, bits, bytes): the gate's ratio
@@ -154,9 +155,11 @@ class Recipe(ABC):
         """Re-applies a recorded compression to a freshly built model whose weights were loaded."""
 
     @abstractmethod
-    def evaluate(self, dense: nn.Module, compressed: nn.Module, data: Any, cfg: RecipeConfig,
-                 reporter: Reporter) -> Evaluation:
-        """Measures dense, compressed and the paper's baselines side by side in one run."""
+    def evaluate(self, dense: nn.Module, compressed: nn.Module | None, data: Any, cfg: RecipeConfig,
+                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
+        """Measures dense, compressed (None when the recipe has no compression) and the paper's baselines side by
+        side in one run. `trained_metrics` is what `train` returned: a paper whose baselines are trained models
+        (ProtoNet beside FEAT, KD beside AdaptConf) trains and scores them there, in the same run."""
 
     def our_figures(self, evaluation: Evaluation) -> dict[str, float]:
         """Our values of the paper's headline figures (same names as `paper_figures`), from one evaluation."""

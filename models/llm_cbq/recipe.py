@@ -260,7 +260,7 @@ class CBQRecipe(Recipe):
         return metrics
 
     def evaluate(self, dense: TokenizedLM, compressed: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
-                 reporter: Reporter) -> Evaluation:
+                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
         ev = cfg.evaluate
         setting = cfg.compress.setting.to_setting()
         calib = self._calibration(dense, data, cfg)

@@ -140,7 +140,7 @@ class PPTRecipe(Recipe):
         return ppt.compress(model, ppt.TokenReductionConfig(**knobs))
 
     def evaluate(self, dense: nn.Module, compressed: nn.Module, data: TensorSplits, cfg: PPTRecipeConfig,
-                 reporter: Reporter) -> Evaluation:
+                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
         num_patches = self._num_patches(dense)
         candidates: list[tuple[str, str, nn.Module, ppt.TokenReductionConfig | None]] = [
             ("dense", "parent", dense, None)]
