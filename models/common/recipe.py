@@ -87,6 +87,18 @@ class PaperFigure:
         return "meets the paper" if meets else "short of the paper"
 
 
+@dataclass(frozen=True)
+class Headline:
+    """The one comparison the cross-paper summary shows: the paper's method against its main baseline, measured in
+    the same run, beside the paper's own figure for the method (its setting, usually a larger one, in the note)."""
+
+    metric: str  # a metric every variant reports
+    method_variant: str
+    baseline_variant: str
+    paper_value: float | None
+    paper_note: str
+
+
 @dataclass
 class CompressionResult:
     model: nn.Module
@@ -135,6 +147,7 @@ class Recipe(ABC):
     higher_is_better: ClassVar[bool] = True  # of the primary metric: accuracy yes, perplexity no
     serving_params: ClassVar[dict[str, Any]] = {}  # inference parameters a request may set, with defaults
     paper_figures: ClassVar[tuple[PaperFigure, ...]] = ()
+    headline: ClassVar[Headline | None] = None
 
     @abstractmethod
     def load_data(self, path: str, cfg: RecipeConfig) -> Any: ...
