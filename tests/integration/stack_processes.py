@@ -63,12 +63,22 @@ def stop_process(process: subprocess.Popen, signals: int = 1, grace_s: float = 3
         process.wait()
 
 
-def kill_process_group(process: subprocess.Popen) -> None:
-    """SIGKILL the process and everything it started: a worker's container dying with its flow runs."""
+def kill_process_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the process and every process it started, as when a worker's container dies with its flow runs.
+    The tree, not the process group: a process worker starts each flow run in a session of its own."""
+    import psutil
+
     try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        tree = [psutil.Process(process.pid)]
+        tree += tree[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=30)
     process.wait()
 
 
@@ -178,7 +188,7 @@ class Stack:
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.postgres.url("prefect", "postgresql+asyncpg"),
             "PREFECT_SERVER_API_AUTH_STRING": self.prefect_auth, "PREFECT_API_AUTH_STRING": self.prefect_auth,
             "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false", "PREFECT_LOGGING_SERVER_LEVEL": "INFO",
         }
         prefect = self.spawn("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                                 "--port", str(self.prefect_port)], prefect_env)
@@ -220,7 +230,19 @@ class Stack:
         return path.read_text()[-6000:] if path.exists() else ""
 
     def stop(self) -> None:
-        """Workers first (two SIGTERMs each), then the servers, then PostgreSQL."""
+        """Workers first (two SIGTERMs each), then the servers, then PostgreSQL; a flow run a worker left behind
+        (it runs in a session of its own) is killed too."""
+        import psutil
+
         for process in reversed(self.processes):
+            try:
+                descendants = psutil.Process(process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                descendants = []
             stop_process(process, signals=2 if "worker" in " ".join(map(str, process.args)) else 1)
+            for leftover in descendants:
+                try:
+                    leftover.kill()
+                except psutil.NoSuchProcess:
+                    pass
         self.postgres.stop()

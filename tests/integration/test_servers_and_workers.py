@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +28,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from tasks.scaleout import CRASH_AUTOMATION, slot_limit_name
-from stack_processes import Stack, kill_process_group, stop_process
+from stack_processes import Stack, kill_process_tree, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -45,11 +46,18 @@ FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CAN
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     servers = Stack(tmp_path_factory.mktemp("stack"))
+    # A SIGTERM to pytest (a CI timeout) becomes KeyboardInterrupt, so this teardown still stops every server.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         servers.start()
         yield servers
     finally:
         servers.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +98,15 @@ def task_state(stack: Stack, flow_run_id: str, task_name: str) -> StateType | No
     with prefect_api(stack) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return next((run.state.type for run in runs if run.name.startswith(f"{task_name}-") and run.state), None)
+
+
+def heartbeats(stack: Stack, flow_run_id: str) -> list[str]:
+    """When the server received the flow run's heartbeat events (diagnostics for the crash test)."""
+    with prefect_api(stack) as client:
+        reply = client.request("POST", "/events/filter", json={"filter": {
+            "event": {"name": ["prefect.flow-run.heartbeat"]},
+            "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}, "limit": 50})
+    return [event["occurred"] for event in reply.json().get("events", [])]
 
 
 def http_status(url: str, credentials: tuple[str, str] | None) -> int:
@@ -204,11 +221,12 @@ def test_killed_worker_leaves_the_run_crashed_and_a_retry_reuses_finished_steps(
             assert time.monotonic() < deadline, deployed.log("worker-gpu-worker-doomed")
             time.sleep(0.5)
     finally:
-        kill_process_group(worker)  # the worker and the flow run it started die together, mid-pipeline
+        kill_process_tree(worker)  # the worker and the flow run it started die together, mid-pipeline
     killed_at = time.monotonic()
     # Nobody is left to report: the missing heartbeats make the server's automation mark the run Crashed.
-    state = wait_for_state(deployed, flow_run_id, FINAL, timeout_s=300)
-    assert state == StateType.CRASHED, f"{state} after {time.monotonic() - killed_at:.0f} s"
+    state = wait_for_state(deployed, flow_run_id, FINAL, timeout_s=420)
+    assert state == StateType.CRASHED, (f"{state} after {time.monotonic() - killed_at:.0f} s; heartbeats received: "
+                                        f"{heartbeats(deployed, flow_run_id)}\n{deployed.log('prefect-server')}")
 
     rescuer = deployed.start_worker("gpu", "gpu-1", "gpu-worker-rescuer")
     try:
