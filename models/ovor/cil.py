@@ -34,7 +34,11 @@ class StreamSection(Section):
     classes_per_task: int = Field(2, ge=1)
     seeds: tuple[int, ...] = Field((0,), min_length=1, description="class order per seed; seed 0 = natural order")
     prompt_epochs: float = Field(4, gt=0, description="E1: phase (a), prompts + head, masked CE")
-    vor_epochs: int = Field(1, ge=1, description="E2: phase (d), head only")
+    vor_epochs: int = Field(1, ge=1, description="E2: phase (d), head only; features re-extracted each epoch")
+    vor_passes: int = Field(1, ge=1, description="passes of phase (d) over each epoch's stored features (1 = the "
+                            "official schedule; more = more head steps at no backbone cost)")
+    vor_lr: float | None = Field(None, gt=0, description="phase (d) peak lr, cosine to 0 over phase (d); None = "
+                                 "the official tail of the E1 + E2 cosine")
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     max_train_per_class: int | None = Field(None, ge=1, description="cap for smoke runs")
@@ -246,7 +250,8 @@ def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamSection, vor: VOR
             opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
             d_step = 0
             outliers = None
-            for feats in epoch_feats:
+            d_total = cfg.vor_epochs * cfg.vor_passes * n_batches
+            for feats in [f for f in epoch_feats for _ in range(cfg.vor_passes)]:
                 if use_vor:
                     outliers = synthesize_outliers(
                         feats, vor.num_per_class * len(classes), vor.k, vor.select, vor.sample_from, vor.cov,
@@ -256,7 +261,11 @@ def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamSection, vor: VOR
                 order = torch.randperm(len(feats), generator=generator)
                 for b, i in enumerate(range(0, len(order), cfg.batch_size)):
                     idx = order[i:i + cfg.batch_size]
-                    lr = _cosine(cfg.lr, (cfg.prompt_epochs + d_step / n_batches) / total_epochs)
+                    if cfg.vor_lr is None:
+                        progress = (cfg.prompt_epochs + d_step / (cfg.vor_passes * n_batches)) / total_epochs
+                        lr = _cosine(cfg.lr, progress)
+                    else:
+                        lr = _cosine(cfg.vor_lr, d_step / d_total)
                     for g in opt.param_groups:
                         g["lr"] = lr
                     logits = head(feats[idx])
