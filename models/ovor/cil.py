@@ -63,7 +63,22 @@ class VORSection(Section):
     num_per_class: int = Field(20, ge=1)
     cov: float = Field(0.1, gt=0)
     outlier_center: str = Field("boundary", pattern="^(boundary|origin)$", description="the method's centre")
-    ablation_centers: tuple[str, ...] = Field(("origin",), description="other centres run as ablations")
+    ablations: tuple["VORAblation", ...] = Field(
+        (), description="VOR settings run as ablations in the same stream (head-only, sharing phase (a))")
+
+    def resolved(self, ablation: "VORAblation") -> "VORSection":
+        """This section with the ablation's overrides."""
+        return self.model_copy(update={k: v for k, v in ablation.model_dump().items() if k != "name" and v is not None})
+
+
+class VORAblation(Section):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    outlier_center: str | None = Field(None, pattern="^(boundary|origin)$")
+    weight: float | None = Field(None, ge=0)
+    thresholds: str | None = Field(None, pattern="^(auto|paper|calibrate)$")
+
+
+VORSection.model_rebuild()
 
 
 @dataclass
@@ -172,19 +187,24 @@ def _thresholds(cfg: VORSection, id_energy: torch.Tensor) -> tuple[float, float,
     return q, q + cfg.gap, "calibrated"
 
 
+METHOD, BASELINE = "ovor", "oneprompt"
+
+
 def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamSection, vor: VORSection, reporter: Reporter,
                generator: torch.Generator, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
-               method_variant: str, metric_prefix: str = "") -> dict[str, VariantTrace]:
+               metric_prefix: str = "") -> dict[str, VariantTrace]:
     """Trains `model` (prompts + its head) over the stream in place and returns every head variant's trace.
 
-    Variants: "oneprompt" (no VOR) and "ovor_<centre>" for the method's centre and each ablation centre. On
-    return `model.head` is the head of `method_variant`.
+    Variants: "oneprompt" (no VOR: lambda = 0), "ovor" (the method's VOR settings) and one per `vor.ablations`.
+    On return `model.head` is the "ovor" head.
     """
     device = next(model.parameters()).device
-    centers: list[OutlierCenter] = list(dict.fromkeys([vor.outlier_center, *vor.ablation_centers]))  # type: ignore
-    names = ["oneprompt", *[f"ovor_{c}" for c in centers]]
-    if method_variant not in names:
-        raise ValueError(f"method variant {method_variant!r} is not one of {names}")
+    settings: dict[str, VORSection | None] = {BASELINE: None, METHOD: vor}
+    for ablation in vor.ablations:
+        if ablation.name in settings:
+            raise ValueError(f"VOR ablation name {ablation.name!r} is taken")
+        settings[ablation.name] = vor.resolved(ablation)
+    names = list(settings)
     T = len(stream.tasks)
     traces = {n: VariantTrace(n, np.full((T, T), np.nan)) for n in names}
     heads = {n: copy.deepcopy(model.head) for n in names}
@@ -242,11 +262,12 @@ def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamSection, vor: VOR
         y_dev = y_task.to(device)
         for n in names:
             head = heads[n]
-            use_vor = n != "oneprompt"
-            if t == 0 or vor.calibrate_per_task or n not in fixed:
+            v_cfg = settings[n]
+            use_vor = v_cfg is not None and v_cfg.weight > 0
+            if use_vor and (t == 0 or v_cfg.calibrate_per_task or n not in fixed):
                 with torch.no_grad():
-                    fixed[n] = _thresholds(vor, energy(head(plain), task_classes))
-            tau_id, tau_ood, how = fixed[n]
+                    fixed[n] = _thresholds(v_cfg, energy(head(plain), task_classes))
+            tau_id, tau_ood, how = fixed.get(n, (math.nan, math.nan, "none"))
             opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
             d_step = 0
             outliers = None
@@ -254,8 +275,8 @@ def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamSection, vor: VOR
             for feats in [f for f in epoch_feats for _ in range(cfg.vor_passes)]:
                 if use_vor:
                     outliers = synthesize_outliers(
-                        feats, vor.num_per_class * len(classes), vor.k, vor.select, vor.sample_from, vor.cov,
-                        n.removeprefix("ovor_"), generator)  # type: ignore[arg-type]
+                        feats, v_cfg.num_per_class * len(classes), v_cfg.k, v_cfg.select, v_cfg.sample_from,
+                        v_cfg.cov, v_cfg.outlier_center, generator)  # type: ignore[arg-type]
                     per_batch = max(1, len(outliers) // n_batches)
                     ood_order = torch.randperm(len(outliers), generator=generator)
                 order = torch.randperm(len(feats), generator=generator)
@@ -270,10 +291,10 @@ def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamSection, vor: VOR
                         g["lr"] = lr
                     logits = head(feats[idx])
                     loss = masked_cross_entropy(logits, y_dev[idx], task_classes)
-                    if use_vor and vor.weight > 0:
+                    if use_vor:
                         ood = outliers[ood_order[(b * per_batch) % len(outliers):][:per_batch]]
                         loss = loss + vor_loss(energy(logits, task_classes), energy(head(ood), task_classes),
-                                               tau_id, tau_ood, vor.weight)
+                                               tau_id, tau_ood, v_cfg.weight)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -303,7 +324,7 @@ def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamSection, vor: VOR
         reporter.progress(t + 1, T, f"{metric_prefix}tasks")
 
     with torch.no_grad():
-        model.head.load_state_dict(heads[method_variant].state_dict())
+        model.head.load_state_dict(heads[METHOD].state_dict())
     for n in names:
         traces[n].head = heads[n]
     return traces

@@ -28,12 +28,12 @@ from models import ppt
 from models.common.classifier import TrainSection, predict_logits, top1_accuracy, train_classifier
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from models.common.recipe import (
-    CompressionResult, Evaluation, PaperFigure, Recipe, RecipeConfig, Section, VariantResult, compare_to_parent,
+    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, Section, VariantResult, compare_to_parent,
     register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.ovor.cil import (
-    Stream, StreamSection, VariantTrace, VORSection, class_order, cross_task_confusion, extract_features,
+    BASELINE, METHOD, Stream, StreamSection, VariantTrace, VORSection, class_order, cross_task_confusion, extract_features,
     run_stream, split_tasks,
 )
 from models.ovor.model import (
@@ -93,14 +93,6 @@ class OVORData:
     raw: ImageDataset
 
 
-METHOD, BASELINE = "ovor", "oneprompt"
-
-
-def _variant_prefix(name: str, method_center: str) -> str:
-    """Trace name -> metric prefix: the method's centre is `ovor`, other centres `ovor_<centre>`."""
-    return METHOD if name == f"ovor_{method_center}" else name
-
-
 def _ci95(values: list[float]) -> float:
     return 1.96 * float(np.std(values, ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
@@ -134,6 +126,10 @@ class OVORRecipe(Recipe):
                     "OnePrompt needs one ViT pass at inference, pool methods (L2P/DualPrompt/CODA-P) two",
                     higher_is_better=False),
     )
+
+    headline = Headline("a_n", "ovor_dense", BASELINE, None,
+                        "A_N over 5 tasks, seed 0; paper: OVOR ~ CODA-P (75.45 on 10-task ImageNet-R) and OnePrompt "
+                        "without VOR ~1-2 points lower [vision.md §3.3, from memory, unverified]")
 
     # ------------------------------------------------------------------------------------------ data/model
 
@@ -197,7 +193,6 @@ class OVORRecipe(Recipe):
         metrics = self.pretrain(model, data, cfg, reporter)
         pretrained = copy.deepcopy(model.cpu().state_dict())
         device = next(iter(pretrained.values())).device
-        method_trace = f"ovor_{cfg.vor.outlier_center}"
         per_seed: dict[str, dict[str, list[float]]] = {}
         matrices: dict[str, list[np.ndarray]] = {}
         threshold_rows: list[dict[str, Any]] = []
@@ -215,9 +210,9 @@ class OVORRecipe(Recipe):
             stream = Stream(self.tasks(cfg, seed), data.x_train, data.y_train, data.x_test, data.y_test)
             generator = torch.Generator().manual_seed(cfg.seed * 1000 + seed)
             traces = run_stream(learner, stream, cfg.stream, cfg.vor, reporter, generator,
-                                random_translate, method_trace, metric_prefix=f"seed{seed}_")
+                                random_translate, metric_prefix=f"seed{seed}_")
             for name, trace in traces.items():
-                prefix = _variant_prefix(name, cfg.vor.outlier_center)
+                prefix = name
                 for k, v in trace.summary().items():
                     per_seed.setdefault(prefix, {}).setdefault(k, []).append(v)
                 matrices.setdefault(prefix, []).append(trace.matrix)
@@ -274,8 +269,8 @@ class OVORRecipe(Recipe):
     # ---------------------------------------------------------------------------------------- evaluate
 
     def evaluate(self, dense: nn.Module, compressed: nn.Module | None, data: OVORData, cfg: OVORRecipeConfig,
-                 reporter: Reporter, trained_metrics: dict[str, float] | None = None) -> Evaluation:
-        trained = dict(trained_metrics or {})
+                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
+        trained = dict(trained_metrics)
         tasks = self.tasks(cfg, cfg.stream.seeds[0])
         batch = data.x_test[: cfg.evaluate.latency_batch]
         dense_macs = count_macs(dense, batch) / len(batch)
@@ -304,7 +299,7 @@ class OVORRecipe(Recipe):
                                                                                                "macs_ratio")}
         parent |= {"macs_two_pass_per_image": two_pass_macs, "one_pass_macs_ratio": dense_macs / two_pass_macs}
         parent["a_n_trained_seed0"] = trained.get(f"{METHOD}.a_n_seed0", math.nan)
-        knobs_dense = {"outlier_center": cfg.vor.outlier_center, "vor_weight": cfg.vor.weight}
+        knobs_dense = _vor_knobs(cfg.vor)
         variants = [VariantResult("ovor_dense", "parent", "ovor", knobs_dense, parent)]
         if compressed is not None:
             trc = ppt.current_config(compressed.backbone)
@@ -315,11 +310,9 @@ class OVORRecipe(Recipe):
             variants.append(VariantResult("ovor_ppt", "method", "ppt", _knobs(trc) if trc else {}, metrics))
         variants.append(VariantResult(BASELINE, "baseline", "oneprompt", {"vor_weight": 0.0},
                                       from_training(BASELINE)))
-        for center in cfg.vor.ablation_centers:
-            if center != cfg.vor.outlier_center:
-                variants.append(VariantResult(f"ovor_{center}", "ablation", "ovor",
-                                              {"outlier_center": center, "vor_weight": cfg.vor.weight},
-                                              from_training(f"ovor_{center}")))
+        for ablation in cfg.vor.ablations:
+            variants.append(VariantResult(ablation.name, "ablation", "ovor", _vor_knobs(cfg.vor.resolved(ablation)),
+                                          from_training(ablation.name)))
         compare_to_parent(variants, self.primary_metric)
         table = [{"variant": v.name, "role": v.role, **{k: round(float(m), 6) for k, m in v.metrics.items()}}
                  for v in variants]
@@ -366,6 +359,11 @@ def PromptedAttention_init(shape: torch.Size, init: str, generator: torch.Genera
     return torch.rand(shape, generator=generator) if init == "uniform" else torch.randn(shape, generator=generator) * 0.02
 
 
+def _vor_knobs(vor: VORSection) -> dict[str, Any]:
+    return {"outlier_center": vor.outlier_center, "vor_weight": vor.weight, "thresholds": vor.thresholds,
+            "tau_id": vor.tau_id, "tau_ood": vor.tau_ood}
+
+
 def _knobs(trc: ppt.TokenReductionConfig) -> dict[str, Any]:
     return dataclasses.asdict(trc) | {"blocks": list(trc.blocks)}
 
@@ -373,7 +371,7 @@ def _knobs(trc: ppt.TokenReductionConfig) -> dict[str, Any]:
 def _heatmap_figure(trained: dict[str, float], cfg: OVORRecipeConfig) -> Any:
     """Accuracy matrices (seed mean) of OVOR and OnePrompt without VOR side by side."""
     T = cfg.stream.num_tasks
-    names = [METHOD, BASELINE] + [f"ovor_{c}" for c in cfg.vor.ablation_centers if c != cfg.vor.outlier_center]
+    names = [METHOD, BASELINE] + [a.name for a in cfg.vor.ablations]
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4))
     for ax, name in zip(np.atleast_1d(axes), names):
         m = np.full((T, T), np.nan)

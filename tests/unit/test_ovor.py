@@ -14,7 +14,7 @@ from models import ppt
 from models.common.recipe import available_recipes, get_recipe
 from models.common.reporting import RecordingReporter
 from models.ovor.cil import (
-    Stream, StreamSection, VORSection, average_accuracy, average_forgetting, class_order, cross_task_confusion,
+    Stream, StreamSection, VORAblation, VORSection, average_accuracy, average_forgetting, class_order, cross_task_confusion,
     run_stream, split_tasks,
 )
 from models.ovor.model import (
@@ -209,19 +209,20 @@ def test_stream_trains_only_prompts_and_head_and_shares_phase_a_across_variants(
     x = x + y[:, None, None, None].float()  # separable classes
     stream = Stream([[0, 1], [2, 3]], x, y, x[:16], y[:16])
     cfg = StreamSection(num_tasks=2, classes_per_task=2, prompt_epochs=1, vor_epochs=1, batch_size=16)
-    vor = VORSection(k=3, select=4, sample_from=8, num_per_class=4)
-    traces = run_stream(model, stream, cfg, vor, RecordingReporter(), g, None, "ovor_boundary")
-    assert set(traces) == {"oneprompt", "ovor_boundary", "ovor_origin"}
+    vor = VORSection(k=3, select=4, sample_from=8, num_per_class=4, thresholds="calibrate",
+                     ablations=(VORAblation(name="ovor_origin", outlier_center="origin"),))
+    traces = run_stream(model, stream, cfg, vor, RecordingReporter(), g, None)
+    assert set(traces) == {"oneprompt", "ovor", "ovor_origin"}
     for k, v in model.backbone.state_dict().items():
         if not k.endswith("prompt"):
             assert torch.equal(v, backbone_before[k]), k
     assert all(not torch.equal(a, b) for a, b in zip(prompts_before, model.prompt_parameters()))
-    assert torch.equal(model.head.weight, traces["ovor_boundary"].head.weight)
-    assert not torch.equal(traces["oneprompt"].head.weight, traces["ovor_boundary"].head.weight)
+    assert torch.equal(model.head.weight, traces["ovor"].head.weight)
+    assert not torch.equal(traces["oneprompt"].head.weight, traces["ovor"].head.weight)
     for trace in traces.values():
         assert trace.matrix.shape == (2, 2) and np.isnan(trace.matrix[0, 1]) and not np.isnan(trace.matrix[1, 0])
     # thresholds calibrated once, after the first task's phase (a), then kept
-    assert traces["ovor_boundary"].thresholds[0] == traces["ovor_boundary"].thresholds[1]
+    assert traces["ovor"].thresholds[0] == traces["ovor"].thresholds[1]
 
 
 # --------------------------------------------------------------------------------------- PPT on OVOR
@@ -254,7 +255,9 @@ def test_recipe_is_registered_with_a_tiny_and_full_profile():
     recipe = get_recipe("ovor")
     assert recipe.primary_metric == "a_n" and recipe.compression == "ppt"
     cfg = load_config("ovor", "tiny").config
-    assert cfg.vor.outlier_center == "boundary" and cfg.vor.weight == 0.1
+    assert cfg.vor.outlier_center == "boundary"
+    assert (VORSection().weight, VORSection().tau_id, VORSection().tau_ood, VORSection().outlier_center) == (
+        0.1, -15.0, -3.0, "boundary")  # the paper's defaults; the tiny profile's deviations are in its YAML
     assert load_config("ovor", "full").config.data.stage == "imagenet_r"
     model = recipe.build_model(cfg)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
