@@ -227,7 +227,7 @@ class OVORRecipe(Recipe):
                 metrics[f"{prefix}.{k}_seed0"] = float(vs[0])
                 if k in ("a_n", "f_n", "confusion_share", "inter_task_error"):
                     metrics[f"{prefix}.{k}_ci95"] = _ci95(vs)
-            mean_matrix = np.nanmean(np.stack(matrices[prefix]), axis=0)
+            mean_matrix = _mean_matrix(matrices[prefix])
             for t in range(mean_matrix.shape[0]):
                 for j in range(t + 1):
                     metrics[f"{prefix}.acc_after{t}_task{j}"] = float(mean_matrix[t, j])
@@ -239,7 +239,7 @@ class OVORRecipe(Recipe):
         reporter.log_table("vor_thresholds", threshold_rows)
         reporter.log_table("accuracy_matrices", [
             {"variant": p, "after_task": t, **{f"task{j}": round(float(m[t, j]), 3) for j in range(t + 1)}}
-            for p, ms in matrices.items() for m in [np.nanmean(np.stack(ms), axis=0)] for t in range(m.shape[0])])
+            for p, ms in matrices.items() for m in [_mean_matrix(ms)] for t in range(m.shape[0])])
         return metrics
 
     # ---------------------------------------------------------------------------------------- compress
@@ -359,6 +359,12 @@ def PromptedAttention_init(shape: torch.Size, init: str, generator: torch.Genera
     return torch.rand(shape, generator=generator) if init == "uniform" else torch.randn(shape, generator=generator) * 0.02
 
 
+def _mean_matrix(matrices: list[np.ndarray]) -> np.ndarray:
+    """Seed mean of accuracy matrices; the upper triangle (tasks not yet seen) stays NaN."""
+    stacked = np.stack(matrices)
+    return np.where(np.isnan(stacked[0]), np.nan, np.nan_to_num(stacked).mean(axis=0))
+
+
 def _vor_knobs(vor: VORSection) -> dict[str, Any]:
     return {"outlier_center": vor.outlier_center, "vor_weight": vor.weight, "thresholds": vor.thresholds,
             "tau_id": vor.tau_id, "tau_ood": vor.tau_ood}
@@ -372,8 +378,12 @@ def _heatmap_figure(trained: dict[str, float], cfg: OVORRecipeConfig) -> Any:
     """Accuracy matrices (seed mean) of OVOR and OnePrompt without VOR side by side."""
     T = cfg.stream.num_tasks
     names = [METHOD, BASELINE] + [a.name for a in cfg.vor.ablations]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4))
-    for ax, name in zip(np.atleast_1d(axes), names):
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
         m = np.full((T, T), np.nan)
         for t in range(T):
             for j in range(t + 1):
@@ -389,5 +399,6 @@ def _heatmap_figure(trained: dict[str, float], cfg: OVORRecipeConfig) -> Any:
         ax.set_ylabel("after training task")
         ax.set_xticks(range(T))
         ax.set_yticks(range(T))
-    fig.colorbar(im, ax=np.atleast_1d(axes).tolist(), shrink=0.8, label="accuracy (%)")
+    fig.suptitle("CIL accuracy matrix (seed mean): row = after training task t, column = task evaluated")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy (%)")
     return fig
