@@ -91,6 +91,7 @@ class OVORData:
     glyph_x_test: torch.Tensor
     glyph_y_test: torch.Tensor
     raw: ImageDataset
+    glyph_characters: tuple[str, ...] = ()
 
 
 def _ci95(values: list[float]) -> float:
@@ -148,7 +149,7 @@ class OVORRecipe(Recipe):
         size = cfg.model.img_size
         return OVORData(images_to_input(raw.x_train, size), torch.as_tensor(raw.y_train, dtype=torch.long),
                         images_to_input(raw.x_test, size), torch.as_tensor(raw.y_test, dtype=torch.long),
-                        gx[~held_out], gy[~held_out], gx[held_out], gy[held_out], raw)
+                        gx[~held_out], gy[~held_out], gx[held_out], gy[held_out], raw, glyphs.characters)
 
     def build_model(self, cfg: OVORRecipeConfig) -> nn.Module:
         generator = seed_everything(cfg.seed)
@@ -186,6 +187,9 @@ class OVORRecipe(Recipe):
         metrics["pretrain_stream_ncm_top1"] = 100.0 * float(
             (torch.cdist(f_test, means).argmin(-1) == data.y_test).float().mean())
         model.freeze_backbone()
+        reporter.log_table("pretrain_source", [{**glyph_source(), "classes": cfg.pretrain.num_classes,
+                                                "renders_per_class": cfg.pretrain.per_class,
+                                                "characters": "".join(data.glyph_characters)}])
         return metrics
 
     def train(self, model: nn.Module, data: OVORData, cfg: OVORRecipeConfig, reporter: Reporter) -> dict[str, float]:
