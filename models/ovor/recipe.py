@@ -179,10 +179,8 @@ class OVORRecipe(Recipe):
             metrics["pretrain_glyph_top1"] = top1_accuracy(predict_logits(classifier, data.glyph_x_test),
                                                            data.glyph_y_test)
             # How much digit information the frozen features carry: nearest class mean on the stream's splits.
-            device = next(model.parameters()).device
             f_train = extract_features(model, data.x_train, 256).cpu()
             f_test = extract_features(model, data.x_test, 256).cpu()
-        del device
         means = torch.stack([f_train[data.y_train == c].mean(0) for c in range(int(data.y_train.max()) + 1)])
         metrics["pretrain_stream_ncm_top1"] = 100.0 * float(
             (torch.cdist(f_test, means).argmin(-1) == data.y_test).float().mean())
@@ -195,8 +193,8 @@ class OVORRecipe(Recipe):
     def train(self, model: nn.Module, data: OVORData, cfg: OVORRecipeConfig, reporter: Reporter) -> dict[str, float]:
         assert isinstance(model, OnePromptViT)
         metrics = self.pretrain(model, data, cfg, reporter)
-        pretrained = copy.deepcopy(model.cpu().state_dict())
-        device = next(iter(pretrained.values())).device
+        device = next(model.parameters()).device
+        pretrained = {k: v.detach().clone() for k, v in model.state_dict().items()}
         per_seed: dict[str, dict[str, list[float]]] = {}
         matrices: dict[str, list[np.ndarray]] = {}
         threshold_rows: list[dict[str, Any]] = []
@@ -258,7 +256,7 @@ class OVORRecipe(Recipe):
                  reporter: Reporter) -> CompressionResult:
         """PPT off the shelf on the prompted backbone: a rehearsal-free learner has no past data to fine-tune on."""
         trc = self._reduction_config(model, cfg)
-        ppt.compress(model.backbone, trc, calib=data.x_test[:8])
+        ppt.compress(model.backbone, trc, calib=data.x_test[:8].to(next(model.parameters()).device))
         metrics = final_task_metrics(model, data, self.tasks(cfg, cfg.stream.seeds[0]))
         return CompressionResult(model=model, method="ppt", knobs=_knobs(trc), metrics=metrics)
 
@@ -276,7 +274,7 @@ class OVORRecipe(Recipe):
                  reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
         trained = dict(trained_metrics)
         tasks = self.tasks(cfg, cfg.stream.seeds[0])
-        batch = data.x_test[: cfg.evaluate.latency_batch]
+        batch = data.x_test[: cfg.evaluate.latency_batch].to(next(dense.parameters()).device)
         dense_macs = count_macs(dense, batch) / len(batch)
         two_pass_macs = count_macs(TwoPassPromptViT(dense), batch) / len(batch)
 
