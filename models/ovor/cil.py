@@ -9,7 +9,8 @@ Head variants share phase (a). Phase (a)'s masked CE touches only the current ta
 phase (d) has touched, so the prompt trajectory does not depend on what phase (d) did to the older rows: running
 every variant's phase (d) on its own copy of the head after one shared phase (a) gives exactly the models that
 separate runs with separate random streams would give, for the cost of one prompt training. The variants are
-OnePrompt without VOR (phase (d) with lambda = 0: same data, same steps, CE only) and VOR with each outlier centre.
+OnePrompt without VOR (phase (d) with lambda = 0: same data, same steps, CE only), OVOR (the configured VOR) and
+each VOR ablation (another outlier centre, lambda or threshold rule).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from torch import nn
 from models.common.recipe import Section
 from models.common.reporting import Reporter
 from models.ovor.model import OnePromptViT
-from models.ovor.vor import OutlierCenter, energy, masked_cross_entropy, synthesize_outliers, vor_loss
+from models.ovor.vor import energy, masked_cross_entropy, synthesize_outliers, vor_loss
 
 
 class StreamSection(Section):

@@ -103,6 +103,13 @@ class PromptedAttention(Attention):
         return self.proj_drop(self.proj(out))  # (B, N, C)
 
 
+def init_prompt(length: int, dim: int, init: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A fresh (length, dim) prompt: uniform [0, 1) as CODA-P/OVOR, or N(0, 0.02^2)."""
+    if init == "uniform":
+        return torch.rand(length, dim, generator=generator)
+    return torch.randn(length, dim, generator=generator) * 0.02
+
+
 def add_prompts(backbone: VisionTransformer, cfg: PromptSection, generator: torch.Generator | None = None) -> None:
     """Give the chosen blocks a PromptedAttention with a fresh prompt (in place; other blocks untouched)."""
     depth = len(backbone.blocks)
@@ -113,12 +120,7 @@ def add_prompts(backbone: VisionTransformer, cfg: PromptSection, generator: torc
         if type(attn) is not Attention:
             raise TypeError(f"block {block} has {type(attn).__name__}; prompts go into timm's Attention")
         attn.__class__ = PromptedAttention
-        dim = attn.attn_dim
-        if cfg.init == "uniform":
-            init = torch.rand(length, dim, generator=generator)
-        else:
-            init = torch.randn(length, dim, generator=generator) * 0.02
-        attn.prompt = nn.Parameter(init)
+        attn.prompt = nn.Parameter(init_prompt(length, attn.attn_dim, cfg.init, generator))
         attn.prompt_enabled = True
 
 

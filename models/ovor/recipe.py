@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import matplotlib
 
@@ -33,11 +33,11 @@ from models.common.recipe import (
 )
 from models.common.reporting import Reporter
 from models.ovor.cil import (
-    BASELINE, METHOD, Stream, StreamSection, VariantTrace, VORSection, class_order, cross_task_confusion, extract_features,
+    BASELINE, METHOD, Stream, StreamSection, VORSection, class_order, cross_task_confusion, extract_features,
     run_stream, split_tasks,
 )
 from models.ovor.model import (
-    BackboneSection, OnePromptViT, PromptSection, PromptedAttention, TwoPassPromptViT, add_prompts,
+    BackboneSection, OnePromptViT, PromptSection, PromptedAttention, TwoPassPromptViT, init_prompt,
     prompts_disabled,
 )
 from models.vit_ppt.model import images_to_input, random_translate
@@ -206,7 +206,7 @@ class OVORRecipe(Recipe):
                 learner.load_state_dict(pretrained)
                 generator = torch.Generator().manual_seed(seed)
                 for attn in (m for m in learner.modules() if isinstance(m, PromptedAttention)):
-                    attn.prompt.data = PromptedAttention_init(attn.prompt.shape, cfg.prompt.init, generator)
+                    attn.prompt.data = init_prompt(*attn.prompt.shape, cfg.prompt.init, generator)
                 learner.head.reset_parameters()
             learner.to(device)
             stream = Stream(self.tasks(cfg, seed), data.x_train, data.y_train, data.x_test, data.y_test)
@@ -355,10 +355,6 @@ def load_backbone_checkpoint(model: OnePromptViT, path_str: str) -> None:
     missing = [k for k in missing if not k.endswith(".attn.prompt")]
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not fit the backbone: missing={missing} unexpected={unexpected}")
-
-
-def PromptedAttention_init(shape: torch.Size, init: str, generator: torch.Generator) -> torch.Tensor:
-    return torch.rand(shape, generator=generator) if init == "uniform" else torch.randn(shape, generator=generator) * 0.02
 
 
 def _mean_matrix(matrices: list[np.ndarray]) -> np.ndarray:
