@@ -13,6 +13,11 @@ no parameter is added and the state dict is unchanged; `uncompress` swaps them b
 Every patched block applies proportional attention (logits + log(size_j)), where size_j counts the original
 patches token j stands for. The sizes live on a small state object shared by the model and its blocks.
 
+Prefix attention (prefix/prompt tuning): an Attention subclass that defines `prefix_kv(batch_size)` returning
+extra (B, H, P, hd) keys and values, or None, keeps them through the patch. Its class is combined with
+TokenReductionAttention, the P prefix entries join K and V in every block (never as tokens: they are not scored,
+pruned, merged or sized), and the cls row handed to the strategies covers the image tokens only.
+
 Not compatible with gradient checkpointing: the token sizes are carried from block to block outside the
 autograd graph, so a recomputed segment would read the sizes of the end of the forward pass.
 """
@@ -250,6 +255,8 @@ class TokenReductionAttention(Attention):
     mask), because the explicit (B, H, N, N) matrix is the slow part of attention on every device.
     """
 
+    _base_attention: type[Attention] = Attention  # the class `uncompress` restores
+
     def forward(self, x: torch.Tensor, size: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False, need_cls_attention: bool = False) -> tuple[torch.Tensor, AttentionInfo]:
         B, N, C = x.shape
@@ -257,6 +264,11 @@ class TokenReductionAttention(Attention):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, hd) each
         q, k = self.q_norm(q), self.k_norm(k)
+        prefix_kv = getattr(self, "prefix_kv", None)
+        prefix = prefix_kv(B) if prefix_kv is not None else None
+        P = 0 if prefix is None else prefix[0].shape[2]
+        k_all = k if prefix is None else torch.cat([prefix[0], k], dim=2)  # (B, H, P + N, hd)
+        v_all = v if prefix is None else torch.cat([prefix[1], v], dim=2)
 
         bias = None
         if attn_mask is not None or is_causal:
@@ -264,18 +276,20 @@ class TokenReductionAttention(Attention):
         if size is not None:
             log_size = size.log()[:, None, None, :, 0].to(q.dtype)  # (B, 1, 1, N)
             bias = log_size if bias is None else bias + log_size
+        if bias is not None and P:
+            bias = F.pad(bias, (P, 0))  # prefix keys: no mask, size 1 (log 1 = 0)
 
         cls_attention = None
         if need_cls_attention or not self.fused_attn:
-            logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+            logits = (q * self.scale) @ k_all.transpose(-2, -1)  # (B, H, N, P + N)
             if bias is not None:
                 logits = logits + bias
             probs = logits.softmax(dim=-1)
             # scored before dropout so that the prune/pool decision does not depend on dropout noise
-            cls_attention = probs[:, :, 0]  # (B, H, N)
-            out = self.attn_drop(probs) @ v  # (B, H, N, hd)
+            cls_attention = probs[:, :, 0, P:]  # (B, H, N): the image tokens' columns
+            out = self.attn_drop(probs) @ v_all  # (B, H, N, hd)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias,
                                                  dropout_p=self.attn_drop.p if self.training else 0.0)
 
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)  # (B, N, H * hd)
@@ -345,10 +359,9 @@ def compress(model: VisionTransformer, cfg: TokenReductionConfig,
     if bad:
         raise ValueError(f"blocks {bad} do not exist in a model with {depth} blocks")
     for i, blk in enumerate(model.blocks):
-        if type(blk) not in (Block, TokenReductionBlock) or type(blk.attn) not in (Attention,
-                                                                                    TokenReductionAttention):
+        if type(blk) not in (Block, TokenReductionBlock) or _reduction_attention_class(type(blk.attn)) is None:
             raise TypeError(f"block {i} is {type(blk).__name__} with {type(blk.attn).__name__}; only timm's "
-                            "Block with Attention can be patched")
+                            "Block with Attention (or an Attention subclass with prefix_kv) can be patched")
 
     # One tau for all blocks, rescaled only for the model's resolution: the official threshold is a single
     # constant for every compression block, and the rising score variance with depth (so deep blocks prune
@@ -362,7 +375,7 @@ def compress(model: VisionTransformer, cfg: TokenReductionConfig,
     model._token_reduction = state
     for i, blk in enumerate(model.blocks):
         blk.__class__ = TokenReductionBlock
-        blk.attn.__class__ = TokenReductionAttention
+        blk.attn.__class__ = _reduction_attention_class(type(blk.attn))
         blk._token_reduction = state
         blk._block_index = i
 
@@ -383,10 +396,29 @@ def uncompress(model: VisionTransformer) -> VisionTransformer:
             blk.__class__ = Block
             del blk._token_reduction, blk._block_index
         if isinstance(blk.attn, TokenReductionAttention):
-            blk.attn.__class__ = Attention
+            blk.attn.__class__ = type(blk.attn)._base_attention
     if hasattr(model, "_token_reduction"):
         del model._token_reduction
     return model
+
+
+_PREFIX_CLASSES: dict[type, type] = {}
+
+
+def _reduction_attention_class(cls: type) -> type | None:
+    """The patched class for an attention class: TokenReductionAttention for timm's Attention, a combined class
+    (TokenReductionAttention's forward, the original's prefix_kv) for an Attention subclass with prefix K/V, the
+    class itself when already patched; None when the class cannot be patched."""
+    if issubclass(cls, TokenReductionAttention):
+        return cls
+    if cls is Attention:
+        return TokenReductionAttention
+    if issubclass(cls, Attention) and callable(getattr(cls, "prefix_kv", None)):
+        if cls not in _PREFIX_CLASSES:
+            _PREFIX_CLASSES[cls] = type(f"TokenReduction{cls.__name__}", (TokenReductionAttention, cls),
+                                        {"_base_attention": cls, "__module__": __name__})
+        return _PREFIX_CLASSES[cls]
+    return None
 
 
 def _state(model: VisionTransformer) -> _TokenReductionState:

@@ -1,0 +1,192 @@
+"""OnePrompt: a frozen timm ViT with one shared set of prefix-tuning prompts and a linear head over all classes.
+
+OnePrompt (Huang et al., OVOR, ICLR 2024; vision.md section 3.1) prepends learnable key and value vectors to the
+attention of a few chosen blocks: a G-prompt at the first blocks and an E-prompt at the next ones, each of length
+L = L/2 key vectors + L/2 value vectors, shared by every task (no pool, no query pass). timm >= 0.9 fuses
+attention, so the prompted blocks get `PromptedAttention`, whose forward re-implements timm's and concatenates the
+prefix to K and V before scaled-dot-product attention. Only those blocks change class; the rest stay timm's.
+
+The prompts live in the attention modules they feed (`backbone.blocks.<i>.attn.prompt`), so they are saved and
+loaded with the model, and models/ppt.py can carry them through its own attention (`prefix_kv`).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from timm.layers import Attention
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from models.common.recipe import Section
+
+
+class BackboneSection(Section):
+    """The frozen ViT (vision.md section 3.5 miniature: a tiny timm VisionTransformer pre-trained in-project)."""
+
+    img_size: int = Field(28, ge=8)
+    patch_size: int = Field(4, ge=1)
+    in_chans: int = Field(1, ge=1)
+    embed_dim: int = Field(64, ge=8)
+    depth: int = Field(6, ge=1)
+    num_heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    checkpoint: str | None = Field(None, description="local pre-trained backbone weights (safetensors or torch "
+                                   "state dict); set = no in-project pre-training; nothing is downloaded")
+
+
+class PromptSection(Section):
+    """Prefix lengths count key + value vectors (the paper's G length 10 = 5 keys + 5 values)."""
+
+    g_length: int = Field(4, ge=0, description="G-prompt length (keys + values), even")
+    g_blocks: tuple[int, ...] = (0, 1)
+    e_length: int = Field(8, ge=0, description="E-prompt length (keys + values), even")
+    e_blocks: tuple[int, ...] = (2, 3)
+    init: str = Field("uniform", pattern="^(uniform|normal)$", description="CODA-P/OVOR use uniform [0, 1)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PromptSection":
+        if self.g_length % 2 or self.e_length % 2:
+            raise ValueError("prompt lengths count keys + values and must be even")
+        if set(self.g_blocks) & set(self.e_blocks):
+            raise ValueError(f"g_blocks {self.g_blocks} and e_blocks {self.e_blocks} overlap")
+        return self
+
+    def lengths(self) -> dict[int, int]:
+        """block index -> prompt length (keys + values)."""
+        out = {b: self.g_length for b in self.g_blocks if self.g_length}
+        out |= {b: self.e_length for b in self.e_blocks if self.e_length}
+        return dict(sorted(out.items()))
+
+
+class PromptedAttention(Attention):
+    """timm Attention with a learnable prefix: `prompt` (L, C) = L/2 key rows then L/2 value rows.
+
+    The prefix is in the K/V space (after the qkv projection), split over heads like the keys, as in CODA-P's
+    and OVOR's `vit.py`. `prompt_enabled = False` runs the plain backbone (pre-training, the query pass of a
+    two-pass method).
+    """
+
+    prompt: nn.Parameter
+    prompt_enabled: bool
+
+    def prefix_kv(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(B, H, L/2, hd) prefix keys and values, or None when the prompt is switched off."""
+        if not self.prompt_enabled:
+            return None
+        half = self.prompt.shape[0] // 2
+        def split(p: torch.Tensor) -> torch.Tensor:  # (L/2, C) -> (B, H, L/2, hd)
+            return p.reshape(half, self.num_heads, self.head_dim).permute(1, 0, 2)[None].expand(batch_size, -1, -1, -1)
+        return split(self.prompt[:half]), split(self.prompt[half:])
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("prompted attention takes no attention mask (a ViT has none)")
+        B, N, C = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, H, N, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        prefix = self.prefix_kv(B)
+        if prefix is not None:
+            k = torch.cat([prefix[0], k], dim=2)  # (B, H, L/2 + N, hd)
+            v = torch.cat([prefix[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, N, self.attn_dim)  # (B, N, H * hd)
+        out = self.norm(out)
+        if gate is not None:
+            out = out * gate
+        return self.proj_drop(self.proj(out))  # (B, N, C)
+
+
+def init_prompt(length: int, dim: int, init: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A fresh (length, dim) prompt: uniform [0, 1) as CODA-P/OVOR, or N(0, 0.02^2)."""
+    if init == "uniform":
+        return torch.rand(length, dim, generator=generator)
+    return torch.randn(length, dim, generator=generator) * 0.02
+
+
+def add_prompts(backbone: VisionTransformer, cfg: PromptSection, generator: torch.Generator | None = None) -> None:
+    """Give the chosen blocks a PromptedAttention with a fresh prompt (in place; other blocks untouched)."""
+    depth = len(backbone.blocks)
+    for block, length in cfg.lengths().items():
+        if block >= depth:
+            raise ValueError(f"prompt block {block} does not exist in a ViT with {depth} blocks")
+        attn = backbone.blocks[block].attn
+        if type(attn) is not Attention:
+            raise TypeError(f"block {block} has {type(attn).__name__}; prompts go into timm's Attention")
+        attn.__class__ = PromptedAttention
+        attn.prompt = nn.Parameter(init_prompt(length, attn.attn_dim, cfg.init, generator))
+        attn.prompt_enabled = True
+
+
+class OnePromptViT(nn.Module):
+    """Frozen ViT + OnePrompt prefixes + Linear(D -> total classes). forward gives logits over all classes."""
+
+    def __init__(self, backbone_cfg: BackboneSection, prompt_cfg: PromptSection, num_classes: int,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if backbone_cfg.embed_dim % backbone_cfg.num_heads:
+            raise ValueError(f"embed_dim {backbone_cfg.embed_dim} is not divisible by num_heads "
+                             f"{backbone_cfg.num_heads}")
+        c = backbone_cfg
+        self.backbone = VisionTransformer(
+            img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, num_classes=0,
+            embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
+            class_token=True, global_pool="token",
+        )
+        add_prompts(self.backbone, prompt_cfg, generator)
+        self.head = nn.Linear(c.embed_dim, num_classes)
+
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        return [m.prompt for m in self.backbone.modules() if isinstance(m, PromptedAttention)]
+
+    def prompted_blocks(self) -> list[int]:
+        return [i for i, b in enumerate(self.backbone.blocks) if isinstance(b.attn, PromptedAttention)]
+
+    def freeze_backbone(self) -> None:
+        """Every backbone weight frozen; prompts and head train."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        for p in self.prompt_parameters():
+            p.requires_grad_(True)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, D): the final-LayerNorm cls token of the prompted backbone."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, num_classes)
+
+
+@contextmanager
+def prompts_disabled(model: nn.Module) -> Iterator[None]:
+    """Run the plain backbone: every PromptedAttention skips its prefix inside the block."""
+    modules = [m for m in model.modules() if isinstance(m, PromptedAttention)]
+    before = [m.prompt_enabled for m in modules]
+    for m in modules:
+        m.prompt_enabled = False
+    try:
+        yield
+    finally:
+        for m, b in zip(modules, before):
+            m.prompt_enabled = b
+
+
+class TwoPassPromptViT(nn.Module):
+    """The cost model of L2P / DualPrompt / CODA-P at inference: a query pass of the plain backbone, then the
+    prompted pass (the query selects the prompt; here the query's output is only computed, its cost is what
+    matters). Used to count MACs for the spec's check 4, never trained."""
+
+    def __init__(self, model: OnePromptViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with prompts_disabled(self.model):
+            query = self.model.features(x)  # (B, D) the query features of the pool methods
+        return self.model(x) + 0.0 * query.sum()
