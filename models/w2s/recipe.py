@@ -76,6 +76,9 @@ class CompressSection(Section):
     tau_cv: float = Field(1.64, gt=0)
     finetune_tau_cv: float = Field(1.52, gt=0)
     prop_attn: bool = True
+    finetune_teacher: Literal["parent", "weak"] = Field(
+        "weak", description="fine-tune target, label-free either way: 'parent' = KD from the dense student "
+        "(self-distillation); 'weak' = the student's own AdaptConf objective from the weak teacher")
     finetune: StudentTrainSection = StudentTrainSection(epochs=2, lr=2e-4, min_lr=1e-6, warmup_epochs=0)
 
 
@@ -289,16 +292,23 @@ class W2SRecipe(Recipe):
         return int(model.patch_embed.num_patches)
 
     def compress(self, model: nn.Module, data: W2SData, cfg: W2SRecipeConfig, reporter: Reporter) -> CompressionResult:
-        """PPT patch, then a short fine-tune with PPT on, on the same objective the student was trained with
-        (AdaptConf from the same weak teacher, w_gt of the primary protocol: no labels in protocol B)."""
+        """PPT patch, then a short label-free fine-tune with PPT on: KD from the dense student (finetune_teacher
+        = 'parent') or the student's own AdaptConf objective from the weak teacher ('weak'), w_gt of the primary
+        protocol either way (no labels in protocol B)."""
         finetuning = cfg.compress.finetune.epochs > 0
         cv = cfg.compress.finetune_tau_cv if finetuning else cfg.compress.tau_cv
         trc = _reduction_config(cfg.compress, self._num_patches(model), cv)
+        parent = copy.deepcopy(model).eval() if finetuning else None
         ppt.compress(model, trc)
         metrics: dict[str, float] = {}
         if finetuning:
-            teacher = self.weak_teacher(data, cfg, cfg.seed)
-            run = self._train_one(model, teacher, data, cfg, "adaptconf", W_GT[cfg.experiment.primary_protocol],
+            if cfg.compress.finetune_teacher == "parent":
+                teacher, kind = parent, "kd"
+            else:
+                teacher, kind = self.weak_teacher(data, cfg, cfg.seed), "adaptconf"
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            run = self._train_one(model, teacher, data, cfg, kind, W_GT[cfg.experiment.primary_protocol],
                                   cfg.seed + 1, reporter, "finetune", train_cfg=cfg.compress.finetune)
             metrics = {f"finetune_{k}": v for k, v in run.metrics.items()}
         metrics["top1"] = top1_accuracy(predict_logits(model, data.x_test), data.y_test)
