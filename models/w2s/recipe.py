@@ -175,9 +175,14 @@ class W2SRecipe(Recipe):
         y_train = torch.as_tensor(raw.y_train, dtype=torch.long)
         x_test = images_to_input(raw.x_test, cfg.model.img_size)
         y_test = torch.as_tensor(raw.y_test, dtype=torch.long)
+        # The sources store images grouped by class: a fixed shuffle makes every prefix (the smoke caps
+        # train.max_train_images and evaluate.max_test_images) hold all classes.
+        rng = np.random.default_rng(cfg.split.seed)
+        test_order = torch.as_tensor(rng.permutation(len(y_test)))
+        x_test, y_test = x_test[test_order], y_test[test_order]
         if cfg.evaluate.max_test_images is not None:
             x_test, y_test = x_test[: cfg.evaluate.max_test_images], y_test[: cfg.evaluate.max_test_images]
-        weak, w2s = torch.as_tensor(splits.weak), torch.as_tensor(splits.w2s)
+        weak, w2s = torch.as_tensor(rng.permutation(splits.weak)), torch.as_tensor(rng.permutation(splits.w2s))
         return W2SData(x_train[weak], y_train[weak], x_train[w2s], y_train[w2s], x_test, y_test, splits, raw)
 
     def build_model(self, cfg: W2SRecipeConfig) -> nn.Module:
@@ -370,7 +375,7 @@ class W2SRecipe(Recipe):
         compare_to_parent(variants, self.primary_metric)
         table = [{"variant": v.name, "role": v.role, **{k: round(float(m), 6) for k, m in v.metrics.items()}}
                  for v in variants]
-        figures = {"top1_and_pgr_by_loss": top1_pgr_figure(tm, cfg)}
+        figures = {"top1_and_pgr_by_loss": top1_pgr_figure(tm, cfg)} if "weak.top1" in tm else {}
         if "alpha_hist.agree_bin00" in tm:
             figures["alpha_histogram"] = alpha_histogram_figure(tm, cfg.experiment.histogram_bins)
         return Evaluation(variants=variants, tables={"comparison": table, "w2s_results": results_table(tm, cfg)},

@@ -15,7 +15,7 @@ from paperops.settings import tracking_uri
 SMOKE = [
     "model.embed_dim=32", "model.num_heads=2",
     "experiment.seeds=1", "experiment.teacher_conf_ablation=false",
-    "train.epochs=1", "train.max_train_images=256", "weak.epochs=3",
+    "train.epochs=3", "train.max_train_images=512", "train.warmup_epochs=0.2", "weak.epochs=3",
     "compress.finetune.epochs=1", "compress.finetune.max_train_images=128",
     "evaluate.max_test_images=200", "evaluate.latency_batch=16", "evaluate.latency_runs=2",
     "evaluate.latency_warmup=1",

@@ -184,6 +184,9 @@ def test_load_data_gives_three_disjoint_splits_of_the_configured_sizes(mnist_dir
     w2s = set(image_digests(raw.x_train[data.splits.w2s]))
     test = set(image_digests(raw.x_test))
     assert not (weak & w2s) and not (weak & test) and not (w2s & test)
+    # Stored by class in the source; the recipe's fixed shuffle puts every class into any smoke-size prefix.
+    assert len(set(data.y_w2s[:100].tolist())) == 10 and len(set(data.y_test[:100].tolist())) == 10
+    assert sorted(data.y_w2s.tolist()) == sorted(raw.y_train[data.splits.w2s].tolist())
     again = recipe.load_data(str(mnist_dir), cfg)
     assert torch.equal(again.x_weak, data.x_weak) and torch.equal(again.y_w2s, data.y_w2s)
 
