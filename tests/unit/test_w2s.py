@@ -162,7 +162,8 @@ def test_noisy_labels_changes_exactly_the_requested_share_to_other_classes():
 # ---------------------------------------------------------------------------------------- the recipe
 
 
-MICRO = ["experiment.protocols=[B,A]", "model.embed_dim=32", "model.depth=3", "train.epochs=1", "train.max_train_images=128",
+MICRO = ["experiment.protocols=[B,A]", "model.embed_dim=32", "model.depth=3", "train.epochs=1",
+         "train.max_train_images=128",
          "experiment.seeds=2", "weak.epochs=2", "evaluate.max_test_images=100", "compress.finetune.epochs=1",
          "compress.finetune.max_train_images=64", "evaluate.latency_runs=1", "evaluate.latency_warmup=0",
          "evaluate.latency_batch=8"]
