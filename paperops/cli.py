@@ -367,6 +367,7 @@ def print_headlines(summaries: list[dict[str, Any]]) -> None:
 
 # summary key -> (column header, scale of the shown number)
 VARIANT_COLUMNS = {"variant": ("variant", 1.0), "role": ("role", 1.0), "top1": ("top-1 %", 1.0),
+                   "a_n": ("A_N %", 1.0),
                    "ppl_shakespeare": ("ppl Shakespeare", 1.0), "ppl_milton": ("ppl Milton", 1.0),
                    "delta_vs_parent": ("Δ vs parent", 1.0), "macs_per_image": ("MMACs/img", 1e-6),
                    "macs_ratio": ("MACs ×", 1.0), "size_bytes": ("MB on disk", 1e-6), "size_ratio": ("size ×", 1.0),

@@ -17,8 +17,8 @@ SMOKE = [
     "evaluate.latency_batch=16", "evaluate.latency_runs=2", "evaluate.latency_warmup=1",
     "promote.max_metric_drop=100",
 ]
-VARIANTS = {"ovor_dense", "ovor_ppt", "oneprompt", "ovor_origin", "ovor_lambda01", "ovor_spec_calibrated",
-            "ovor_calibrated"}
+VARIANTS = {"ovor_dense", "ovor_ppt", "oneprompt", "ovor_origin", "ovor_paper_thresholds", "ovor_lambda1",
+            "ovor_lambda1_calibrated"}
 
 
 @pytest.fixture(scope="module")
