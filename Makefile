@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= tiny
-PAPER ?= ppt
+PAPER ?= all
 
 # Offline and quiet by default: no hub downloads, no telemetry.
 export HF_HUB_OFFLINE := 1

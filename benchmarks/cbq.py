@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = time.perf_counter()
     reporter = RecordingReporter()
     compressed = recipe.compress(copy.deepcopy(dense), data, cfg, reporter).model
-    evaluation = recipe.evaluate(dense, compressed, data, cfg, reporter)
+    evaluation = recipe.evaluate(dense, compressed, data, cfg, reporter, trained_metrics={})
     finished = time.perf_counter()
 
     fp = next(v.metrics for v in evaluation.variants if v.role == "parent")

@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from models.common.recipe import get_recipe
 from paperops.config import load_config
 from tasks.compress import compress_model
 from tasks.data import prepare_data
@@ -64,7 +65,12 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
         compress = compress_model.with_options(timeout_seconds=limits.compress_timeout_s)
         evaluate = evaluate_models.with_options(timeout_seconds=limits.evaluate_timeout_s)
         dense = _run(summary, "train", train, paper, config, keys["train"], dataset, parent)
-        compressed = _run(summary, "compress", compress, paper, config, keys["compress"], dataset, dense, parent)
+        if get_recipe(paper).compression is None:
+            compressed = None
+            summary.steps["compress"] = "Skipped (not applicable)"
+        else:
+            compressed = _run(summary, "compress", compress, paper, config, keys["compress"], dataset, dense,
+                              parent)
         evaluation = _run(summary, "evaluate", evaluate, paper, config, keys["evaluate"], dataset, dense, compressed,
                           parent)
         summary.variants = [{"variant": v.name, "role": v.role, "method": v.method, "run_id": v.run_id, **v.metrics}
@@ -72,10 +78,11 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
         versions = _run(summary, "register", register_versions, paper, profile, resolved.digest(), dataset, report,
                         dense, compressed, evaluation, parent)
         summary.versions = asdict(versions)
-        decision = _run(summary, "promote", promote_version, paper, versions.method_version, cfg.promote)
+        decision = _run(summary, "promote", promote_version, paper, versions.candidate_version, cfg.promote)
         summary.promotion = asdict(decision)
         _run(summary, "pareto", update_pareto_front, paper, profile, cfg.promote.sla)
-        _run(summary, "lineage", store_lineage, paper, [versions.parent_version, versions.method_version])
+        _run(summary, "lineage", store_lineage, paper, [v for v in (versions.parent_version, versions.method_version)
+                                                        if v is not None])
     except BaseException as exc:
         close_pipeline_run(parent, asdict(summary), exc)
         raise

@@ -8,12 +8,12 @@ from typing import Any
 from prefect import flow
 
 from paperops.config import load_config
-from tasks.promote import newest_compressed_version, promote_version, version_profile
+from tasks.promote import newest_candidate_version, promote_version, version_profile
 
 
 @flow(name="promote", flow_run_name="promote-{paper}", validate_parameters=True)
 def promote_flow(paper: str, version: str | None = None) -> dict[str, Any]:
-    version = version or newest_compressed_version(paper)
+    version = version or newest_candidate_version(paper)
     gate = load_config(paper, version_profile(paper, version)).config.promote
     return asdict(promote_version(paper, version, gate, actor="promote flow"))
 

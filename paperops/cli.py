@@ -51,27 +51,43 @@ def data(stages: list[str] = typer.Argument(None, help="DVC stages to build; def
 
 @app.command()
 def run(
-    paper: str = typer.Argument(..., help="registered paper, see `paperops list`"),
+    paper: str = typer.Argument(..., help="registered paper, see `paperops list`, or `all` for every paper"),
     profile: str = typer.Option("tiny", "--profile", "-p", help="config profile: tiny (CPU minutes) or full"),
     overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="config override key=value (repeatable)"),
 ) -> None:
-    """Run the paper's pipeline: prepare data -> validate -> train -> compress -> evaluate -> register -> promote."""
+    """Run the paper's pipeline: prepare data -> validate -> train -> compress -> evaluate -> register -> promote.
+    `all` runs every registered paper in turn and ends with one table: each method against its baseline."""
     apply_runtime_defaults()
+    from models.common.recipe import available_recipes
     from paperops.config import ConfigError, load_config
 
+    papers = list(available_recipes()) if paper == "all" else [paper]
     try:
-        load_config(paper, profile, overrides or [])  # fail fast, before Prefect starts, on a bad config
+        if paper == "all" and overrides:
+            raise ConfigError("--set applies to one paper's config: run the papers one by one to override keys")
+        for name in papers:
+            load_config(name, profile, overrides or [])  # fail fast, before Prefect starts, on a bad config
     except (ConfigError, KeyError) as exc:
         console.print(f"[red]config error:[/] {exc}")
         raise typer.Exit(2) from exc
 
+    quiet_library_logs()
+    summaries = []
+    for name in papers:
+        summaries.append(_run_pipeline(name, profile, list(overrides or [])))
+        print_summary(summaries[-1])
+    if len(summaries) > 1:
+        print_headlines(summaries)
+
+
+def _run_pipeline(paper: str, profile: str, overrides: list[str]) -> dict[str, Any]:
+    """One paper's pipeline with progress bars; data errors exit 3 (validation) or 4 (stage)."""
     from flows.pipeline import paper_pipeline
-    from tasks.progress import add_progress_listener, remove_progress_listener
     from tasks.data import DataStageError
+    from tasks.progress import add_progress_listener, remove_progress_listener
     from tasks.validate import DataValidationError
 
     quiet_library_logs()  # after the imports: mlflow sets its own log level when it is imported
-
     with Progress(TextColumn("{task.fields[step]:<10}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=False) as bars:
         rows: dict[str, Any] = {}
@@ -83,16 +99,16 @@ def run(
 
         add_progress_listener(show)
         try:
-            summary = paper_pipeline(paper, profile, list(overrides or []))
+            return paper_pipeline(paper, profile, overrides)
         except DataValidationError as exc:
-            console.print(f"[red]data validation failed — nothing was trained or registered:[/]\n{exc}")
+            console.print(f"[red]{paper}: data validation failed — nothing was trained or registered:[/]\n{exc}")
             raise typer.Exit(3) from exc
         except DataStageError as exc:
-            console.print(f"[red]the dataset could not be prepared — nothing was trained or registered:[/]\n{exc}")
+            console.print(f"[red]{paper}: the dataset could not be prepared — nothing was trained or "
+                          f"registered:[/]\n{exc}")
             raise typer.Exit(4) from exc
         finally:
             remove_progress_listener(show)
-    print_summary(summary)
 
 
 @app.command()
@@ -297,8 +313,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(variants)
     versions, promotion = summary["versions"], summary["promotion"]
     if versions:
-        console.print(f"registered [bold]{versions['model_name']}[/]: dense v{versions['parent_version']}, "
-                      f"compressed v{versions['method_version']}"
+        compressed = f", compressed v{versions['method_version']}" if versions["method_version"] else \
+            " (not compressed)"
+        console.print(f"registered [bold]{versions['model_name']}[/]: trained v{versions['parent_version']}"
+                      + compressed
                       + ("" if versions["created"] else " (already registered: same data, config and code)"))
     if promotion:
         if promotion["promoted"]:
@@ -311,6 +329,40 @@ def print_summary(summary: dict[str, Any]) -> None:
                 console.print(f"  - {reason}")
     console.print(f"MLflow run {summary['pipeline_run_id']} in {tracking_uri()}\n"
                   "Open the MLflow UI with [bold]make ui[/] (http://127.0.0.1:5000).")
+
+
+def headline_row(summary: dict[str, Any]) -> dict[str, str]:
+    """The paper's method against its main baseline from one pipeline summary (same run, same machine)."""
+    from models.common.recipe import get_recipe
+
+    recipe = get_recipe(summary["paper"])
+    row = {"paper": summary["paper"], "metric": recipe.primary_metric, "ours": "", "baseline": "",
+           "paper figure": "", "verdict": "no headline declared"}
+    headline = recipe.headline
+    if headline is None:
+        return row
+    by_name = {v["variant"]: v for v in summary["variants"]}
+    ours = by_name.get(headline.method_variant, {}).get(headline.metric)
+    base = by_name.get(headline.baseline_variant, {}).get(headline.metric)
+    row |= {"metric": headline.metric,
+            "ours": f"{_fmt(ours)} ({headline.method_variant})" if ours is not None else "not measured",
+            "baseline": f"{_fmt(base)} ({headline.baseline_variant})" if base is not None else "not measured",
+            "paper figure": (f"{headline.paper_value:g}: " if headline.paper_value is not None else "")
+            + headline.paper_note}
+    if ours is not None and base is not None:
+        better = ours > base if recipe.higher_is_better else ours < base
+        row["verdict"] = ("beats " if better else "does not beat ") + headline.baseline_variant
+    return row
+
+
+def print_headlines(summaries: list[dict[str, Any]]) -> None:
+    table = Table(title="every paper: the method against its baseline, measured in the same run")
+    rows = [headline_row(summary) for summary in summaries]
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
 
 
 # summary key -> (column header, scale of the shown number)

@@ -15,7 +15,9 @@ from tasks.tracking import child_run, compute_device, configure_tracking, load_p
 
 @task(name="evaluate", **HEAVY_STEP_OPTIONS)
 def evaluate_models(paper: str, config: dict[str, Any], step_key: str, dataset: DatasetRef, dense: ModelRef,
-                    compressed: ModelRef, parent_run_id: str) -> EvaluationRef:
+                    compressed: ModelRef | None, parent_run_id: str) -> EvaluationRef:
+    """`compressed` is None for a recipe without compression; `dense.metrics` (what training returned, with the
+    baselines it trained in the same run) go to the recipe's evaluate."""
     with gpu_slot():
         client = configure_tracking()
         recipe, cfg = recipe_and_config(paper, config)
@@ -26,8 +28,8 @@ def evaluate_models(paper: str, config: dict[str, Any], step_key: str, dataset: 
         with child_run(client, parent_run_id, "evaluate", {"paperops.step": "evaluate", **base_tags}) as reporter:
             data = recipe.load_data(dataset.path, cfg)
             dense_module = load_paper_model(dense.model_uri).to(device)
-            compressed_module = load_paper_model(compressed.model_uri).to(device)
-            evaluation = recipe.evaluate(dense_module, compressed_module, data, cfg, reporter)
+            compressed_module = load_paper_model(compressed.model_uri).to(device) if compressed else None
+            evaluation = recipe.evaluate(dense_module, compressed_module, data, cfg, reporter, dense.metrics)
             for name, rows in evaluation.tables.items():
                 reporter.log_table(name, rows)
             for name, figure in evaluation.figures.items():

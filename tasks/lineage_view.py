@@ -84,6 +84,8 @@ def version_lineage(paper: str, version: str | None = None) -> Lineage:
         lineage.chain.append(("compression run", f"`runs:/{tags['paperops.training_run_id']}`: "
                                                  f"{tags['compression.method']} {tags['compression.knobs']}, "
                                                  f"from v{tags['compression.parent_version']}"))
+    elif "compression.skipped" in tags:
+        lineage.chain.append(("compression run", f"not applied: {tags['compression.skipped']}"))
     else:
         lineage.chain.append(("compression run", "none: this is the dense parent"))
     evaluation = tags["paperops.evaluation_run_id"]

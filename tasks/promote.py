@@ -14,6 +14,7 @@ import os
 import mlflow
 import numpy as np
 
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
@@ -25,19 +26,21 @@ from tasks.tracking import configure_tracking, registered_model_name
 
 
 def promotion_failures(metrics: dict[str, float], gate: PromotionSection, primary_metric: str, cost_metric: str,
-                       data_passed: bool, higher_is_better: bool = True) -> list[str]:
-    """Every check that fails, as a sentence naming the figure and the threshold; empty = promote."""
+                       data_passed: bool, higher_is_better: bool = True, reference: str = "the parent",
+                       check_cost: bool = True) -> list[str]:
+    """Every check that fails, as a sentence naming the figure and the threshold; empty = promote.
+    `metrics["delta_vs_parent"]` is the change vs `reference`; `check_cost` is off for uncompressed recipes."""
     failures = []
     if not data_passed:
         failures.append("dataset did not pass its validation suite")
     delta = metrics.get("delta_vs_parent", math.nan)
     worsening = -delta if higher_is_better else delta
     if not worsening <= gate.max_metric_drop:  # written so NaN fails
-        failures.append(f"{primary_metric} changed by {delta:+.2f} vs the parent "
+        failures.append(f"{primary_metric} changed by {delta:+.2f} vs {reference} "
                         f"({'higher' if higher_is_better else 'lower'} is better); the gate allows "
                         f"{gate.max_metric_drop:.2f} worse at most")
     cost = metrics.get(cost_metric, math.nan)
-    if not cost <= gate.max_cost_ratio:
+    if check_cost and not cost <= gate.max_cost_ratio:
         failures.append(f"{cost_metric} is {cost:.3f}; the gate requires <= {gate.max_cost_ratio:.3f}")
     return failures
 
@@ -46,14 +49,36 @@ class PromotionRequestError(LookupError):
     """The version to promote does not exist or was not registered by a paperops pipeline."""
 
 
-def newest_compressed_version(paper: str) -> str:
+def candidate_role(paper: str) -> str:
+    """The role of the versions the gate decides on: compressed ones, or trained ones for a recipe that does not
+    compress."""
+    return "method" if get_recipe(paper).compression else "parent"
+
+
+def newest_candidate_version(paper: str) -> str:
     client = configure_tracking()
     name = registered_model_name(paper)
-    compressed = [int(v.version) for v in client.search_model_versions(f"name='{name}'")
-                  if v.tags.get("paperops.role") == "method"]
-    if not compressed:
-        raise PromotionRequestError(f"{name} has no compressed version: run `paperops run {paper}` first")
-    return str(max(compressed))
+    role = candidate_role(paper)
+    candidates = [int(v.version) for v in client.search_model_versions(f"name='{name}'")
+                  if v.tags.get("paperops.role") == role]
+    if not candidates:
+        raise PromotionRequestError(f"{name} has no {'compressed' if role == 'method' else 'trained'} version: "
+                                    f"run `paperops run {paper}` first")
+    return str(max(candidates))
+
+
+def delta_vs_champion(client: MlflowClient, name: str, version: str, primary_metric: str,
+                      alias: str) -> tuple[float, str]:
+    """For an uncompressed recipe there is no parent to compare with: the candidate must not be worse than the
+    current champion. Returns (change of the primary metric, what it was compared with)."""
+    try:
+        champion = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return 0.0, "no champion yet"
+    if str(champion.version) == str(version):
+        return 0.0, "itself (already the champion)"
+    candidate = tag_float(client.get_model_version(name, version).tags, f"metrics.{primary_metric}")
+    return candidate - tag_float(champion.tags, f"metrics.{primary_metric}"), f"the champion v{champion.version}"
 
 
 def version_profile(paper: str, version: str) -> str:
@@ -112,12 +137,18 @@ def promote_version(paper: str, version: str, gate: PromotionSection, actor: str
     name = registered_model_name(paper)
     mv = client.get_model_version(name, version)
     tags = mv.tags
-    metrics = {"delta_vs_parent": tag_float(tags, "metrics.delta_vs_parent"),
-               recipe.cost_metric: tag_float(tags, f"metrics.{recipe.cost_metric}")}
+    compresses = recipe.compression is not None
+    if compresses:
+        delta, reference = tag_float(tags, "metrics.delta_vs_parent"), "the parent"
+    else:
+        delta, reference = delta_vs_champion(client, name, version, recipe.primary_metric, gate.alias)
+    metrics = {"delta_vs_parent": delta, recipe.cost_metric: tag_float(tags, f"metrics.{recipe.cost_metric}")}
     failures = promotion_failures(metrics, gate, recipe.primary_metric, recipe.cost_metric,
-                                  tags.get("gx.success") == "true", recipe.higher_is_better)
-    if tags.get("paperops.role") != "method":
-        failures.append(f"v{version} is a {tags.get('paperops.role', 'untracked')} version, not a compressed one")
+                                  tags.get("gx.success") == "true", recipe.higher_is_better, reference, compresses)
+    role = candidate_role(paper)
+    if tags.get("paperops.role") != role:
+        failures.append(f"v{version} is a {tags.get('paperops.role', 'untracked')} version, not a "
+                        f"{'compressed' if role == 'method' else 'trained'} one")
     smoke = serving_smoke_failure(f"models:/{name}/{version}")
     if smoke is not None:
         failures.append(smoke)
@@ -131,8 +162,10 @@ def promote_version(paper: str, version: str, gate: PromotionSection, actor: str
         client.set_model_version_tag(name, version, "promotion.reasons", " | ".join(failures))
         client.set_model_version_tag(name, version, "promotion.checked_at", checked_at)
         return PromotionDecision(name, version, gate.alias, False, failures, previous)
-    checks = (f"data valid ({tags['gx.suite']}), {recipe.primary_metric} worse by <= {gate.max_metric_drop}, "
-              f"{recipe.cost_metric} <= {gate.max_cost_ratio}, serving smoke request answered")
+    cost_check = (f"{recipe.cost_metric} <= {gate.max_cost_ratio}" if compresses
+                  else f"no cost check (not compressed: {recipe.compression_skip_reason})")
+    checks = (f"data valid ({tags['gx.suite']}), {recipe.primary_metric} worse by <= {gate.max_metric_drop} vs "
+              f"{reference}, {cost_check}, serving smoke request answered")
     client.set_registered_model_alias(name, "challenger", version)
     client.set_registered_model_alias(name, gate.alias, version)
     try:

@@ -58,6 +58,8 @@ class VersionRecord(Record):
     device: dict[str, str]
     metrics: dict[str, float] = Field(description="every metric of the version's evaluated variant")
     compression: CompressionRecord | None = None
+    compression_skipped: str | None = Field(None, description="why the recipe's model is not compressed (the "
+                                            "version is then the gate's candidate itself)")
 
     def tags(self) -> dict[str, str]:
         """The record as registry tags (the names the UI, the gate and `paperops lineage` read)."""
@@ -77,6 +79,8 @@ class VersionRecord(Record):
         }
         if self.peak_memory_bytes is not None:
             tags["record.peak_memory_bytes"] = str(self.peak_memory_bytes)
+        if self.compression_skipped:
+            tags["compression.skipped"] = self.compression_skipped
         if self.compression is not None:
             c = self.compression
             tags |= {

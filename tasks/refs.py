@@ -36,8 +36,14 @@ class EvaluationRef:
 class RegisteredVersions:
     model_name: str
     parent_version: str
-    method_version: str
-    created: bool  # False when both versions already existed for the same data, config and code
+    method_version: str | None  # None when the recipe has no compression
+    created: bool  # False when every version already existed for the same data, config and code
+
+    @property
+    def candidate_version(self) -> str:
+        """The version the promotion gate decides on: the compressed one, or the trained one when the recipe
+        does not compress."""
+        return self.method_version or self.parent_version
 
 
 @dataclass(frozen=True)

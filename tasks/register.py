@@ -50,12 +50,13 @@ def version_record(recipe: Recipe, profile: str, config_hash: str, dataset: Data
         latency_batch=int(metrics["batch_size"]), throughput_per_s=metrics["throughput_per_s"],
         peak_memory_bytes=int(metrics["peak_memory_bytes"]) if "peak_memory_bytes" in metrics else None,
         size_bytes=int(metrics["size_bytes"]), device={k: str(v) for k, v in evaluation.device.items()},
-        metrics=metrics, compression=compression)
+        metrics=metrics, compression=compression,
+        compression_skipped=recipe.compression_skip_reason if recipe.compression is None else None)
 
 
 @task(name="register", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
 def register_versions(paper: str, profile: str, config_hash: str, dataset: DatasetRef, validation: ValidationReport,
-                      dense: ModelRef, compressed: ModelRef, evaluation: EvaluationRef,
+                      dense: ModelRef, compressed: ModelRef | None, evaluation: EvaluationRef,
                       parent_run_id: str) -> RegisteredVersions:
     """Idempotent: a model already registered (same logged model URI, i.e. same data, config and code through
     the step caches) is not registered again. On any error, versions created by this call are deleted."""
@@ -66,13 +67,16 @@ def register_versions(paper: str, profile: str, config_hash: str, dataset: Datas
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, tags={"paperops.paper": paper, "paperops.recipe": recipe.name},
-                                       description=f"{recipe.title}. Dense parents and {recipe.compression} "
-                                                   "compressed children; see each version's tags.")
+                                       description=f"{recipe.title}. " + (
+                                           f"Dense parents and {recipe.compression} compressed children; see each "
+                                           "version's tags." if recipe.compression else
+                                           f"Trained models, not compressed: {recipe.compression_skip_reason}"))
     created: list[str] = []
     try:
         versions: dict[str, str] = {}
         variant_of = {v.role: v.name for v in evaluation.variants.values() if v.role in ("parent", "method")}
-        for model, variant in ((dense, variant_of["parent"]), (compressed, variant_of["method"])):
+        models = [(dense, variant_of["parent"])] + ([(compressed, variant_of["method"])] if compressed else [])
+        for model, variant in models:
             existing = _find_version(client, name, model.model_uri)
             if existing is not None:
                 versions[model.role] = existing
@@ -91,4 +95,4 @@ def register_versions(paper: str, profile: str, config_hash: str, dataset: Datas
             client.delete_model_version(name, version)
         raise
     return RegisteredVersions(model_name=name, parent_version=versions["parent"],
-                              method_version=versions["method"], created=bool(created))
+                              method_version=versions.get("method"), created=bool(created))

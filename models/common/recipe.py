@@ -87,6 +87,18 @@ class PaperFigure:
         return "meets the paper" if meets else "short of the paper"
 
 
+@dataclass(frozen=True)
+class Headline:
+    """The one comparison the cross-paper summary shows: the paper's method against its main baseline, measured in
+    the same run, beside the paper's own figure for the method (its setting, usually a larger one, in the note)."""
+
+    metric: str  # a metric every variant reports
+    method_variant: str
+    baseline_variant: str
+    paper_value: float | None
+    paper_note: str
+
+
 @dataclass
 class CompressionResult:
     model: nn.Module
@@ -127,13 +139,15 @@ class Evaluation:
 class Recipe(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
-    compression: ClassVar[str]
+    compression: ClassVar[str | None]  # None: the paper's model is not compressible by our methods (say why below)
+    compression_skip_reason: ClassVar[str] = ""  # recorded on the version and in the lineage when compression is None
     config_model: ClassVar[type[RecipeConfig]]
     primary_metric: ClassVar[str]
     cost_metric: ClassVar[str]  # metric holding compressed/dense cost (MACs, bits, bytes): the gate's ratio
     higher_is_better: ClassVar[bool] = True  # of the primary metric: accuracy yes, perplexity no
     serving_params: ClassVar[dict[str, Any]] = {}  # inference parameters a request may set, with defaults
     paper_figures: ClassVar[tuple[PaperFigure, ...]] = ()
+    headline: ClassVar[Headline | None] = None
 
     @abstractmethod
     def load_data(self, path: str, cfg: RecipeConfig) -> Any: ...
@@ -154,9 +168,11 @@ class Recipe(ABC):
         """Re-applies a recorded compression to a freshly built model whose weights were loaded."""
 
     @abstractmethod
-    def evaluate(self, dense: nn.Module, compressed: nn.Module, data: Any, cfg: RecipeConfig,
-                 reporter: Reporter) -> Evaluation:
-        """Measures dense, compressed and the paper's baselines side by side in one run."""
+    def evaluate(self, dense: nn.Module, compressed: nn.Module | None, data: Any, cfg: RecipeConfig,
+                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
+        """Measures dense, compressed (None when the recipe has no compression) and the paper's baselines side by
+        side in one run. `trained_metrics` is what `train` returned: a paper whose baselines are trained models
+        (ProtoNet beside FEAT, KD beside AdaptConf) trains and scores them there, in the same run."""
 
     def our_figures(self, evaluation: Evaluation) -> dict[str, float]:
         """Our values of the paper's headline figures (same names as `paper_figures`), from one evaluation."""

@@ -32,7 +32,7 @@ from models.common.lm import (
 )
 from models.common.profiling import measure_latency, size_on_disk
 from models.common.recipe import (
-    CompressionResult, Evaluation, PaperFigure, Recipe, RecipeConfig, Section, VariantResult, compare_to_parent,
+    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, Section, VariantResult, compare_to_parent,
     register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
@@ -166,6 +166,8 @@ class CBQRecipe(Recipe):
     higher_is_better = False
     cost_metric = "size_ratio"
     serving_params = {"max_new_tokens": 32}
+    headline = Headline("ppl_shakespeare", "cbq_W4A4", "smoothquant_W4A4", None,
+                        "W4A4: below OmniQuant's 1.98x FP perplexity on LLaMA-1-7B (arXiv 2312.07950)")
     paper_figures = (
         PaperFigure("w4a16_ppl_gain_vs_gptq", 0.2, "arXiv 2312.07950 abstract",
                     "W4A16 perplexity 0.1-0.3 lower than GPTQ (LLaMA/OPT, WikiText2)"),
@@ -260,7 +262,7 @@ class CBQRecipe(Recipe):
         return metrics
 
     def evaluate(self, dense: TokenizedLM, compressed: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
-                 reporter: Reporter) -> Evaluation:
+                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
         ev = cfg.evaluate
         setting = cfg.compress.setting.to_setting()
         calib = self._calibration(dense, data, cfg)

@@ -24,8 +24,8 @@ from models import ppt
 from models.common.classifier import TrainSection, predict_logits, top1_accuracy, train_classifier
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from models.common.recipe import (
-    CompressionResult, Evaluation, PaperFigure, compare_to_parent, Recipe, RecipeConfig, Section, VariantResult, register_recipe,
-    seed_everything,
+    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
+    compare_to_parent, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.vit_ppt.model import ViTSection, build_vit, images_to_input, random_translate
@@ -85,6 +85,8 @@ class PPTRecipe(Recipe):
     config_model = PPTRecipeConfig
     primary_metric = "top1"
     cost_metric = "macs_ratio"
+    headline = Headline("top1", "ppt", "tome_equal_budget", 79.8,
+                        "DeiT-S on ImageNet-1k at -37 % MACs (arXiv 2310.01812)")
     paper_figures = (
         PaperFigure("macs_reduction_pct", 37.0, "arXiv 2310.01812 abstract",
                     "DeiT-S 4.6 -> ~2.9 GFLOPs (MACs) on ImageNet-1k"),
@@ -140,7 +142,7 @@ class PPTRecipe(Recipe):
         return ppt.compress(model, ppt.TokenReductionConfig(**knobs))
 
     def evaluate(self, dense: nn.Module, compressed: nn.Module, data: TensorSplits, cfg: PPTRecipeConfig,
-                 reporter: Reporter) -> Evaluation:
+                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
         num_patches = self._num_patches(dense)
         candidates: list[tuple[str, str, nn.Module, ppt.TokenReductionConfig | None]] = [
             ("dense", "parent", dense, None)]

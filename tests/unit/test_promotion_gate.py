@@ -40,3 +40,12 @@ def test_compare_to_parent_adds_deltas():
     assert variants[1].metrics["delta_vs_parent"] == -0.75
     assert variants[1].metrics["throughput_ratio"] == 1.5
     assert "delta_vs_parent" not in variants[0].metrics
+
+
+def test_an_uncompressed_recipe_is_gated_against_the_champion_without_a_cost_check():
+    # No cost figure at all (nothing was compressed): only the metric vs the current champion counts.
+    assert promotion_failures({"delta_vs_parent": -0.4}, GATE, "acc", "macs_ratio", True,
+                              reference="the champion v3", check_cost=False) == []
+    reasons = promotion_failures({"delta_vs_parent": -0.6}, GATE, "acc", "macs_ratio", True,
+                                 reference="the champion v3", check_cost=False)
+    assert len(reasons) == 1 and "vs the champion v3" in reasons[0]
