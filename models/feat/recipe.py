@@ -29,7 +29,7 @@ from torch import nn
 
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from models.common.recipe import (
-    CompressionResult, Evaluation, PaperFigure, Recipe, RecipeConfig, Section, VariantResult, compare_to_parent,
+    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, Section, VariantResult, compare_to_parent,
     register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
@@ -101,6 +101,8 @@ class FEATRecipe(Recipe):
     config_model = FEATRecipeConfig
     primary_metric = "acc_5w1s"
     cost_metric = "macs_ratio"  # never produced: nothing is compressed (see compression_skip_reason)
+    headline = Headline("acc_5w1s", "feat", "protonet", 55.15,
+                        "MiniImageNet, ConvNet-4, 5-way 1-shot (Sha-Lab/FEAT README; ProtoNet 52.61)")
     paper_figures = (
         PaperFigure("feat_acc_5w1s", 55.15, "Sha-Lab/FEAT README", "MiniImageNet, ConvNet-4, 10,000 episodes; "
                     "ours: rendered glyph classes, not comparable in absolute terms"),
