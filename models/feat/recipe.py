@@ -29,8 +29,8 @@ from torch import nn
 
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from models.common.recipe import (
-    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, Section, VariantResult, compare_to_parent,
-    register_recipe, seed_everything,
+    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
+    compare_to_parent, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.feat.model import QUERY_LABEL, FEATModelSection, FewShotModel, images_to_input
@@ -169,7 +169,6 @@ class FEATRecipe(Recipe):
               reporter: Reporter) -> dict[str, float]:
         """Pre-trains, meta-trains FEAT in place, and trains + tests every baseline/ablation; one flat dict."""
         assert isinstance(model, FewShotModel)
-        torch.set_num_threads(torch.get_num_threads())  # the caller's setting (1 in tests and on the CPU box)
         generator = seed_everything(cfg.seed)
         metrics = pretrain(model, data.base, data.val, cfg.pretrain, reporter, generator, cfg.seed)
         encoder_state = copy.deepcopy(model.encoder.state_dict())
