@@ -70,15 +70,20 @@ def newest_candidate_version(paper: str) -> str:
 def delta_vs_champion(client: MlflowClient, name: str, version: str, primary_metric: str,
                       alias: str) -> tuple[float, str]:
     """For an uncompressed recipe there is no parent to compare with: the candidate must not be worse than the
-    current champion. Returns (change of the primary metric, what it was compared with)."""
+    current champion, when both were measured on the same data and profile (a figure on another dataset version
+    says nothing about this one). Returns (change of the primary metric, what it was compared with)."""
     try:
         champion = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return 0.0, "no champion yet"
     if str(champion.version) == str(version):
         return 0.0, "itself (already the champion)"
-    candidate = tag_float(client.get_model_version(name, version).tags, f"metrics.{primary_metric}")
-    return candidate - tag_float(champion.tags, f"metrics.{primary_metric}"), f"the champion v{champion.version}"
+    tags = client.get_model_version(name, version).tags
+    for key in ("dataset.md5", "paperops.profile"):
+        if champion.tags.get(key) != tags.get(key):
+            return 0.0, f"no comparable champion (v{champion.version} has another {key})"
+    return (tag_float(tags, f"metrics.{primary_metric}") - tag_float(champion.tags, f"metrics.{primary_metric}"),
+            f"the champion v{champion.version}")
 
 
 def version_profile(paper: str, version: str) -> str:

@@ -11,6 +11,7 @@ into three small pandas frames and GX checks those:
 * ``leakage``: the distinct (image sha1, split) pairs; a digest that is unique there occurs in one split
   only, so ExpectColumnValuesToBeUnique fails exactly when a byte-identical image is in train and test.
 
+A third suite, ``few_shot_classes``, checks class-disjoint base / val / novel splits (see its section).
 The Prefect task `validate_data` at the end dispatches a paper config's `data.suite` to its runner.
 """
 
@@ -31,6 +32,9 @@ from prefect import task
 from pydantic import ValidationError
 
 from models.common.recipe import DataSection
+from paperops.datasets.fewshot import SPLITS as FEWSHOT_SPLITS
+from paperops.datasets.fewshot import FewShotSuiteSpec, load_fewshot_dataset
+from paperops.datasets.fewshot import image_digests as fewshot_digests
 from paperops.datasets.images import ImageDataset, ImageSuiteSpec, image_digests, load_image_dataset
 from paperops.datasets.text import TextSuiteSpec, line_digests, nonempty_lines, nonprintable_fraction, vocab_coverage
 from paperops.datasets.text import words as text_words
@@ -437,12 +441,100 @@ def validate_text_dataset(path: str | Path, spec: TextSuiteSpec, suite_name: str
     return _report(path, suite_name, spec.model_dump(mode="json"), runs)
 
 
+# ------------------------------------------------------------------------------- few-shot classes
+#
+# A few-shot dataset has three class-disjoint splits (base / val / novel). Summarised as: ``images`` (one row per
+# image, run once per split: shape, dtype, value range, non-finite pixels, share of inked pixels), ``classes`` (one
+# row per class of a split: images per class; the row count is the split's class count), ``class_splits`` (the
+# distinct (class, split) pairs: a class id unique there is in one split only) and ``leakage`` (the distinct
+# (image sha1, split) pairs: no byte-identical image in two splits).
+
+_CLASS_RESULT_FORMAT: dict[str, Any] = {
+    "result_format": "COMPLETE",
+    "unexpected_index_column_names": ["label"],
+    "return_unexpected_index_query": False,
+}
+
+
+def _fewshot_image_frame(images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    frame = _image_frame(images, labels)
+    flat = images.reshape(len(images), int(np.prod(images.shape[1:])))
+    frame["ink_fraction"] = (flat > 127.5).mean(axis=1)  # NaN counts as not inked; reported on its own
+    return frame
+
+
+def _fewshot_image_expectations(spec: FewShotSuiteSpec) -> list[gx.expectations.Expectation]:
+    low, high = spec.value_range
+    ink_low, ink_high = spec.ink_fraction
+    E = gx.expectations
+    return [
+        E.ExpectTableRowCountToBeBetween(min_value=1, description="at least one image"),
+        E.ExpectColumnValuesToBeBetween(column="height", min_value=spec.height, max_value=spec.height,
+                                        description=f"height {spec.height}"),
+        E.ExpectColumnValuesToBeBetween(column="width", min_value=spec.width, max_value=spec.width,
+                                        description=f"width {spec.width}"),
+        E.ExpectColumnValuesToBeBetween(column="channels", min_value=1, max_value=1, description="1 channel"),
+        E.ExpectColumnValuesToBeInSet(column="dtype", value_set=[spec.dtype], description=f"dtype {spec.dtype}"),
+        E.ExpectColumnValuesToBeBetween(column="nonfinite_pixel_count", min_value=0, max_value=0,
+                                        description="no NaN or infinite pixel"),
+        E.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=low, max_value=high,
+                                        description=f"pixels within [{low:g}, {high:g}]"),
+        E.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=low, max_value=high,
+                                        description=f"pixels within [{low:g}, {high:g}]"),
+        E.ExpectColumnValuesToBeBetween(column="ink_fraction", min_value=ink_low, max_value=ink_high,
+                                        description=f"{ink_low:g}-{ink_high:g} of the pixels inked (above mid-grey): "
+                                        "no blank, missing-glyph or inverted image"),
+    ]
+
+
+def _fewshot_class_expectations(spec: FewShotSuiteSpec, n_classes: int) -> list[gx.expectations.Expectation]:
+    E = gx.expectations
+    return [
+        E.ExpectTableRowCountToEqual(value=n_classes, description=f"{n_classes} classes in the split"),
+        E.ExpectColumnValuesToBeBetween(column="count", min_value=spec.min_images_per_class,
+                                        description=f"at least {spec.min_images_per_class} images per class"),
+    ]
+
+
+def validate_fewshot_dataset(path: str | Path, spec: FewShotSuiteSpec,
+                             suite_name: str = "few_shot_classes") -> ValidationReport:
+    """Run the few-shot suite declared by `spec` on a dataset directory written by paperops.datasets.fewshot."""
+    dataset = load_fewshot_dataset(path)
+    validator = _Validator(suite_name)
+    validator.add_suite("images", _fewshot_image_expectations(spec))
+    unknown = sorted(set(spec.classes_per_split) - set(FEWSHOT_SPLITS))
+    if unknown:
+        raise ValueError(f"classes_per_split names unknown split(s) {unknown}; splits: {', '.join(FEWSHOT_SPLITS)}")
+    for split in FEWSHOT_SPLITS:
+        validator.add_suite(f"classes_{split}", _fewshot_class_expectations(spec, spec.classes_per_split.get(split, 0)))
+    validator.add_suite("class_splits", [gx.expectations.ExpectColumnValuesToBeUnique(
+        column="label", description="every class in exactly one split (base, val and novel classes are disjoint)")])
+    validator.add_suite("leakage", [gx.expectations.ExpectColumnValuesToBeUnique(
+        column="image_sha1", description="no byte-identical image in two splits (each listed digest is in two)")])
+
+    planned: list[tuple[str, str, pd.DataFrame, dict[str, Any]]] = []
+    for split in FEWSHOT_SPLITS:
+        planned.append(("images", split, _fewshot_image_frame(dataset.x[split], dataset.y[split]), _RESULT_FORMAT))
+        labels, counts = np.unique(dataset.y[split], return_counts=True)
+        planned.append((f"classes_{split}", split, pd.DataFrame({"label": labels, "count": counts}),
+                        _CLASS_RESULT_FORMAT))
+    pairs = pd.DataFrame({"label": np.concatenate([np.unique(dataset.y[s]) for s in FEWSHOT_SPLITS]),
+                          "split": np.concatenate([[s] * len(np.unique(dataset.y[s])) for s in FEWSHOT_SPLITS])})
+    planned.append(("class_splits", "base+val+novel", pairs, _CLASS_RESULT_FORMAT))
+    digests = pd.DataFrame({"image_sha1": sum((fewshot_digests(dataset.x[s]) for s in FEWSHOT_SPLITS), []),
+                            "split": sum(([s] * len(dataset.x[s]) for s in FEWSHOT_SPLITS), [])})
+    planned.append(("leakage", "base+val+novel", digests.drop_duplicates(ignore_index=True), _RESULT_FORMAT))
+    runs = [(part, batch, validator.run(part, batch, frame, fmt)) for part, batch, frame, fmt in planned]
+    return _report(path, suite_name, spec.model_dump(mode="json"), runs)
+
+
 # ------------------------------------------------------------------------------- the Prefect task
 
 # Suite name (a paper config's data.suite) -> the spec its `expect` block must satisfy and the runner.
 SUITES = {
     "image_classification": (ImageSuiteSpec, validate_image_dataset),
     "text_corpus": (TextSuiteSpec, validate_text_dataset),
+    "few_shot_classes": (FewShotSuiteSpec, validate_fewshot_dataset),
 }
 
 

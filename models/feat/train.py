@@ -1,0 +1,211 @@
+"""Pure training and evaluation loops of FEAT / ProtoNet: pre-training as a many-way classifier on the base
+classes (model selection by ProtoNet accuracy on val classes), episodic meta-training (best-val checkpoint), and
+episodic testing with a 95 % confidence interval (mean ± 1.96·std/√n over episodes)."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from models.common.recipe import Section
+from models.common.reporting import Reporter
+from models.feat.model import FewShotModel, euclidean_logits, prototypes
+
+
+class PretrainSection(Section):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0, description="Adam (pretrain.py's optimiser for ConvNet)")
+    weight_decay: float = Field(5e-4, ge=0)
+    val_way: int = Field(16, ge=2, description="model selection: val_way-way 1-shot ProtoNet accuracy on val")
+    val_episodes: int = Field(200, ge=1)
+
+
+class MetaTrainSection(Section):
+    shot: int = Field(1, ge=1)
+    way: int = Field(5, ge=2)
+    query: int = Field(15, ge=1, description="queries per class in a training episode")
+    epochs: int = Field(20, ge=1)
+    episodes_per_epoch: int = Field(100, ge=1)
+    lr: float = Field(1e-4, gt=0, description="Adam lr of the encoder")
+    lr_mul: float = Field(10.0, gt=0, description="the Transformer's lr is lr * lr_mul")
+    step_size: int = Field(20, ge=1, description="StepLR step in epochs")
+    gamma: float = Field(0.5, gt=0, le=1)
+    balance: float = Field(1.0, ge=0, description="lambda: weight of the contrastive regulariser (0 = ablation)")
+    temperature: float = Field(64.0, gt=0, description="tau of the main logits")
+    temperature2: float = Field(16.0, gt=0, description="tau2 of the regulariser logits")
+    val_episodes: int = Field(200, ge=1, description="val episodes per epoch (best-val checkpoint)")
+    val_query: int = Field(15, ge=1, description="queries per class in a val episode")
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor  # (N, 1, S, S) float in [-1, 1]
+    y: np.ndarray  # (N,) global class ids
+
+    def by_class(self) -> dict[int, np.ndarray]:
+        return {int(c): np.flatnonzero(self.y == c) for c in np.unique(self.y)}
+
+
+def sample_episode(by_class: dict[int, np.ndarray], way: int, shot: int, query: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Indices (way * (shot + query),) ordered shot-major: position i belongs to episode class i % way; the first
+    way * shot are the support, the rest the queries."""
+    classes = rng.choice(sorted(by_class), size=way, replace=False)
+    per_class = np.stack([rng.choice(by_class[int(c)], size=shot + query, replace=False) for c in classes])  # (N, K+Q)
+    return per_class.T.reshape(-1)
+
+
+def mean_ci95(values: np.ndarray) -> tuple[float, float]:
+    """Mean and the 95 % half-width 1.96·std/√n (FEAT's compute_confidence_interval; std with ddof 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(1.96 * values.std() / math.sqrt(len(values)))
+
+
+@torch.no_grad()
+def embed_all(model: FewShotModel, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """(N, 1, S, S) -> (N, d) embeddings in eval mode (BatchNorm running statistics)."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model.embed(x[i : i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
+
+
+@dataclass(frozen=True)
+class EpisodeStats:
+    accuracies: np.ndarray  # (episodes,) percent correct per episode
+    spread_raw: np.ndarray  # (episodes,) mean inter-prototype / mean query-to-own-prototype distance, raw prototypes
+    spread_adapted: np.ndarray  # the same with the adapted prototypes
+
+
+@torch.no_grad()
+def evaluate_episodes(model: FewShotModel, split: Split, way: int, shot: int, query: int, episodes: int,
+                      seed: int, embeddings: torch.Tensor | None = None) -> EpisodeStats:
+    """Accuracy of `episodes` random way-shot episodes (query per class) of `split`. The encoder is frozen at test
+    time, so every image is embedded once and episodes index the embeddings; the same seed gives the same
+    episodes to every model (a paired comparison)."""
+    model.eval()
+    emb = embed_all(model, split.x) if embeddings is None else embeddings  # (N, d)
+    by_class = split.by_class()
+    rng = np.random.default_rng(seed)
+    labels = torch.arange(way, device=emb.device)
+    support_labels, query_labels = labels.repeat(shot), labels.repeat(query)
+    acc, spread_raw, spread_adapted = [], [], []
+    for _ in range(episodes):
+        idx = torch.as_tensor(sample_episode(by_class, way, shot, query, rng), device=emb.device)
+        e = emb[idx]
+        support, queries = e[: way * shot], e[way * shot :]
+        raw = prototypes(support, support_labels, way)  # (N, d)
+        adapted = model.adapt(raw)
+        logits = euclidean_logits(queries, adapted, float(model.temperature))  # (N*Q, N)
+        acc.append(100.0 * (logits.argmax(-1) == query_labels).float().mean().item())
+        spread_raw.append(_spread(raw, queries, query_labels))
+        spread_adapted.append(_spread(adapted, queries, query_labels))
+    return EpisodeStats(np.array(acc), np.array(spread_raw), np.array(spread_adapted))
+
+
+def _spread(protos: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor) -> float:
+    """Mean distance between prototypes / mean distance of a query to its own class's prototype."""
+    n = len(protos)
+    inter = torch.cdist(protos, protos).sum() / (n * (n - 1))
+    intra = (queries - protos[query_labels]).norm(dim=-1).mean()
+    return float(inter / intra)
+
+
+def pretrain(model: FewShotModel, base: Split, val: Split, cfg: PretrainSection, reporter: Reporter,
+             generator: torch.Generator, seed: int) -> dict[str, float]:
+    """Many-way classifier on the base classes (Adam, cross-entropy); after every epoch the encoder is scored by
+    val_way-way 1-shot ProtoNet accuracy on the val classes and the best epoch's weights are kept."""
+    classes = np.unique(base.y)
+    if len(classes) != model.pretrain_head.out_features:
+        raise ValueError(f"{len(classes)} base classes but a {model.pretrain_head.out_features}-way pre-training head")
+    targets = torch.as_tensor(np.searchsorted(classes, base.y), dtype=torch.long)
+    device = next(model.parameters()).device
+    params = list(model.encoder.parameters()) + list(model.pretrain_head.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    val_way = min(cfg.val_way, len(np.unique(val.y)))
+
+    def val_accuracy() -> float:
+        return float(evaluate_episodes(model, val, val_way, 1, 15, cfg.val_episodes, seed + 7).accuracies.mean())
+
+    best = val_accuracy()
+    best_state, best_epoch, step = copy.deepcopy(model.encoder.state_dict()), 0, 0
+    steps_total = cfg.epochs * math.ceil(len(targets) / cfg.batch_size)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(len(targets), generator=generator)
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            logits = model.pretrain_head(model.embed(base.x[idx].to(device)))  # (B, C_base)
+            loss = F.cross_entropy(logits, targets[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            reporter.log_metrics({"pretrain_loss": loss.item()}, step=step)
+            reporter.progress(step, steps_total, "pre-train step")
+        acc = val_accuracy()
+        reporter.log_metrics({"pretrain_val_protonet_acc": acc}, step=epoch)
+        if acc > best:
+            best, best_state, best_epoch = acc, copy.deepcopy(model.encoder.state_dict()), epoch
+    model.encoder.load_state_dict(best_state)
+    model.eval()
+    return {"pretrain.best_val_acc": best, "pretrain.best_epoch": float(best_epoch), "pretrain.steps": float(step)}
+
+
+def meta_train(model: FewShotModel, train: Split, val: Split, cfg: MetaTrainSection, reporter: Reporter,
+               seed: int, prefix: str) -> dict[str, float]:
+    """Episodic training (Adam, encoder lr, Transformer lr x lr_mul, StepLR); CE on the queries plus
+    balance x the contrastive regulariser (FEAT only). Keeps the weights of the epoch with the best val accuracy
+    (way-way shot-shot episodes of the val classes)."""
+    model.temperature.fill_(cfg.temperature)
+    device = next(model.parameters()).device
+    groups = [{"params": list(model.encoder.parameters()), "lr": cfg.lr}]
+    if model.adapter is not None:
+        groups.append({"params": list(model.adapter.parameters()), "lr": cfg.lr * cfg.lr_mul})
+    optimizer = torch.optim.Adam(groups)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    by_class = train.by_class()
+    rng = np.random.default_rng(seed)
+    query_labels = torch.arange(cfg.way, device=device).repeat(cfg.query)
+    aux_labels = torch.arange(cfg.way, device=device).repeat(cfg.shot + cfg.query)
+
+    def val_accuracy() -> float:
+        stats = evaluate_episodes(model, val, cfg.way, cfg.shot, cfg.val_query, cfg.val_episodes, seed + 11)
+        return float(stats.accuracies.mean())
+
+    best = val_accuracy()
+    best_state, best_epoch, step = copy.deepcopy(model.state_dict()), 0, 0
+    total = cfg.epochs * cfg.episodes_per_epoch
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        for _ in range(cfg.episodes_per_epoch):
+            idx = sample_episode(by_class, cfg.way, cfg.shot, cfg.query, rng)
+            out = model.episode(train.x[idx].to(device), cfg.way, cfg.shot, cfg.query,
+                                cfg.temperature2 if cfg.balance > 0 else None)
+            loss = F.cross_entropy(out.logits, query_labels)
+            total_loss = loss
+            if out.reg_logits is not None:
+                total_loss = loss + cfg.balance * F.cross_entropy(out.reg_logits, aux_labels)
+            optimizer.zero_grad(set_to_none=True)
+            total_loss.backward()
+            optimizer.step()
+            step += 1
+            acc = 100.0 * (out.logits.argmax(-1) == query_labels).float().mean().item()
+            reporter.log_metrics({f"{prefix}.train_loss": total_loss.item(), f"{prefix}.train_acc": acc}, step=step)
+            reporter.progress(step, total, f"{prefix} episode")
+        reporter.log_metrics({f"{prefix}.lr_{['encoder', 'transformer'][i]}": g["lr"]
+                              for i, g in enumerate(optimizer.param_groups)}, step=epoch)
+        scheduler.step()
+        acc = val_accuracy()
+        reporter.log_metrics({f"{prefix}.val_acc": acc}, step=epoch)
+        if acc > best:
+            best, best_state, best_epoch = acc, copy.deepcopy(model.state_dict()), epoch
+    model.load_state_dict(best_state)
+    model.eval()
+    return {f"{prefix}.best_val_acc": best, f"{prefix}.best_epoch": float(best_epoch),
+            f"{prefix}.episodes": float(step)}

