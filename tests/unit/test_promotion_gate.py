@@ -49,3 +49,24 @@ def test_an_uncompressed_recipe_is_gated_against_the_champion_without_a_cost_che
     reasons = promotion_failures({"delta_vs_parent": -0.6}, GATE, "acc", "macs_ratio", True,
                                  reference="the champion v3", check_cost=False)
     assert len(reasons) == 1 and "vs the champion v3" in reasons[0]
+
+
+def test_an_uncompressed_candidate_is_compared_with_the_champion_only_on_the_same_data(tmp_path):
+    from mlflow import MlflowClient
+
+    from tasks.promote import delta_vs_champion
+
+    uri = f"sqlite:///{tmp_path}/registry.db"
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model("m")
+    run = client.create_run(client.create_experiment("e", artifact_location=tmp_path.as_uri())).info.run_id
+
+    def version(acc: float, md5: str) -> str:
+        tags = {"metrics.acc": str(acc), "dataset.md5": md5, "paperops.profile": "tiny"}
+        return client.create_model_version("m", f"runs:/{run}/model", run_id=run, tags=tags).version
+
+    assert delta_vs_champion(client, "m", version(80.0, "a" * 32), "acc", "champion") == (0.0, "no champion yet")
+    client.set_registered_model_alias("m", "champion", "1")
+    assert delta_vs_champion(client, "m", version(78.5, "a" * 32), "acc", "champion") == (-1.5, "the champion v1")
+    delta, reference = delta_vs_champion(client, "m", version(60.0, "b" * 32), "acc", "champion")
+    assert delta == 0.0 and "no comparable champion" in reference and "dataset.md5" in reference
