@@ -51,6 +51,15 @@ class PromotionSection(Section):
     sla: tuple[SlaRule, ...] = Field((), description="aliases set from the Pareto front by rule after promotion")
 
 
+class LatencySection(Section):
+    """How an evaluation times a model: one batch of `latency_batch` test items, `latency_warmup` untimed passes,
+    then `latency_runs` timed ones (models/common/profiling.py: measure_latency)."""
+
+    latency_batch: int = Field(64, ge=1)
+    latency_runs: int = Field(10, ge=1)
+    latency_warmup: int = Field(2, ge=0)
+
+
 class RuntimeSection(Section):
     """Wall-clock limits of the heavy steps: a hung job fails and frees its GPU slot instead of holding it.
     They change where and how long a step may run, never its result, so no cache key or config hash reads them."""

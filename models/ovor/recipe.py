@@ -28,8 +28,8 @@ from models import ppt
 from models.common.classifier import TrainSection, predict_logits, top1_accuracy, train_classifier
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from models.common.recipe import (
-    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, Section, VariantResult, compare_to_parent,
-    register_recipe, seed_everything,
+    CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
+    compare_to_parent, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.ovor.cil import (
@@ -64,12 +64,6 @@ class CompressSection(Section):
     prop_attn: bool = True
 
 
-class EvaluateSection(Section):
-    latency_batch: int = Field(64, ge=1)
-    latency_runs: int = Field(10, ge=1)
-    latency_warmup: int = Field(2, ge=0)
-
-
 class OVORRecipeConfig(RecipeConfig):
     model: BackboneSection = BackboneSection()
     prompt: PromptSection = PromptSection()
@@ -77,7 +71,7 @@ class OVORRecipeConfig(RecipeConfig):
     stream: StreamSection = StreamSection()
     vor: VORSection = VORSection()
     compress: CompressSection = CompressSection()
-    evaluate: EvaluateSection = EvaluateSection()
+    evaluate: LatencySection = LatencySection()
 
 
 @dataclass(frozen=True)

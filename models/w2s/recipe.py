@@ -31,7 +31,7 @@ from models import ppt
 from models.common.classifier import predict_logits, top1_accuracy
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from models.common.recipe import (
-    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
+    CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
     compare_to_parent, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
@@ -81,10 +81,7 @@ class CompressSection(Section):
     finetune: StudentTrainSection = StudentTrainSection(epochs=2, lr=2e-4, min_lr=1e-6, warmup_epochs=0)
 
 
-class EvaluateSection(Section):
-    latency_batch: int = Field(64, ge=1)
-    latency_runs: int = Field(10, ge=1)
-    latency_warmup: int = Field(2, ge=0)
+class EvaluateSection(LatencySection):
     max_test_images: int | None = Field(None, ge=1)
 
 
