@@ -193,7 +193,7 @@ def test_reproduce_rebuilds_the_committed_md5_then_pulls_it_back(
 
 
 def test_unknown_or_unreproduced_stages_are_deterministic_errors(repo_copy: Path) -> None:
-    with pytest.raises(DataStageError, match="unknown stage 'cifar'.*known: digits, mnist5k"):
+    with pytest.raises(DataStageError, match="unknown stage 'cifar'.*known: digits, .*mnist5k"):
         reproduce_dataset("cifar", repo_copy)
     (repo_copy / "dvc.lock").unlink()
     with pytest.raises(DataStageError, match="stage 'digits' has not been reproduced yet"):
