@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from paperops.datasets import ImageSuiteSpec, build, load_image_dataset
+from paperops.datasets import ImageSuiteSpec, load_image_dataset
 from tasks.data import DataInfrastructureError, DataStageError, dataset_ref, reproduce_dataset
 from tasks.validate import DataValidationError, FailedExpectation, validate_image_dataset
 
@@ -31,20 +31,6 @@ BETWEEN, IN_SET, UNIQUE = (
 )
 
 
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build("mnist5k", tmp_path_factory.mktemp("data") / "mnist5k", test_fraction=0.2, seed=0)
-
-
-def _variant(source: Path, target: Path, **arrays: np.ndarray) -> Path:
-    """A copy of dataset `source` at `target` with some of its arrays replaced."""
-    dataset = load_image_dataset(source)
-    target.mkdir()
-    shutil.copy(source / "meta.json", target / "meta.json")
-    stored = {"x_train": dataset.x_train, "y_train": dataset.y_train,
-              "x_test": dataset.x_test, "y_test": dataset.y_test} | arrays
-    np.savez(target / "images.npz", **stored)
-    return target
 
 
 def _failed(failures: list[FailedExpectation]) -> set[tuple[str, str | None]]:
@@ -63,11 +49,11 @@ def test_real_mnist5k_passes_every_expectation(mnist_dir: Path) -> None:
     report.raise_for_failure()
 
 
-def test_a_nan_pixel_in_float_storage_is_rejected(mnist_dir: Path, tmp_path: Path) -> None:
+def test_a_nan_pixel_in_float_storage_is_rejected(mnist_dir: Path, tmp_path: Path, variant) -> None:
     dataset = load_image_dataset(mnist_dir)
     x_train = dataset.x_train.astype(np.float32)
     x_train[17, 3, 4] = np.nan
-    report = validate_image_dataset(_variant(mnist_dir, tmp_path / "nan", x_train=x_train), MNIST_SPEC)
+    report = validate_image_dataset(variant(mnist_dir, tmp_path / "nan", x_train=x_train), MNIST_SPEC)
 
     assert not report.success
     # The float storage itself breaks the dtype rule; the NaN is caught on its own, in exactly one image.
@@ -76,51 +62,52 @@ def test_a_nan_pixel_in_float_storage_is_rejected(mnist_dir: Path, tmp_path: Pat
     assert nonfinite.details.startswith("[train]") and "1 of 4000 values unexpected" in nonfinite.details
 
 
-def test_wrong_image_height_is_rejected_in_both_splits(mnist_dir: Path, tmp_path: Path) -> None:
+def test_wrong_image_height_is_rejected_in_both_splits(mnist_dir: Path, tmp_path: Path, variant) -> None:
     dataset = load_image_dataset(mnist_dir)
-    variant = _variant(mnist_dir, tmp_path / "short", x_train=dataset.x_train[:, :27], x_test=dataset.x_test[:, :27])
-    report = validate_image_dataset(variant, MNIST_SPEC)
+    bad = variant(mnist_dir, tmp_path / "short", x_train=dataset.x_train[:, :27], x_test=dataset.x_test[:, :27])
+    report = validate_image_dataset(bad, MNIST_SPEC)
 
     assert _failed(report.failed) == {(BETWEEN, "height")}
     assert sorted(f.details[:7] for f in report.failed) == ["[test] ", "[train]"]
 
 
-def test_an_unknown_label_is_rejected(mnist_dir: Path, tmp_path: Path) -> None:
+def test_an_unknown_label_is_rejected(mnist_dir: Path, tmp_path: Path, variant) -> None:
     y_test = load_image_dataset(mnist_dir).y_test.copy()
     y_test[5] = 11
-    report = validate_image_dataset(_variant(mnist_dir, tmp_path / "label", y_test=y_test), MNIST_SPEC)
+    report = validate_image_dataset(variant(mnist_dir, tmp_path / "label", y_test=y_test), MNIST_SPEC)
 
     assert _failed(report.failed) == {(IN_SET, "label")}
     assert "[test]" in report.failed[0].details and "[11]" in report.failed[0].details
 
 
-def test_a_train_image_copied_into_test_is_a_leak(mnist_dir: Path, tmp_path: Path) -> None:
+def test_a_train_image_copied_into_test_is_a_leak(mnist_dir: Path, tmp_path: Path, variant) -> None:
     dataset = load_image_dataset(mnist_dir)
     x_test, y_test = dataset.x_test.copy(), dataset.y_test.copy()
     x_test[0], y_test[0] = dataset.x_train[123], dataset.y_train[123]
-    report = validate_image_dataset(_variant(mnist_dir, tmp_path / "leak", x_test=x_test, y_test=y_test), MNIST_SPEC)
+    report = validate_image_dataset(variant(mnist_dir, tmp_path / "leak", x_test=x_test, y_test=y_test), MNIST_SPEC)
 
     assert _failed(report.failed) == {(UNIQUE, "image_sha1")}
     # The leaked image's digest is listed once per split.
     assert "2 of 5000 values unexpected" in report.failed[0].details
 
 
-def test_an_under_represented_class_breaks_the_balance_bounds(mnist_dir: Path, tmp_path: Path) -> None:
+def test_an_under_represented_class_breaks_the_balance_bounds(mnist_dir: Path, tmp_path: Path, variant) -> None:
     dataset = load_image_dataset(mnist_dir)
     keep = (dataset.y_train != 3) | (np.arange(len(dataset.y_train)) % 10 == 0)  # class 3: 400 -> 40 images
-    variant = _variant(mnist_dir, tmp_path / "skew", x_train=dataset.x_train[keep], y_train=dataset.y_train[keep])
-    report = validate_image_dataset(variant, MNIST_SPEC)
+    bad = variant(mnist_dir, tmp_path / "skew", x_train=dataset.x_train[keep], y_train=dataset.y_train[keep])
+    report = validate_image_dataset(bad, MNIST_SPEC)
 
     assert _failed(report.failed) == {(BETWEEN, "share")}
     # 40 of 3640 images = 0.011 < 0.5 x 1/10.
     assert report.failed[0].details.startswith("[train]") and "label=3" in report.failed[0].details
 
 
-def test_a_class_absent_from_a_split_and_a_too_small_split_are_rejected(mnist_dir: Path, tmp_path: Path) -> None:
+def test_a_class_absent_from_a_split_and_a_too_small_split_are_rejected(mnist_dir: Path,
+                                                                        tmp_path: Path, variant) -> None:
     dataset = load_image_dataset(mnist_dir)
     keep = dataset.y_test != 9
-    variant = _variant(mnist_dir, tmp_path / "absent", x_test=dataset.x_test[keep][:450], y_test=dataset.y_test[keep][:450])
-    report = validate_image_dataset(variant, MNIST_SPEC)
+    bad = variant(mnist_dir, tmp_path / "absent", x_test=dataset.x_test[keep][:450], y_test=dataset.y_test[keep][:450])
+    report = validate_image_dataset(bad, MNIST_SPEC)
 
     assert _failed(report.failed) == {
         ("expect_column_distinct_values_to_contain_set", "label"),
@@ -130,19 +117,20 @@ def test_a_class_absent_from_a_split_and_a_too_small_split_are_rejected(mnist_di
     assert all(f.details.startswith("[test]") for f in report.failed)
 
 
-def test_validation_error_lists_every_failed_expectation_and_the_dataset(mnist_dir: Path, tmp_path: Path) -> None:
+def test_validation_error_lists_every_failed_expectation_and_the_dataset(mnist_dir: Path,
+                                                                         tmp_path: Path, variant) -> None:
     dataset = load_image_dataset(mnist_dir)
     x_train = dataset.x_train.astype(np.float32)
     x_train[0, 0, 0] = np.inf
     y_test = dataset.y_test.copy()
     y_test[0] = 11
-    variant = _variant(mnist_dir, tmp_path / "bad", x_train=x_train, y_test=y_test)
-    report = validate_image_dataset(variant, MNIST_SPEC)
+    bad = variant(mnist_dir, tmp_path / "bad", x_train=x_train, y_test=y_test)
+    report = validate_image_dataset(bad, MNIST_SPEC)
 
     with pytest.raises(DataValidationError) as raised:
         report.raise_for_failure()
     lines = str(raised.value).splitlines()
-    assert str(variant) in lines[0] and "3 expectation(s)" in lines[0]
+    assert str(bad) in lines[0] and "3 expectation(s)" in lines[0]
     assert len(lines) == 1 + len(report.failed) == 4
     for failure, line in zip(report.failed, lines[1:]):
         assert failure.expectation in line and failure.details in line

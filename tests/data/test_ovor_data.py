@@ -7,14 +7,12 @@ import os
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from paperops.config import load_config
-from paperops.datasets import ImageSuiteSpec, build, load_image_dataset
+from paperops.datasets import ImageSuiteSpec, load_image_dataset
 from paperops.datasets.glyphs import CANDIDATES, glyph_source, render_glyphs
 from tasks.validate import validate_image_dataset
 
@@ -24,19 +22,6 @@ def spec() -> ImageSuiteSpec:
     return ImageSuiteSpec.model_validate(load_config("ovor", "tiny").config.data.expect)
 
 
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build("mnist5k", tmp_path_factory.mktemp("data") / "mnist5k", test_fraction=0.2, seed=0)
-
-
-def _variant(source: Path, target: Path, **arrays: np.ndarray) -> Path:
-    dataset = load_image_dataset(source)
-    target.mkdir()
-    shutil.copy(source / "meta.json", target / "meta.json")
-    stored = {"x_train": dataset.x_train, "y_train": dataset.y_train,
-              "x_test": dataset.x_test, "y_test": dataset.y_test} | arrays
-    np.savez(target / "images.npz", **stored)
-    return target
 
 
 def _columns(report) -> set[str | None]:
@@ -48,25 +33,25 @@ def test_the_real_stream_passes(spec, mnist_dir):
     assert report.success, report.failed
 
 
-def test_a_label_outside_the_stream_is_rejected(spec, mnist_dir, tmp_path):
+def test_a_label_outside_the_stream_is_rejected(spec, mnist_dir, tmp_path, variant):
     y_train = load_image_dataset(mnist_dir).y_train.copy()
     y_train[:5] = 10  # an 11th class would have no head row and no task
-    report = validate_image_dataset(_variant(mnist_dir, tmp_path / "label", y_train=y_train), spec)
+    report = validate_image_dataset(variant(mnist_dir, tmp_path / "label", y_train=y_train), spec)
     assert not report.success and "label" in _columns(report)
 
 
-def test_a_digit_missing_from_the_test_split_is_rejected(spec, mnist_dir, tmp_path):
+def test_a_digit_missing_from_the_test_split_is_rejected(spec, mnist_dir, tmp_path, variant):
     data = load_image_dataset(mnist_dir)
     keep = data.y_test != 9  # task 4 could not be evaluated
     report = validate_image_dataset(
-        _variant(mnist_dir, tmp_path / "missing", x_test=data.x_test[keep], y_test=data.y_test[keep]), spec)
+        variant(mnist_dir, tmp_path / "missing", x_test=data.x_test[keep], y_test=data.y_test[keep]), spec)
     assert not report.success
     assert {f.expectation for f in report.failed} >= {"expect_column_distinct_values_to_contain_set"}
 
 
-def test_wrongly_sized_images_are_rejected(spec, mnist_dir, tmp_path):
+def test_wrongly_sized_images_are_rejected(spec, mnist_dir, tmp_path, variant):
     data = load_image_dataset(mnist_dir)
-    report = validate_image_dataset(_variant(mnist_dir, tmp_path / "size", x_train=data.x_train[:, :27, :27]), spec)
+    report = validate_image_dataset(variant(mnist_dir, tmp_path / "size", x_train=data.x_train[:, :27, :27]), spec)
     assert not report.success and {"height", "width"} <= _columns(report)
 
 

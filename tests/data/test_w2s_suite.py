@@ -6,7 +6,6 @@ import os
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +13,12 @@ import pytest
 
 from models.w2s.model import w2s_split
 from paperops.config import load_config
-from paperops.datasets import ImageSuiteSpec, build, load_image_dataset
+from paperops.datasets import ImageSuiteSpec, load_image_dataset
 from tasks.validate import validate_image_dataset
 
 SPEC = ImageSuiteSpec(**load_config("w2s", "tiny").config.data.expect)
 
 
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build("mnist5k", tmp_path_factory.mktemp("data") / "mnist5k", test_fraction=0.2, seed=0)
-
-
-def _variant(source: Path, target: Path, **arrays: np.ndarray) -> Path:
-    dataset = load_image_dataset(source)
-    target.mkdir()
-    shutil.copy(source / "meta.json", target / "meta.json")
-    stored = {"x_train": dataset.x_train, "y_train": dataset.y_train,
-              "x_test": dataset.x_test, "y_test": dataset.y_test} | arrays
-    np.savez(target / "images.npz", **stored)
-    return target
 
 
 def test_real_mnist5k_passes_and_every_class_reaches_both_training_splits(mnist_dir: Path) -> None:
@@ -45,19 +31,19 @@ def test_real_mnist5k_passes_and_every_class_reaches_both_training_splits(mnist_
         assert set(np.unique(dataset.y_train[part])) == set(SPEC.classes)
 
 
-def test_a_test_image_leaked_into_w2s_train_is_rejected(mnist_dir: Path, tmp_path: Path) -> None:
+def test_a_test_image_leaked_into_w2s_train_is_rejected(mnist_dir: Path, tmp_path: Path, variant) -> None:
     dataset = load_image_dataset(mnist_dir)
     cfg = load_config("w2s", "tiny").config
     w2s_index = w2s_split(dataset.y_train, cfg.split.weak_fraction, cfg.split.seed).w2s[7]
     x_train, y_train = dataset.x_train.copy(), dataset.y_train.copy()
     x_train[w2s_index], y_train[w2s_index] = dataset.x_test[3], dataset.y_test[3]
-    report = validate_image_dataset(_variant(mnist_dir, tmp_path / "leak", x_train=x_train, y_train=y_train), SPEC)
+    report = validate_image_dataset(variant(mnist_dir, tmp_path / "leak", x_train=x_train, y_train=y_train), SPEC)
     assert not report.success
     assert {(f.expectation, f.column) for f in report.failed} == {("expect_column_values_to_be_unique", "image_sha1")}
 
 
 @pytest.mark.parametrize("bad", ["label", "shape", "nan"])
-def test_bad_labels_shapes_and_pixels_are_rejected(mnist_dir: Path, tmp_path: Path, bad: str) -> None:
+def test_bad_labels_shapes_and_pixels_are_rejected(mnist_dir: Path, tmp_path: Path, bad: str, variant) -> None:
     dataset = load_image_dataset(mnist_dir)
     if bad == "label":
         y_train = dataset.y_train.copy()
@@ -72,6 +58,6 @@ def test_bad_labels_shapes_and_pixels_are_rejected(mnist_dir: Path, tmp_path: Pa
         x_train[5, 10, 10] = np.nan
         arrays = {"x_train": x_train}
         column = "nonfinite_pixel_count"
-    report = validate_image_dataset(_variant(mnist_dir, tmp_path / bad, **arrays), SPEC)
+    report = validate_image_dataset(variant(mnist_dir, tmp_path / bad, **arrays), SPEC)
     assert not report.success
     assert column in {f.column for f in report.failed}

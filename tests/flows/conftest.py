@@ -1,4 +1,5 @@
-"""A real `mlflow models serve` process per test, on a free 127.0.0.1 port, stopped even when the test fails."""
+"""A real Prefect API per test module (prefect_test_harness), and a real `mlflow models serve` process per test, on
+a free 127.0.0.1 port, stopped even when the test fails."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,15 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from prefect.testing.utilities import prefect_test_harness
+
 from tasks.serve import ServedModel, serve_command
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ import os
 import mlflow
 import pytest
 from mlflow import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from paperops.settings import tracking_uri
 
@@ -27,11 +26,10 @@ VARIANTS = {"fp", "cbq_W4A16", "rtn_W4A16", "gptq_W4A16", "smoothquant_W4A16", "
 
 
 @pytest.fixture(scope="module")
-def cbq_run():
+def cbq_run(prefect_api):
     from flows.pipeline import paper_pipeline
 
-    with prefect_test_harness(server_startup_timeout=180):
-        yield paper_pipeline("cbq", "tiny", SMOKE)
+    return paper_pipeline("cbq", "tiny", SMOKE)
 
 
 def test_registers_fp_and_packed_cbq_versions_with_their_record(cbq_run):

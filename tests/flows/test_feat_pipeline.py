@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from paperops.settings import tracking_uri
 from tasks.validate import DataValidationError
@@ -16,12 +15,6 @@ SMOKE = [
     "meta.one_shot.epochs=1", "meta.one_shot.episodes_per_epoch=4", "meta.one_shot.val_episodes=10",
     "evaluate.episodes=100", "evaluate.latency_runs=2", "evaluate.latency_warmup=1",
 ]
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 
 import pytest
 from mlflow import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from paperops.settings import tracking_uri
 
@@ -22,11 +21,10 @@ VARIANTS = {"ovor_dense", "ovor_ppt", "oneprompt", "ovor_origin", "ovor_paper_th
 
 
 @pytest.fixture(scope="module")
-def ovor_run():
+def ovor_run(prefect_api):
     from flows.pipeline import paper_pipeline
 
-    with prefect_test_harness(server_startup_timeout=180):
-        yield paper_pipeline("ovor", "tiny", SMOKE)
+    return paper_pipeline("ovor", "tiny", SMOKE)
 
 
 def test_registers_the_ovor_parent_and_its_ppt_version(ovor_run):

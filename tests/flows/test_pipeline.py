@@ -6,7 +6,6 @@ import json
 
 import pytest
 from mlflow import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from paperops.config import load_config
 from paperops.settings import tracking_uri
@@ -19,12 +18,6 @@ SMOKE = [
     "evaluate.max_test_images=256", "evaluate.latency_batch=16", "evaluate.latency_runs=2",
     "evaluate.latency_warmup=1",
 ]
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 @pytest.fixture(scope="module")
