@@ -183,6 +183,66 @@ def serve(
     os.execvpe(command[0], command, env)
 
 
+@app.command("serve-llm")
+def serve_llm(
+    paper: str = typer.Argument("cbq", help="language paper whose registered LM to serve (a LLaMA model)"),
+    alias: str = typer.Option("champion", "--alias", "-a", help="registry alias of the version to serve"),
+    policy: str = typer.Option("infercept", "--policy",
+                               help="vllm, improved_discard, preserve, swap, heuristic, infercept, infercept_oracle"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(5002, "--port"),
+    gpu_blocks: int = typer.Option(256, "--gpu-blocks", help="KV blocks in the device pool"),
+    host_blocks: int = typer.Option(1024, "--host-blocks", help="KV blocks in the host (swap) pool"),
+    block_size: int = typer.Option(16, "--block-size", help="tokens per KV block"),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len",
+                                                help="context limit; default: the model's, capped by the pool"),
+    max_pending: int = typer.Option(64, "--max-pending", help="requests in flight before new ones get 503"),
+    max_returned_tokens: int = typer.Option(64, "--max-returned-tokens", help="a tool result is cut to this"),
+    a_ms: Optional[float] = typer.Option(None, "--a-ms", help="iteration time per token (ms); default: measured"),
+    c_ms: Optional[float] = typer.Option(None, "--c-ms", help="iteration time constant (ms); with --a-ms"),
+    saturation: Optional[int] = typer.Option(None, "--saturation", help="saturation point S (tokens); with --a-ms"),
+) -> None:
+    """Serve paperops-<paper>@<alias> with the APIServe engine: POST /v1/completions (tool calls, NDJSON
+    streaming), GET /health, GET /metrics. Requests pause at their tool calls; the policy decides how their KV
+    waits (preserve, swap to host, or discard and recompute)."""
+    apply_runtime_defaults()
+    from tasks.serve import ServingError
+    from tasks.serve_llm import load_language_model
+
+    given = [v is not None for v in (a_ms, c_ms, saturation)]
+    if any(given) and not all(given):
+        console.print("[red]--a-ms, --c-ms and --saturation go together[/] (or leave all three out to measure)")
+        raise typer.Exit(2)
+    try:
+        served, model = load_language_model(paper, alias)
+    except ServingError as exc:
+        console.print(f"[red]cannot serve:[/] {exc}")
+        raise typer.Exit(5) from exc
+
+    import uvicorn
+
+    from models.apiserve.costs import IterationTimeModel
+    from paperops.serve_llm import EngineOptions, create_app, engine_for_model
+    from paperops.settings import project_root
+
+    time_model = IterationTimeModel(a_ms, c_ms, saturation) if all(given) else None  # type: ignore[arg-type]
+    options = EngineOptions(policy=policy, gpu_blocks=gpu_blocks, host_blocks=host_blocks, block_size=block_size,
+                            max_model_len=max_model_len, max_pending=max_pending,
+                            max_returned_tokens=max_returned_tokens, time_model=time_model,
+                            retrieval_corpus=project_root() / "data" / "shakespeare" / "train.txt")
+    try:
+        engine, notes = engine_for_model(model, options)
+    except ValueError as exc:
+        console.print(f"[red]cannot serve:[/] {exc}")
+        raise typer.Exit(2) from exc
+    for note in notes:
+        console.print(note)
+    console.print(f"serving {served.model_name} v{served.version} (@{served.alias} at start) on "
+                  f"http://{host}:{port}/v1/completions")
+    uvicorn.run(create_app(engine, model=f"{served.model_name}/{served.version}", policy=policy),
+                host=host, port=port, log_level="warning")
+
+
 @app.command()
 def deploy(
     profile: str = typer.Option("tiny", "--profile", "-p", help="config profile every deployment runs"),

@@ -8,6 +8,7 @@ configs/<paper>.yaml.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -224,8 +225,9 @@ def register_recipe(cls: type[Recipe]) -> type[Recipe]:
 def _import_recipe_packages() -> None:
     import models
 
+    # Method packages without a pipeline (models/apiserve is a serving engine) have no recipe module.
     for info in pkgutil.iter_modules(models.__path__):
-        if info.ispkg and info.name != "common":
+        if info.ispkg and importlib.util.find_spec(f"models.{info.name}.recipe") is not None:
             importlib.import_module(f"models.{info.name}.recipe")
 
 
