@@ -27,8 +27,8 @@ from safetensors.torch import load_model, save_model
 
 from models.common.recipe import get_recipe
 from models.common.reporting import RecordingReporter
-from paperops.config import load_config
-from paperops.settings import project_root, state_dir
+from paperops.config import ConfigError, built_dataset_path, load_config
+from paperops.settings import state_dir
 
 SETTINGS = ("[{name: W4A16, w_bits: 4}, {name: W3A16, w_bits: 3}, {name: W2A16, w_bits: 2}, "
             "{name: W2A16g64, w_bits: 2, w_granularity: per_group, group_size: 64}, "
@@ -88,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides += args.set
     resolved = load_config("cbq", args.profile, overrides)
     cfg, recipe = resolved.config, get_recipe("cbq")
-    data_path = project_root() / "data" / cfg.data.stage
-    if not data_path.is_dir():
-        print(f"{data_path} is not built: run `make data` (or `dvc repro {cfg.data.stage}`) first", file=sys.stderr)
+    try:
+        data = recipe.load_data(str(built_dataset_path(cfg)), cfg)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    data = recipe.load_data(str(data_path), cfg)
     started = time.perf_counter()
     cache = state_dir() / "benchmarks" / f"cbq-{args.profile}-{resolved.digest(excluding=('compress', 'evaluate', 'promote'))}"
     dense, train_metrics = trained_model(recipe, cfg, data, cache)

@@ -88,3 +88,12 @@ def load_config(paper: str, profile: str = "tiny", overrides: Sequence[str] = ()
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path} profile {profile!r}: {problems}") from exc
     return ResolvedConfig(paper=paper, profile=profile, source=str(path), config=config)
+
+
+def built_dataset_path(config: RecipeConfig) -> Path:
+    """The config's dataset as the DVC stage left it in the working tree, for scripts that run a recipe without the
+    pipeline (benchmarks/); the pipeline itself prepares and validates it."""
+    path = project_root() / "data" / config.data.stage
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not built: run `make data` (or `dvc repro {config.data.stage}`) first")
+    return path

@@ -36,3 +36,10 @@ def test_unknown_profile_and_paper():
         load_config("ppt", "huge")
     with pytest.raises(KeyError, match="unknown paper 'nope'"):
         load_config("nope")
+
+
+def test_built_dataset_path_names_the_stage_to_build() -> None:
+    from paperops.config import built_dataset_path
+
+    with pytest.raises(ConfigError, match=r"data/miniimagenet is not built: .*dvc repro miniimagenet"):
+        built_dataset_path(load_config("feat", "full").config)
