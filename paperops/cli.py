@@ -409,7 +409,9 @@ def headline_row(summary: dict[str, Any]) -> dict[str, str]:
             "baseline": f"{_fmt(base)} ({headline.baseline_variant})" if base is not None else "not measured",
             "paper figure": (f"{headline.paper_value:g}: " if headline.paper_value is not None else "")
             + headline.paper_note}
-    if ours is not None and base is not None:
+    if ours is None or base is None:
+        row["verdict"] = "not measured in this run"
+    else:
         better = ours > base if recipe.higher_is_better else ours < base
         row["verdict"] = ("beats " if better else "does not beat ") + headline.baseline_variant
     return row

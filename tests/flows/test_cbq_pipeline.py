@@ -149,3 +149,11 @@ def test_champion_serves_generations_over_rest(cbq_run, running_server, post_jso
     url = running_server(resolve_served_model("cbq", "champion"))
     reply = post_json(url, {"inputs": ["ROMEO:\n", "To be"], "params": {"max_new_tokens": 4}})
     assert len(reply["predictions"]) == 2 and all(isinstance(p, str) for p in reply["predictions"])
+
+
+def test_cross_paper_headline_reads_variants_the_run_evaluated(cbq_run):
+    from paperops.cli import headline_row
+
+    row = headline_row(cbq_run)
+    assert row["ours"].endswith("(cbq_W4A16)") and row["baseline"].endswith("(gptq_W4A16)")
+    assert row["verdict"] in ("beats gptq_W4A16", "does not beat gptq_W4A16")
