@@ -1,10 +1,11 @@
 """Fixtures shared by unit tests that opt in."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 
 @pytest.fixture(scope="module")
@@ -15,3 +16,19 @@ def single_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+
+def _tiny_gqa_llama(vocab_size: int) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         initializer_range=0.2, pad_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_gqa_llama() -> Callable[[int], LlamaForCausalLM]:
+    """Builds a seeded random 2-layer LLaMA with grouped-query attention (4 heads, 2 KV heads) for a vocabulary
+    size; initializer_range 0.2 so its greedy output varies with the context (a near-uniform model repeats)."""
+    return _tiny_gqa_llama

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from models.apiserve.costs import IterationTimeModel, SwapTimeModel
 from models.apiserve.engine import EngineBusy, RequestError, ToolCall, build_engine
@@ -45,12 +45,8 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def lm() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         initializer_range=0.2, pad_token_id=0)
-    return LlamaForCausalLM(config).eval()
+def lm(tiny_gqa_llama) -> LlamaForCausalLM:
+    return tiny_gqa_llama(300)
 
 
 def engine_for(lm, tokenizer, policy: str, gpu_blocks: int = 24, max_pending: int = 64):

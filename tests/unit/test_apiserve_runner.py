@@ -20,12 +20,8 @@ NEW_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def lm() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         initializer_range=0.2, pad_token_id=0)
-    return LlamaForCausalLM(config).eval()
+def lm(tiny_gqa_llama) -> LlamaForCausalLM:
+    return tiny_gqa_llama(128)
 
 
 def prompt(length: int, seed: int) -> list[int]:
