@@ -74,6 +74,7 @@ class RequestHandle:
     def __init__(self, request_id: str, prompt_ids: list[int], tokenizer: Tokenizer,
                  on_event: Callable[[EngineEvent], None] | None) -> None:
         self.request_id, self.prompt_ids = request_id, prompt_ids
+        self.sequence: Sequence | None = None   # the scheduler's view of the request (times, counters)
         self.generated_ids: list[int] = []
         self.output_ids: list[int] = []       # generated and returned tokens, in context order
         self._tokenizer, self._text = tokenizer, ""
@@ -152,8 +153,9 @@ class Engine:
                 raise EngineBusy(f"{len(self._handles)} requests in flight, the limit is {self.max_pending}")
             request_id = f"req-{next(self._ids)}"
             handle = RequestHandle(request_id, prompt_ids, self.tokenizer, on_event)
+            handle.sequence = Sequence(request_id, self.clock(), list(prompt_ids), segments)
             self._handles[request_id] = handle
-            self._inbox.append(Sequence(request_id, self.clock(), list(prompt_ids), segments))
+            self._inbox.append(handle.sequence)
             self.counters["requests_submitted"] += 1
         self._wakeup.set()
         return handle
@@ -289,11 +291,9 @@ class Engine:
         self._wakeup.set()
 
     def _finish(self, request_id: str) -> None:
-        seq = next(s for s in reversed(self.scheduler.stats.finished) if s.id == request_id)
-        # a long-running server must not keep every finished sequence: the engine reports it and lets it go
-        self.scheduler.stats.finished.remove(seq)
         with self._lock:
             handle = self._handles.pop(request_id)
+        seq = handle.sequence
         self.counters["requests_completed"] += 1
         assert seq.finish_s is not None and seq.first_token_s is not None
         active_s = seq.finish_s - seq.arrival_s - seq.intercepted_s

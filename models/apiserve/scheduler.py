@@ -144,7 +144,7 @@ class SchedulerStats:
     stall_waste_token_s: float = 0.0
     recompute_waste_token_s: float = 0.0
     capacity_token_s: float = 0.0  # GPU KV capacity × elapsed time
-    finished: list[Sequence] = field(default_factory=list)
+    finished: int = 0  # sequences done; the caller keeps the Sequence objects it created
 
     @property
     def waste_token_s(self) -> float:
@@ -485,7 +485,7 @@ class Scheduler:
         seq.status, seq.finish_s = FINISHED, now_s
         self.blocks.free(seq.id)
         del self._seqs[seq.id]
-        self.stats.finished.append(seq)
+        self.stats.finished += 1
 
     def _account(self, plan: IterationPlan, now_s: float) -> None:
         stats, bs = self.stats, self.blocks.block_size

@@ -99,7 +99,7 @@ def test_every_policy_is_bit_exact_with_an_uninterrupted_run_and_frees_every_blo
         assert len([e for e in events if e.kind == "tool_result"]) == len(calls)
     engine.scheduler.blocks.assert_empty()
     stats = engine.scheduler.stats
-    assert stats.finished == [] and not engine.scheduler.has_unfinished()
+    assert stats.finished == len(REQUESTS) and not engine.scheduler.has_unfinished()
     # the pool was small enough that KV really moved: discarded and recomputed, or swapped out and back
     assert stats.recompute_tokens > 0 or stats.swap_out_blocks > 0
     if policy == "swap":

@@ -89,7 +89,7 @@ def workload():
 def test_invariants_and_no_leaks_under_memory_pressure(policy, workload):
     scheduler, seqs = serve(policy, workload)
     scheduler.blocks.assert_empty()
-    assert len(scheduler.stats.finished) == len(workload)
+    assert scheduler.stats.finished == len(workload)
     for spec, seq in zip(workload, seqs.values()):
         assert seq.generated == sum(s.decode_tokens for s in spec.segments)
         assert len(seq.token_ids) == spec.total_tokens
