@@ -136,6 +136,22 @@ def _affine(rng: np.random.Generator, jitter: GlyphJitter, size: int) -> tuple[f
     return (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1])
 
 
+def occlude(pixels: np.ndarray, rng: np.random.Generator, probability: float,
+            side: tuple[float, float] = GlyphJitter.occlusion_side,
+            keep: float = GlyphJitter.occlusion_keep) -> np.ndarray:
+    """(size, size) float pixels, with `probability` one random rectangle (each side a `side` fraction of the image)
+    erased to background. The occlusion is skipped when it would leave less than `keep` of the ink, so a small
+    character (".", "'", 丷) never vanishes."""
+    if probability <= 0 or rng.random() >= probability:
+        return pixels
+    size = pixels.shape[0]
+    h, w = (np.rint(rng.uniform(*side, 2) * size)).astype(int)
+    top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+    occluded = pixels.copy()
+    occluded[top : top + h, left : left + w] = 0.0
+    return occluded if occluded.sum() >= keep * pixels.sum() else pixels
+
+
 def render_glyph(char: str, font: ImageFont.FreeTypeFont, size: int, rng: np.random.Generator | None,
                  jitter: GlyphJitter = GlyphJitter()) -> np.ndarray:
     """One (size, size) uint8 image of `char`, white on black; rng None = the clean reference rendering.
@@ -153,13 +169,8 @@ def render_glyph(char: str, font: ImageFont.FreeTypeFont, size: int, rng: np.ran
         for _ in range(abs(steps)):
             image = image.filter(ImageFilter.MaxFilter(3) if steps > 0 else ImageFilter.MinFilter(3))
     pixels = np.asarray(image.resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32)
-    if rng is not None and jitter.occlusion > 0 and rng.random() < jitter.occlusion:
-        h, w = (np.rint(rng.uniform(*jitter.occlusion_side, 2) * size)).astype(int)
-        top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-        occluded = pixels.copy()
-        occluded[top : top + h, left : left + w] = 0.0
-        if occluded.sum() >= jitter.occlusion_keep * pixels.sum():  # never erase most of a glyph (".", "'")
-            pixels = occluded
+    if rng is not None:
+        pixels = occlude(pixels, rng, jitter.occlusion, jitter.occlusion_side, jitter.occlusion_keep)
     if rng is not None and jitter.noise_std > 0:
         pixels = pixels + rng.normal(0.0, jitter.noise_std, pixels.shape)
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
@@ -323,8 +334,10 @@ def _stroke_polygons(path: str, steps: int = 6) -> list[np.ndarray]:
 
 
 def render_hanzi(strokes: list[str], size: int, rng: np.random.Generator | None,
-                 stroke_jitter: float = 0.05, stroke_shift: float = 25.0, noise_std: float = 8.0) -> np.ndarray:
-    """One (size, size) uint8 image of a character from its stroke outlines (1024 box, y up, baseline 900)."""
+                 stroke_jitter: float = 0.05, stroke_shift: float = 25.0, noise_std: float = 8.0,
+                 occlusion: float = 0.0) -> np.ndarray:
+    """One (size, size) uint8 image of a character from its stroke outlines (1024 box, y up, baseline 900), with
+    the glyphs' occlusion (`occlude`) at probability `occlusion`."""
     big = size * RENDER_SCALE
     image = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(image)
@@ -341,13 +354,15 @@ def render_hanzi(strokes: list[str], size: int, rng: np.random.Generator | None,
             p[:, 1] = 900 - p[:, 1]
             draw.polygon([tuple(q) for q in p * big / 1024], fill=255)
     pixels = np.asarray(image.resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32)
+    if rng is not None:
+        pixels = occlude(pixels, rng, occlusion)
     if rng is not None and noise_std > 0:
         pixels = pixels + rng.normal(0.0, noise_std, pixels.shape)
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def build_hanzi(out_dir: str | Path, classes_per_split: dict[str, int], images_per_class: int, size: int = 32,
-                seed: int = 0) -> Path:
+                seed: int = 0, occlusion: float = 0.0) -> Path:
     root = hanzi_root()
     files = sorted(p for p in root.glob("*.json") if len(p.stem) == 1)
     chosen = _split_classes(len(files), classes_per_split, seed)
@@ -356,13 +371,13 @@ def build_hanzi(out_dir: str | Path, classes_per_split: dict[str, int], images_p
     def instances(class_id: int, char: str) -> np.ndarray:
         strokes = json.loads((root / f"{char}.json").read_text(encoding="utf-8"))["strokes"]
         rng = np.random.default_rng([seed, class_id, ord(char)])
-        return np.stack([render_hanzi(strokes, size, rng) for _ in range(images_per_class)])
+        return np.stack([render_hanzi(strokes, size, rng, occlusion=occlusion) for _ in range(images_per_class)])
 
     source = {"package": f"npm:{HANZI_PACKAGE}", "version": HANZI_VERSION, "loader": str(root),
               "candidate_classes": str(len(files))}
     licence = "hanzi-writer-data (Make Me a Hanzi, Arphic fonts): Arphic Public License"
     params = {"images_per_class": images_per_class, "size": size, "seed": seed,
-              "classes_per_split": dict(classes_per_split)}
+              "classes_per_split": dict(classes_per_split), "occlusion": occlusion}
     return _write(out_dir, "hanzi", names, instances, source, licence, params, size)
 
 
@@ -435,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_cmd.add_argument("--size", type=int, default=32)
     build_cmd.add_argument("--seed", type=int, default=0)
     build_cmd.add_argument("--occlusion", type=float, default=0.0,
-                           help="glyphs: probability that an instance has one random rectangle erased (a blot)")
+                           help="probability that an instance has one random rectangle erased (a blot)")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.classes.split(",")]
     if len(counts) != 3:
@@ -446,7 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = build_glyphs(args.out, classes_per_split, args.images_per_class, args.size, args.seed,
                                GlyphJitter(occlusion=args.occlusion))
         else:
-            out = build_hanzi(args.out, classes_per_split, args.images_per_class, args.size, args.seed)
+            out = build_hanzi(args.out, classes_per_split, args.images_per_class, args.size, args.seed,
+                              args.occlusion)
     except DatasetSourceMissingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

