@@ -311,7 +311,8 @@ def episode_rows(raw: FewShotDataset, way: int, shot: int, query: int, seed: int
 
 
 def _decisive(metrics: dict[str, float], way: int) -> dict[str, float]:
-    """The issue's criterion: FEAT - ProtoNet >= +1 pt at way-way 1-shot with non-overlapping 95 % CIs."""
+    """The issue's criterion: FEAT - ProtoNet >= +1 pt at way-way 1-shot with non-overlapping 95 % CIs; and whether
+    the regulariser helps: FEAT - FEAT(lambda=0) above zero by more than its paired 95 % CI."""
     key, ci = _acc_key(way, 1), _ci_key(way, 1)
     if f"protonet.{key}" not in metrics:
         return {}
@@ -319,8 +320,10 @@ def _decisive(metrics: dict[str, float], way: int) -> dict[str, float]:
     separated = metrics[f"feat.{key}"] - metrics[f"feat.{ci}"] > metrics[f"protonet.{key}"] + metrics[f"protonet.{ci}"]
     out = {"decisive.gain_pts": gain, "decisive.cis_separated": float(separated),
            "decisive.holds": float(gain >= 1.0 and separated)}
-    if f"feat_lambda0.{key}" in metrics:
-        out["decisive.lambda_helps"] = float(metrics[f"feat.{key}"] > metrics[f"feat_lambda0.{key}"])
+    if f"feat_minus_feat_lambda0.{key}" in metrics:
+        # The ablation's paired difference must clear its own 95 % CI: a mean edge inside the noise is no help.
+        out["decisive.lambda_helps"] = float(
+            metrics[f"feat_minus_feat_lambda0.{key}"] - metrics[f"feat_minus_feat_lambda0.{ci}"] > 0)
     return out
 
 

@@ -14,7 +14,7 @@ from models.common.reporting import RecordingReporter
 from models.feat.model import (
     QUERY_LABEL, ConvNet4, FEATModelSection, FewShotModel, SetAttention, euclidean_logits, prototypes,
 )
-from models.feat.recipe import episode_rows, per_setting_rows
+from models.feat.recipe import _decisive, episode_rows, per_setting_rows
 from models.feat.train import MetaTrainSection, Split, evaluate_episodes, mean_ci95, meta_train, sample_episode
 from paperops.config import load_config
 from paperops.datasets.fewshot import (
@@ -181,6 +181,21 @@ def test_per_setting_table_prefers_the_5shot_model_when_there_is_one():
     (row,) = per_setting_rows(metrics, cfg)
     assert row["5-way 1-shot"] == "70.00 ± 0.50" and row["5-way 5-shot"] == "85.00 ± 0.20"
     assert row["acc_5w5s_model"] == "feat_5shot"
+
+
+def test_decisive_criterion_needs_one_point_with_separated_cis_and_lambda_a_paired_gain_beyond_its_ci():
+    # The tiny make run of 2026-11-29 23:31: FEAT 89.19 +- 0.15, ProtoNet 88.54 +- 0.15, lambda=0 89.16 +- 0.15.
+    run = {"feat.acc_5w1s": 89.19, "feat.ci95_5w1s": 0.15, "protonet.acc_5w1s": 88.54, "protonet.ci95_5w1s": 0.15,
+           "feat_lambda0.acc_5w1s": 89.16, "feat_minus_feat_lambda0.acc_5w1s": 0.04,
+           "feat_minus_feat_lambda0.ci95_5w1s": 0.06}
+    assert _decisive(run, way=5) == pytest.approx({"decisive.gain_pts": 0.65, "decisive.cis_separated": 1.0,
+                                                   "decisive.holds": 0.0, "decisive.lambda_helps": 0.0})
+    stronger = _decisive(run | {"feat.acc_5w1s": 89.60, "feat_minus_feat_lambda0.acc_5w1s": 0.44}, way=5)
+    assert stronger["decisive.holds"] == 1.0 and stronger["decisive.lambda_helps"] == 1.0
+    overlapping = _decisive(run | {"feat.acc_5w1s": 89.80, "protonet.acc_5w1s": 88.60, "protonet.ci95_5w1s": 1.2},
+                            way=5)  # +1.2 pt, but 89.80 - 0.15 < 88.60 + 1.2
+    assert overlapping["decisive.cis_separated"] == 0.0 and overlapping["decisive.holds"] == 0.0
+    assert _decisive({"feat.acc_5w1s": 89.19, "feat.ci95_5w1s": 0.15}, way=5) == {}  # no ProtoNet: no verdict
 
 
 def test_full_profile_names_the_miniimagenet_stage():
