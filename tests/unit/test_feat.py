@@ -171,7 +171,8 @@ def test_recipe_is_registered_without_compression_and_says_why():
         recipe.compress(None, None, None, None)
     cfg = load_config("feat", "tiny").config
     model = recipe.build_model(cfg)
-    assert model.adapter is not None and model.pretrain_head.out_features == 64
+    base_classes = cfg.data.expect["classes_per_split"]["base"]  # what the dataset suite expects
+    assert model.adapter is not None and model.pretrain_head.out_features == base_classes == 120
 
 
 def test_per_setting_table_prefers_the_5shot_model_when_there_is_one():
