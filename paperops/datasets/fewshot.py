@@ -95,8 +95,8 @@ _GLYPH_CATEGORIES = {"Lu", "Ll", "Lo", "Nd", "No", "So", "Sm", "Sc", "Po", "Ps",
 @dataclass(frozen=True)
 class GlyphJitter:
     """Per-instance variation of a rendered glyph (vision.md §6.5: rotation ±15°, scale 0.9-1.1, shift,
-    stroke-width jitter, noise), plus an optional occlusion that makes single instances unreliable prototypes (the
-    tiny profile uses 0.5: datasets.glyphs.occlusion in params.yaml)."""
+    stroke-width jitter, noise), plus an optional occlusion that makes single instances unreliable prototypes
+    (its probability is datasets.glyphs.occlusion in params.yaml)."""
 
     rotation_deg: float = 15.0
     scale: tuple[float, float] = (0.9, 1.1)
