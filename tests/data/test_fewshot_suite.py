@@ -83,6 +83,20 @@ def test_blank_images_and_too_few_images_per_class_are_rejected(glyph_dir: Path,
     assert "[base]" in details and "[novel]" in details
 
 
+def test_a_faint_glyph_is_ink_but_an_inverted_render_is_not(glyph_dir: Path, tmp_path: Path) -> None:
+    data = load_fewshot_dataset(glyph_dir)
+    x_base = data.x["base"].copy()
+    x_base[:2] = x_base[:2] // 2  # thin eroded strokes: every pixel below mid-grey, the glyph still legible
+    assert (x_base[:2] <= 127).all()
+    faint = validate_fewshot_dataset(_variant(glyph_dir, tmp_path / "faint", x_base=x_base), SPEC)
+    assert faint.success, faint.failed
+    x_val = data.x["val"].copy()
+    x_val[0] = 255 - x_val[0]  # black on white
+    inverted = validate_fewshot_dataset(_variant(glyph_dir, tmp_path / "inverted", x_val=x_val), SPEC)
+    assert _failed(inverted) == {(BETWEEN, "ink_fraction")}
+    assert "[val]" in inverted.failed[0].details
+
+
 def test_wrong_class_count_nan_pixels_and_size_are_rejected(glyph_dir: Path, tmp_path: Path) -> None:
     data = load_fewshot_dataset(glyph_dir)
     x_val = data.x["val"].astype(np.float32)
