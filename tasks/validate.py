@@ -487,8 +487,8 @@ def _fewshot_image_expectations(spec: FewShotSuiteSpec) -> list[gx.expectations.
         E.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=low, max_value=high,
                                         description=f"pixels within [{low:g}, {high:g}]"),
         E.ExpectColumnValuesToBeBetween(column="ink_fraction", min_value=ink_low, max_value=ink_high,
-                                        description=f"{ink_low:g}-{ink_high:g} of the pixels inked (above {INK_LEVEL:g}): "
-                                        "no blank, missing-glyph or inverted image"),
+                                        description=f"{ink_low:g}-{ink_high:g} of the pixels inked (above "
+                                        f"{INK_LEVEL:g}): no blank, missing-glyph or inverted image"),
     ]
 
 

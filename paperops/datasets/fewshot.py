@@ -76,8 +76,8 @@ class FewShotSuiteSpec(BaseModel):
     value_range: tuple[float, float] = (0.0, 255.0)
     classes_per_split: dict[str, int] = Field(description="split -> number of classes, e.g. base 64, val 16, novel 20")
     min_images_per_class: int = Field(20, ge=1, description="an N-way K-shot Q-query episode needs K + Q per class")
-    ink_fraction: tuple[float, float] = Field((0.003, 0.6), description="share of pixels above a quarter grey per image: "
-                                              "catches blank, missing-glyph and inverted renders")
+    ink_fraction: tuple[float, float] = Field((0.003, 0.6), description="share of pixels above a quarter grey per "
+                                              "image: catches blank, missing-glyph and inverted renders")
 
 
 # ----------------------------------------------------------------------------------------- glyphs (pip)
