@@ -32,7 +32,7 @@ from models.apiserve.costs import GPTJ_6B_A100, IterationTimeModel, ServingPrese
 from models.apiserve.scheduler import POLICIES
 from models.apiserve.simulator import SimulationResult, simulate, sustainable_rate
 from models.apiserve.workload import generate_workload
-from paperops.settings import state_dir
+from settings import state_dir
 
 GPTJ_RATES = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0)
 QUICK_RATES = (1.0, 2.0, 3.0, 4.0, 5.0)

@@ -25,10 +25,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from safetensors.torch import load_model, save_model
 
-from models.common.recipe import get_recipe
+from recipes import get_recipe
 from models.common.reporting import RecordingReporter
-from paperops.config import ConfigError, built_dataset_path, load_config
-from paperops.settings import state_dir
+from recipes import built_dataset_path, load_config
+from settings.config import ConfigError
+from settings import state_dir
 
 SETTINGS = ("[{name: W4A16, w_bits: 4}, {name: W3A16, w_bits: 3}, {name: W2A16, w_bits: 2}, "
             "{name: W2A16g64, w_bits: 2, w_granularity: per_group, group_size: 64}, "

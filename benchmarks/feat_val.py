@@ -22,9 +22,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from models.common.recipe import get_recipe
+from recipes import get_recipe
 from models.common.reporting import RecordingReporter
-from paperops.config import ConfigError, built_dataset_path, load_config
+from recipes import built_dataset_path, load_config
+from settings.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

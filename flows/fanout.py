@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from models.common.recipe import available_recipes
+from recipes import available_recipes
 from tasks.scaleout import pipeline_idempotency_key, run_paper_deployment
 
 

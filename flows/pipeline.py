@@ -13,8 +13,8 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from models.common.recipe import get_recipe
-from paperops.config import load_config
+from recipes import get_recipe
+from recipes import load_config
 from tasks.compress import compress_model
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_models

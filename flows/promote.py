@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow
 
-from paperops.config import load_config
+from recipes import load_config
 from tasks.promote import newest_candidate_version, promote_version, version_profile
 
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from paperops.settings import apply_runtime_defaults, tracking_uri
+from settings import apply_runtime_defaults, tracking_uri
 
 app = typer.Typer(help="paperops: research papers from raw data to a served model (Prefect, MLflow, DVC, GX).",
                   no_args_is_help=True, add_completion=False)
@@ -20,8 +20,8 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 @app.command("list")
 def list_papers() -> None:
     """Show the registered papers (recipes) and their config profiles."""
-    from models.common.recipe import available_recipes
-    from paperops.settings import project_root
+    from recipes import available_recipes
+    from settings import project_root
 
     import yaml
 
@@ -39,7 +39,7 @@ def list_papers() -> None:
 def data(stages: list[str] = typer.Argument(None, help="DVC stages to build; default: every stage")) -> None:
     """Build (or pull) datasets with DVC and push them to the default remote."""
     apply_runtime_defaults()
-    from paperops.settings import project_root
+    from settings import project_root
     from tasks.data import reproduce_dataset
     import yaml
 
@@ -58,8 +58,8 @@ def run(
     """Run the paper's pipeline: prepare data -> validate -> train -> compress -> evaluate -> register -> promote.
     `all` runs every registered paper in turn and ends with one table: each method against its baseline."""
     apply_runtime_defaults()
-    from models.common.recipe import available_recipes
-    from paperops.config import ConfigError, load_config
+    from recipes import available_recipes, load_config
+    from settings.config import ConfigError
 
     papers = list(available_recipes()) if paper == "all" else [paper]
     try:
@@ -223,7 +223,7 @@ def serve_llm(
 
     from models.apiserve.costs import IterationTimeModel
     from paperops.serve_llm import EngineOptions, create_app, engine_for_model
-    from paperops.settings import project_root
+    from settings import project_root
 
     time_model = IterationTimeModel(a_ms, c_ms, saturation) if all(given) else None  # type: ignore[arg-type]
     options = EngineOptions(policy=policy, gpu_blocks=gpu_blocks, host_blocks=host_blocks, block_size=block_size,
@@ -253,7 +253,7 @@ def deploy(
     """Register work pools `gpu` and `cpu`, the deployments of prefect.yaml (one per paper on `gpu`, `all-papers`
     on `cpu`) and the crash-detection automation on the Prefect server in PREFECT_API_URL."""
     apply_runtime_defaults()
-    from paperops.config import ConfigError
+    from settings.config import ConfigError
     from tasks.scaleout import DeployOptions, ScaleOutError, deploy_project
 
     try:
@@ -393,7 +393,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def headline_row(summary: dict[str, Any]) -> dict[str, str]:
     """The paper's method against its main baseline from one pipeline summary (same run, same machine)."""
-    from models.common.recipe import get_recipe
+    from recipes import get_recipe
 
     recipe = get_recipe(summary["paper"])
     row = {"paper": summary["paper"], "metric": recipe.primary_metric, "ours": "", "baseline": "",

@@ -26,7 +26,7 @@ import yaml
 from prefect import task
 
 from tasks.dvc_stage_runner import INFRASTRUCTURE, STAGE
-from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
+from tasks.retry import IO_RETRIES, InfrastructureError, retry_on_infrastructure_errors
 
 LOCK_FILE = "dvc.lock"
 PIPELINE_FILE = "dvc.yaml"
@@ -38,7 +38,7 @@ class DataStageError(RuntimeError):
     """Deterministic failure: unknown stage, builder command failed, repository misconfigured."""
 
 
-class DataInfrastructureError(RuntimeError):
+class DataInfrastructureError(InfrastructureError):
     """Transient failure: remote storage unreachable or failing, repository lock held by another process."""
 
 
@@ -136,6 +136,6 @@ def reproduce_dataset(stage: str, repo_root: Path, push: bool = True) -> Dataset
 def prepare_data(stage: str) -> DatasetRef:
     """`dvc repro` (or pull) the stage in this project and push it to the default remote; retried only for
     DataInfrastructureError."""
-    from paperops.settings import project_root
+    from settings import project_root
 
     return reproduce_dataset(stage, project_root())

@@ -13,8 +13,8 @@ from mlflow.entities import DatasetInput, InputTag
 from prefect import task
 from prefect.cache_policies import DEFAULT, NONE
 
-from paperops.config import ResolvedConfig
-from paperops.settings import project_root
+from settings.config import ResolvedConfig
+from settings import project_root
 from tasks.data import DatasetRef
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 from tasks.tracking import configure_tracking, ensure_experiment, log_params_flat, source_digest
@@ -29,7 +29,7 @@ STEP_EXCLUDED_SECTIONS = {
 
 
 def step_keys(resolved: ResolvedConfig) -> dict[str, str]:
-    code = source_digest("models", "paperops/datasets")
+    code = source_digest("models", "data", "recipes")
     return {step: f"{resolved.digest(excluding=sections)}-{code}" for step, sections in STEP_EXCLUDED_SECTIONS.items()}
 
 

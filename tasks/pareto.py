@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
-from models.common.recipe import SlaRule, get_recipe
+from recipes import get_recipe
+from recipes.base import SlaRule
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 from tasks.tracking import configure_tracking, registered_model_name
 

@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
-from models.common.recipe import PromotionSection, get_recipe
+from recipes import get_recipe
+from recipes.base import PromotionSection
 from tasks.pareto import tag_float
 from tasks.refs import PromotionDecision
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors

@@ -8,7 +8,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
-from models.common.recipe import Recipe, get_recipe
+from recipes import get_recipe
+from recipes.base import Recipe
 from tasks.data import DatasetRef
 from tasks.lineage import git_commit
 from tasks.record import CompressionRecord, VersionRecord

@@ -7,7 +7,13 @@ from typing import Any
 
 from prefect.tasks import exponential_backoff
 
-INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, sqlite3.OperationalError)
+
+class InfrastructureError(RuntimeError):
+    """Base of the project's own transient failures (a DVC remote or lock, a store that may come back): retried."""
+
+
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, sqlite3.OperationalError,
+                                                          InfrastructureError)
 
 IO_RETRIES: dict[str, Any] = {
     "retries": 3,
@@ -21,12 +27,10 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     from prefect.task_engine import TaskRunTimeoutError
     from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
-    from tasks.data import DataInfrastructureError
-
     if isinstance(exc, TaskRunTimeoutError):
         return False  # a step over its time budget would be over it again
     return isinstance(exc, INFRASTRUCTURE_ERRORS + (requests.ConnectionError, requests.Timeout,
-                                                    SQLAlchemyOperationalError, DataInfrastructureError))
+                                                    SQLAlchemyOperationalError))
 
 
 def retry_on_infrastructure_errors(task: Any, task_run: Any, state: Any) -> bool:

@@ -20,7 +20,7 @@ from typing import Iterator
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from paperops.settings import project_root, state_dir
+from settings import project_root, state_dir
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 
 GPU_POOL = "gpu"
@@ -177,8 +177,8 @@ class RegisteredDeployment:
 def deploy_project(options: DeployOptions) -> list[RegisteredDeployment]:
     """Work pools `gpu` and `cpu`, every deployment in prefect.yaml, and the crash-detection automation, against
     the configured server; returns the deployments as the server now has them."""
-    from paperops.config import load_config
-    from models.common.recipe import available_recipes
+    from recipes import load_config
+    from recipes import available_recipes
 
     require_server()
     for paper in available_recipes():
@@ -215,7 +215,7 @@ def worker_environment(pool: str, slot: str | None) -> dict[str, str]:
     """What a worker and the flow runs it starts see: this project as the code to run, state (task results,
     DVC remote) under PAPEROPS_HOME — shared storage in the compose stack, so a run retried on another worker
     finds the finished steps — and heartbeats often enough for crash detection."""
-    from paperops.settings import RUNTIME_DEFAULTS
+    from settings import RUNTIME_DEFAULTS
 
     home = state_dir()
     environment = RUNTIME_DEFAULTS | {
@@ -256,7 +256,7 @@ def exec_worker(pool: str, slot: str | None, name: str | None, limit: int | None
 def pipeline_idempotency_key(paper: str, profile: str, overrides: list[str] | None = None) -> str:
     """paper + profile + data md5 + config hash: the same inputs fan out to the same flow run, however often the
     parent is retried or triggered."""
-    from paperops.config import load_config
+    from recipes import load_config
     from tasks.data import DataStageError, dataset_ref
 
     resolved = load_config(paper, profile, overrides or [])

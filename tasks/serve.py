@@ -2,7 +2,7 @@
 
 The alias is resolved once, before the server starts, and the version it names is what gets served. When the
 alias later moves, the running server refuses requests with a message naming the new version (see
-tasks/pyfunc_model.py) instead of silently answering for the old one: restart `paperops serve` to follow it.
+mlflow/paper_model.py) instead of silently answering for the old one: restart `paperops serve` to follow it.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
 
-from paperops.settings import tracking_uri
+from settings import tracking_uri
 from tasks.tracking import configure_tracking, registered_model_name
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -15,11 +16,15 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from models.common.recipe import Recipe, RecipeConfig, get_recipe
-from paperops.settings import project_root, state_dir, tracking_uri
+from recipes import get_recipe
+from recipes.base import Recipe, RecipeConfig
+from settings import project_root, state_dir, tracking_uri
 from tasks.progress import report_progress
 
-PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
+# The MLflow models-from-code file every paper model is logged with (the registry side, in mlflow/).
+PYFUNC_MODEL_FILE = Path(__file__).resolve().parents[1] / "mlflow" / "paper_model.py"
+# The project packages a logged model carries to rebuild its module: the recipes and everything they import.
+MODEL_CODE_PACKAGES = ("settings", "models", "data", "recipes")
 # What a served model needs; exact pins so the serving environment matches the one that trained it.
 SERVING_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "transformers==5.24.0",
                         "tokenizers==0.23.3", "numpy==2.4.6", "safetensors==0.8.0", "pydantic==2.14.4",
@@ -53,16 +58,42 @@ def ensure_experiment(client: MlflowClient, paper: str) -> str:
     return client.create_experiment(name, artifact_location=location, tags={"paperops.paper": paper})
 
 
+def package_sources(*packages: str) -> list[Path]:
+    """The .py files of the named project packages, recursively through sub-packages (directories with an
+    __init__.py). A DVC output or a download cache beside them (data/mnist5k, data/.cache) is not code."""
+    root = project_root()
+    files = []
+    for package in packages:
+        top = root / package
+        for path in sorted(top.rglob("*.py")):
+            folder = path.parent
+            while folder != top and (folder / "__init__.py").is_file():
+                folder = folder.parent
+            if folder == top:
+                files.append(path)
+    return files
+
+
 def source_digest(*packages: str) -> str:
-    """sha256 over the Python sources of the named project folders: part of every cache key, so editing a
+    """sha256 over the Python sources of the named project packages: part of every cache key, so editing a
     recipe or a compression method re-runs the steps that execute it."""
     digest = hashlib.sha256()
     root = project_root()
-    for package in packages:
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(path.read_bytes())
+    for path in package_sources(*packages):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def copy_package_sources(packages: tuple[str, ...], destination: Path) -> list[str]:
+    """Copies the packages' sources under `destination` (one folder per package); returns those folders, the
+    `code_paths` of a logged model."""
+    root = project_root()
+    for path in package_sources(*packages):
+        target = destination / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return [str(destination / package) for package in packages]
 
 
 class MlflowReporter:
@@ -156,7 +187,7 @@ def log_paper_model(recipe: Recipe, config: RecipeConfig, module: Any, example: 
                 name="model",
                 python_model=str(PYFUNC_MODEL_FILE),
                 artifacts={"weights": str(weights), "spec": str(spec), "files": str(files)},
-                code_paths=[str(project_root() / "models"), str(project_root() / "paperops")],
+                code_paths=copy_package_sources(MODEL_CODE_PACKAGES, Path(tmp) / "code"),
                 signature=infer_signature(example, prediction, params=recipe.serving_params or None),
                 input_example=example,
                 pip_requirements=SERVING_REQUIREMENTS,

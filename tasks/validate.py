@@ -31,13 +31,13 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from prefect import task
 from pydantic import ValidationError
 
-from models.common.recipe import DataSection
-from paperops.datasets.fewshot import SPLITS as FEWSHOT_SPLITS
-from paperops.datasets.fewshot import FewShotSuiteSpec, load_fewshot_dataset
-from paperops.datasets.fewshot import image_digests as fewshot_digests
-from paperops.datasets.images import ImageDataset, ImageSuiteSpec, image_digests, load_image_dataset
-from paperops.datasets.text import TextSuiteSpec, line_digests, nonempty_lines, nonprintable_fraction, vocab_coverage
-from paperops.datasets.text import words as text_words
+from recipes.base import DataSection
+from data.fewshot import SPLITS as FEWSHOT_SPLITS
+from data.fewshot import FewShotSuiteSpec, load_fewshot_dataset
+from data.fewshot import image_digests as fewshot_digests
+from data.images import ImageDataset, ImageSuiteSpec, image_digests, load_image_dataset
+from data.text import TextSuiteSpec, line_digests, nonempty_lines, nonprintable_fraction, vocab_coverage
+from data.text import words as text_words
 from tasks.data import DatasetRef
 
 SPLITS = ("train", "test")
@@ -503,7 +503,7 @@ def _fewshot_class_expectations(spec: FewShotSuiteSpec, n_classes: int) -> list[
 
 def validate_fewshot_dataset(path: str | Path, spec: FewShotSuiteSpec,
                              suite_name: str = "few_shot_classes") -> ValidationReport:
-    """Run the few-shot suite declared by `spec` on a dataset directory written by paperops.datasets.fewshot."""
+    """Run the few-shot suite declared by `spec` on a dataset directory written by data.fewshot."""
     dataset = load_fewshot_dataset(path)
     validator = _Validator(suite_name)
     validator.add_suite("images", _fewshot_image_expectations(spec))

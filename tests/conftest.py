@@ -13,6 +13,6 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_HOME"] = os.path.join(_STATE, "prefect")
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(_STATE, "prefect", "results")
 
-from paperops.settings import apply_runtime_defaults  # noqa: E402
+from settings import apply_runtime_defaults  # noqa: E402
 
 apply_runtime_defaults()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from models.common.recipe import Section
+from recipes.base import Section
 from models.common.reporting import Reporter
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from models.common.classifier import learning_rate_at
-from models.common.recipe import Section
+from recipes.base import Section
 from models.common.reporting import Reporter
 
 END_OF_TEXT = "<|endoftext|>"

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from models.common.recipe import Section
+from recipes.base import Section
 
 QUERY_LABEL = -1  # label column value of a query row in the served episode layout
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from models.common.recipe import Section
+from recipes.base import Section
 from models.common.reporting import Reporter
 from models.feat.model import FewShotModel, euclidean_logits, prototypes
 

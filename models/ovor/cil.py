@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from models.common.recipe import Section
+from recipes.base import Section
 from models.common.reporting import Reporter
 from models.ovor.model import OnePromptViT
 from models.ovor.vor import energy, masked_cross_entropy, synthesize_outliers, vor_loss

@@ -21,7 +21,7 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from models.common.recipe import Section
+from recipes.base import Section
 
 
 class BackboneSection(Section):

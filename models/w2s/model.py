@@ -2,7 +2,7 @@
 
 * weak teacher: logistic regression (hidden=0) or a one-hidden-layer MLP on raw pixels, trained on weak-train,
   optionally with symmetric label noise so that it sits near 80 % top-1;
-* strong student: a small timm VisionTransformer (models/vit_ppt/model.py's builder), trained on w2s-train from
+* strong student: a small timm VisionTransformer (models/common/vit.py builder), trained on w2s-train from
   the teacher's outputs only (protocol B, w_gt = 0) or with the ground truth too (protocol A, w_gt = 1);
 * splits: the dataset's train split is cut, per class, into weak-train and w2s-train (deterministic by seed);
   the dataset's test split is the test set. The three are disjoint by construction (tests check it).
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from models.common.recipe import Section
+from recipes.base import Section
 
 
 class WeakSection(Section):

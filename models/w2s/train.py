@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from models.common.classifier import learning_rate_at
-from models.common.recipe import Section
+from recipes.base import Section
 from models.common.reporting import Reporter
 from models.w2s.losses import AlphaMode, aug_conf_alpha, w2s_loss
 

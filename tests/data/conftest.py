@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from paperops.datasets import build, load_image_dataset
+from data import build, load_image_dataset
 
 
 @pytest.fixture(scope="session")

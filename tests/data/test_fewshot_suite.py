@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paperops.datasets.fewshot import FEWSHOT_FILE, SPLITS, FewShotSuiteSpec, build_glyphs, load_fewshot_dataset
+from data.fewshot import FEWSHOT_FILE, SPLITS, FewShotSuiteSpec, build_glyphs, load_fewshot_dataset
 from tasks.validate import SUITES, validate_fewshot_dataset
 
 SPEC = FewShotSuiteSpec(height=32, width=32, classes_per_split={"base": 6, "val": 3, "novel": 4},

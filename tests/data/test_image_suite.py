@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from paperops.datasets import ImageSuiteSpec, load_image_dataset
+from data import ImageSuiteSpec, load_image_dataset
 from tasks.data import DataInfrastructureError, DataStageError, dataset_ref, reproduce_dataset
 from tasks.validate import DataValidationError, FailedExpectation, validate_image_dataset
 

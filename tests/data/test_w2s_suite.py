@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from models.w2s.model import w2s_split
-from paperops.config import load_config
-from paperops.datasets import ImageSuiteSpec, load_image_dataset
+from recipes import load_config
+from data import ImageSuiteSpec, load_image_dataset
 from tasks.validate import validate_image_dataset
 
 SPEC = ImageSuiteSpec(**load_config("w2s", "tiny").config.data.expect)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from paperops.settings import tracking_uri
+from settings import tracking_uri
 from tasks.validate import DataValidationError
 
 SMOKE = [

@@ -8,7 +8,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from paperops.settings import tracking_uri
+from settings import tracking_uri
 
 SMOKE = [
     "pretrain.num_classes=10", "pretrain.per_class=20", "pretrain.test_per_class=2", "pretrain.train.epochs=1",

@@ -7,8 +7,8 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from paperops.config import load_config
-from paperops.settings import tracking_uri
+from recipes import load_config
+from settings import tracking_uri
 from tasks.validate import DataValidationError
 
 SMOKE = [

@@ -8,8 +8,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from models.common.recipe import PromotionSection, get_recipe
-from paperops.config import load_config
+from recipes import get_recipe
+from recipes.base import PromotionSection
+from recipes import load_config
 from tasks.promote import PromotionRequestError, promote_version, version_profile
 from tasks.tracking import configure_tracking, ensure_experiment, log_paper_model
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from models.common.recipe import get_recipe
-from paperops.config import load_config
+from recipes import get_recipe
+from recipes import load_config
 from tasks.data import DatasetRef
 from tasks.refs import EvaluationRef, ModelRef, VariantRef
 from tasks.register import register_versions

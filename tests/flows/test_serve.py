@@ -9,8 +9,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from models.common.recipe import get_recipe
-from paperops.config import load_config
+from recipes import get_recipe
+from recipes import load_config
 from tasks.serve import ServingError, resolve_served_model
 from tasks.tracking import configure_tracking, ensure_experiment, log_paper_model
 

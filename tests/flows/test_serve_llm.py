@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from models.apiserve.costs import IterationTimeModel
 from models.common.lm import TokenizedLM, llama_config, train_bpe_tokenizer
-from models.common.recipe import get_recipe
+from recipes import get_recipe
 from paperops.cli import app
-from paperops.config import load_config
+from recipes import load_config
 from paperops.serve_llm import EngineOptions, engine_for_model
 from tasks.serve import ServingError
 from tasks.serve_llm import load_language_model

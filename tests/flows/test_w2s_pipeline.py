@@ -8,8 +8,8 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from paperops.config import load_config
-from paperops.settings import tracking_uri
+from recipes import load_config
+from settings import tracking_uri
 
 SMOKE = [
     "model.embed_dim=32", "model.num_heads=2",

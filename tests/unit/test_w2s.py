@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.common.recipe import available_recipes, get_recipe
+from recipes import available_recipes, get_recipe
 from models.common.reporting import RecordingReporter
 from models.w2s.losses import adapt_conf_alpha, aug_conf_alpha, kd_loss, kd_per_sample, self_ce_per_sample, w2s_loss
 from models.w2s.model import noisy_labels, w2s_split
-from models.w2s.recipe import alpha_histogram, decisive_checks, pgr
-from paperops.config import load_config
-from paperops.datasets import build, image_digests
+from recipes.w2s import alpha_histogram, decisive_checks, pgr
+from recipes import load_config
+from data import build, image_digests
 
 LN3, LN43 = math.log(3.0), math.log(4.0 / 3.0)
 

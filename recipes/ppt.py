@@ -23,13 +23,13 @@ from torch import nn
 from models import ppt
 from models.common.classifier import TrainSection, predict_logits, top1_accuracy, train_classifier
 from models.common.profiling import count_macs, measure_latency, size_on_disk
-from models.common.recipe import (
+from recipes.base import (
     CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
     compare_to_parent, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
-from models.vit_ppt.model import ViTSection, build_vit, images_to_input, random_translate
-from paperops.datasets.images import ImageDataset, load_image_dataset
+from models.common.vit import ViTSection, build_vit, images_to_input, random_translate
+from data.images import ImageDataset, load_image_dataset
 
 
 class PPTSection(Section):

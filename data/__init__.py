@@ -1,7 +1,7 @@
 """Dataset builders and loaders (pure data code: no orchestration imports)."""
 
-from paperops.datasets.dataset_dir import DatasetFormatError, DatasetSourceMissingError
-from paperops.datasets.images import (
+from data.dataset_dir import DatasetFormatError, DatasetSourceMissingError
+from data.images import (
     SOURCES,
     ImageDataset,
     ImageSuiteSpec,
@@ -9,7 +9,7 @@ from paperops.datasets.images import (
     image_digests,
     load_image_dataset,
 )
-from paperops.datasets.text import (
+from data.text import (
     TEXT_SOURCES,
     TextDataset,
     TextSuiteSpec,

@@ -30,15 +30,15 @@ from torch import nn
 from models import ppt
 from models.common.classifier import predict_logits, top1_accuracy
 from models.common.profiling import count_macs, measure_latency, size_on_disk
-from models.common.recipe import (
+from recipes.base import (
     CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
     compare_to_parent, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
-from models.vit_ppt.model import ViTSection, build_vit, images_to_input, random_translate
+from models.common.vit import ViTSection, build_vit, images_to_input, random_translate
 from models.w2s.model import W2SSplits, WeakSection, WeakTeacher, train_weak_teacher, w2s_split
 from models.w2s.train import LossKind, LossSection, StudentRun, StudentTrainSection, train_student
-from paperops.datasets.images import ImageDataset, load_image_dataset
+from data.images import ImageDataset, load_image_dataset
 
 Protocol = Literal["A", "B"]
 W2S_LOSSES: tuple[str, ...] = ("kd", "augconf", "adaptconf")

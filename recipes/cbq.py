@@ -31,7 +31,7 @@ from models.common.lm import (
     train_bpe_tokenizer, train_lm,
 )
 from models.common.profiling import measure_latency, size_on_disk
-from models.common.recipe import (
+from recipes.base import (
     CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, Section, VariantResult, compare_to_parent,
     register_recipe, seed_everything,
 )
@@ -39,7 +39,7 @@ from models.common.reporting import Reporter
 from models.equivalent_transforms import inject_activation_outliers
 from models.ptq import METHODS, QuantSetting, keeps_full_precision, quantize_lm
 from models.quant import QuantSpec, install_packed_linears, pack_quantized_linears
-from paperops.datasets.text import TextDataset, load_text_dataset
+from data.text import TextDataset, load_text_dataset
 
 EVAL_SETS = {"shakespeare": "eval_shakespeare", "milton": "eval_milton"}   # WikiText-2 role, C4 role
 

@@ -25,7 +25,7 @@ class PaperModel(PythonModel):
     def load_context(self, context: Any) -> None:
         from safetensors.torch import load_model
 
-        from models.common.recipe import get_recipe
+        from recipes import get_recipe
 
         with open(context.artifacts["spec"]) as f:
             spec = json.load(f)

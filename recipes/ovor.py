@@ -27,7 +27,7 @@ from torch import nn
 from models import ppt
 from models.common.classifier import TrainSection, predict_logits, top1_accuracy, train_classifier
 from models.common.profiling import count_macs, measure_latency, size_on_disk
-from models.common.recipe import (
+from recipes.base import (
     CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
     compare_to_parent, register_recipe, seed_everything,
 )
@@ -40,9 +40,9 @@ from models.ovor.model import (
     BackboneSection, OnePromptViT, PromptSection, PromptedAttention, TwoPassPromptViT, init_prompt,
     prompts_disabled,
 )
-from models.vit_ppt.model import images_to_input, random_translate
-from paperops.datasets.glyphs import glyph_source, render_glyphs
-from paperops.datasets.images import ImageDataset, load_image_dataset
+from models.common.vit import images_to_input, random_translate
+from data.glyphs import glyph_source, render_glyphs
+from data.images import ImageDataset, load_image_dataset
 
 
 class PretrainSection(Section):

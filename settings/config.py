@@ -1,6 +1,7 @@
-"""Paper configs: configs/<paper>.yaml holds one block per profile (tiny, full); the recipe's pydantic model
-validates it after `--set key=value` overrides, and the resolved config is hashed per section so each pipeline
-step's cache key covers exactly the settings that step depends on."""
+"""Config mechanics every layer may use: a YAML file holds one block per profile (tiny, full, ...), `--set
+key=value` overrides apply to it, a pydantic schema validates the result, and the resolved config is hashed per
+section so each pipeline step's cache key covers exactly the settings that step reads. Which schema a paper's
+config has is the recipe layer's business (`recipes.load_config`)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,11 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
-from pydantic import ValidationError
-
-from models.common.recipe import RecipeConfig, get_recipe
-from paperops.settings import project_root
-
+from pydantic import BaseModel, ValidationError
 
 # Sections that cannot change a result (timeouts): left out of every digest, so tuning them re-runs nothing.
 RESULT_NEUTRAL_SECTIONS = ("runtime",)
@@ -29,7 +26,7 @@ class ResolvedConfig:
     paper: str
     profile: str
     source: str  # the YAML file it came from
-    config: RecipeConfig
+    config: Any  # the validated schema instance (a recipe's RecipeConfig)
 
     def as_dict(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
@@ -65,12 +62,10 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any, text: str)
     node[path[-1]] = value
 
 
-def load_config(paper: str, profile: str = "tiny", overrides: Sequence[str] = (),
-                config_dir: Path | None = None) -> ResolvedConfig:
-    recipe = get_recipe(paper)
-    path = (config_dir or project_root() / "configs") / f"{paper}.yaml"
+def read_profile(path: Path, profile: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The `profile` block of the YAML file at `path` with the overrides applied, as plain data."""
     if not path.is_file():
-        raise ConfigError(f"no config for paper {paper!r}: {path} does not exist")
+        raise ConfigError(f"{path} does not exist")
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -82,18 +77,13 @@ def load_config(paper: str, profile: str = "tiny", overrides: Sequence[str] = ()
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value, text)
+    return data
+
+
+def validate(schema: type[BaseModel], data: dict[str, Any], where: str) -> BaseModel:
+    """`data` validated by `schema`; every problem is named by its dotted key, in one ConfigError."""
     try:
-        config = recipe.config_model.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path} profile {profile!r}: {problems}") from exc
-    return ResolvedConfig(paper=paper, profile=profile, source=str(path), config=config)
-
-
-def built_dataset_path(config: RecipeConfig) -> Path:
-    """The config's dataset as the DVC stage left it in the working tree, for scripts that run a recipe without the
-    pipeline (benchmarks/); the pipeline itself prepares and validates it."""
-    path = project_root() / "data" / config.data.stage
-    if not path.is_dir():
-        raise ConfigError(f"{path} is not built: run `make data` (or `dvc repro {config.data.stage}`) first")
-    return path
+        raise ConfigError(f"{where}: {problems}") from exc

@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from models.common.profiling import count_macs, measure_latency, size_on_disk
-from models.common.recipe import (
+from recipes.base import (
     CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
     compare_to_parent, register_recipe, seed_everything,
 )
@@ -38,7 +38,7 @@ from models.feat.train import (
     EpisodeStats, MetaTrainSection, PretrainSection, Split, evaluate_episodes, mean_ci95, meta_train, pretrain,
     sample_episode,
 )
-from paperops.datasets.fewshot import FewShotDataset, load_fewshot_dataset
+from data.fewshot import FewShotDataset, load_fewshot_dataset
 
 
 class MetaSection(Section):

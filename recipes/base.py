@@ -1,15 +1,13 @@
-"""The Recipe: what a paper contributes to the generic pipeline, and the registry of recipes by name.
+"""The Recipe: what a paper contributes to the generic pipeline, and the config schema every recipe builds on.
 
-A recipe is pure: it builds, trains, compresses and evaluates torch modules and reads its dataset from a path.
-tasks/ moves the results between steps as files (safetensors + JSON) and logs them; flows/ wires the steps.
-Adding a paper = one models/<paper>/ package with a Recipe subclass decorated with @register_recipe, plus one
-configs/<paper>.yaml.
+A recipe adapts pure method code (models/) to the platform: its config schema, how it reads its datasets, its
+experiment protocol (method, baselines, ablations), its report figures and its serving I/O. It builds, trains,
+compresses and evaluates torch modules and reads its dataset from a path; tasks/ moves the results between steps as
+files (safetensors + JSON) and logs them; flows/ wires the steps. Adding a paper = one recipes/<paper>.py with a
+Recipe subclass decorated with @register_recipe, plus one configs/<paper>.yaml.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -212,6 +210,12 @@ class Recipe(ABC):
         """The served prediction for a batch in the input_example format; `params` as in `serving_params`."""
 
 
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    return torch.Generator().manual_seed(seed)
+
+
 _RECIPES: dict[str, type[Recipe]] = {}
 
 
@@ -222,28 +226,6 @@ def register_recipe(cls: type[Recipe]) -> type[Recipe]:
     return cls
 
 
-def _import_recipe_packages() -> None:
-    import models
-
-    # Method packages without a pipeline (models/apiserve is a serving engine) have no recipe module.
-    for info in pkgutil.iter_modules(models.__path__):
-        if info.ispkg and importlib.util.find_spec(f"models.{info.name}.recipe") is not None:
-            importlib.import_module(f"models.{info.name}.recipe")
-
-
-def available_recipes() -> dict[str, type[Recipe]]:
-    _import_recipe_packages()
+def registered_recipes() -> dict[str, type[Recipe]]:
+    """The recipes registered so far (recipes.available_recipes imports every recipe module first)."""
     return dict(sorted(_RECIPES.items()))
-
-
-def get_recipe(name: str) -> Recipe:
-    recipes = available_recipes()
-    if name not in recipes:
-        raise KeyError(f"unknown paper {name!r}; registered papers: {', '.join(recipes) or 'none'}")
-    return recipes[name]()
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    return torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""`python -m paperops.datasets build <name> --out <dir>`: the command DVC stages run."""
+"""`python -m data build <name> --out <dir>`: the command DVC stages run."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from paperops.datasets.dataset_dir import DatasetSourceMissingError
-from paperops.datasets.images import SOURCES, build, load_image_dataset
+from data.dataset_dir import DatasetSourceMissingError
+from data.images import SOURCES, build, load_image_dataset
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m paperops.datasets", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser("build", help="build an image dataset directory (images.npz + meta.json)")
     build_cmd.add_argument("name", choices=sorted(SOURCES))

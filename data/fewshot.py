@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from pydantic import BaseModel, ConfigDict, Field
 
-from paperops.datasets.dataset_dir import (
+from data.dataset_dir import (
     DatasetFormatError, DatasetSourceMissingError, read_dataset_meta, write_dataset_dir,
 )
 
@@ -233,7 +233,7 @@ def build_glyphs(out_dir: str | Path, classes_per_split: dict[str, int], images_
                          for _ in range(images_per_class)])
 
     meta_source = {"package": "matplotlib", "version": importlib.metadata.version("matplotlib"),
-                   "loader": "paperops.datasets.fewshot.build_glyphs", "fonts": ", ".join(GLYPH_FACES),
+                   "loader": "data.fewshot.build_glyphs", "fonts": ", ".join(GLYPH_FACES),
                    "candidate_classes": str(len(chars))}
     licence = "DejaVu fonts: Bitstream Vera / DejaVu licence (free); STIX fonts: SIL Open Font License 1.1"
     params = {"images_per_class": images_per_class, "size": size, "seed": seed,
@@ -439,8 +439,8 @@ def load_fewshot_dataset(path: str | Path) -> FewShotDataset:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m paperops.datasets.fewshot build {glyphs,hanzi} --out DIR ...`: the command DVC stages run."""
-    parser = argparse.ArgumentParser(prog="python -m paperops.datasets.fewshot", description=__doc__.split("\n")[0])
+    """`python -m data.fewshot build {glyphs,hanzi} --out DIR ...`: the command DVC stages run."""
+    parser = argparse.ArgumentParser(prog="python -m data.fewshot", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser("build", help="render a few-shot dataset (fewshot.npz + meta.json)")
     build_cmd.add_argument("name", choices=["glyphs", "hanzi"])

@@ -1,0 +1,54 @@
+"""The recipe registry: every module in recipes/ that registers a Recipe is a paper the platform runs. Paper name =
+recipe module = config file (configs/<paper>.yaml), so the platform finds a paper's config by its name."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Sequence
+
+from recipes.base import Recipe, RecipeConfig, registered_recipes
+from settings import project_root
+from settings.config import ConfigError, ResolvedConfig, read_profile, validate
+
+# Modules of this package that hold shared schema and helpers, not a paper.
+_NOT_PAPERS = frozenset({"base"})
+
+
+def available_recipes() -> dict[str, type[Recipe]]:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _NOT_PAPERS and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+    return registered_recipes()
+
+
+def get_recipe(name: str) -> Recipe:
+    recipes = available_recipes()
+    if name not in recipes:
+        raise KeyError(f"unknown paper {name!r}; registered papers: {', '.join(recipes) or 'none'}")
+    return recipes[name]()
+
+
+def config_path(paper: str, config_dir: Path | None = None) -> Path:
+    return (config_dir or project_root() / "configs") / f"{paper}.yaml"
+
+
+def load_config(paper: str, profile: str = "tiny", overrides: Sequence[str] = (),
+                config_dir: Path | None = None) -> ResolvedConfig:
+    """configs/<paper>.yaml's `profile` block with the overrides applied, validated by the paper's recipe schema."""
+    recipe = get_recipe(paper)
+    path = config_path(paper, config_dir)
+    if not path.is_file():
+        raise ConfigError(f"no config for paper {paper!r}: {path} does not exist")
+    data = read_profile(path, profile, overrides)
+    config = validate(recipe.config_model, data, f"{path} profile {profile!r}")
+    return ResolvedConfig(paper=paper, profile=profile, source=str(path), config=config)
+
+
+def built_dataset_path(config: RecipeConfig) -> Path:
+    """The config's dataset as the DVC stage left it in the working tree, for scripts that run a recipe without the
+    pipeline (benchmarks/); the pipeline itself prepares and validates it."""
+    path = project_root() / "data" / config.data.stage
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not built: run `make data` (or `dvc repro {config.data.stage}`) first")
+    return path
