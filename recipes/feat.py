@@ -15,6 +15,7 @@ rows are answered too, so the answer has one row per request row).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,18 +34,18 @@ from recipes.base import (
     compare_to_parent, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
-from models.feat.model import QUERY_LABEL, FEATModelSection, FewShotModel, images_to_input
+from models.feat.model import QUERY_LABEL, FEATConfig, FewShotModel, images_to_input
 from models.feat.train import (
-    EpisodeStats, MetaTrainSection, PretrainSection, Split, evaluate_episodes, mean_ci95, meta_train, pretrain,
-    sample_episode,
+    EpisodeStats, MetaTrainConfig, PretrainConfig, Split, embed_all, evaluate_episodes, mean_ci95, meta_train,
+    pretrain, sample_episode,
 )
 from data.fewshot import FewShotDataset, load_fewshot_dataset
 
 
 class MetaSection(Section):
-    one_shot: MetaTrainSection = MetaTrainSection()
-    five_shot: MetaTrainSection | None = Field(None, description="the paper's separate 5-shot models; None = the "
-                                               "1-shot models are also tested at 5 shots (cheaper)")
+    one_shot: MetaTrainConfig = MetaTrainConfig()
+    five_shot: MetaTrainConfig | None = Field(None, description="the paper's separate 5-shot models; None = the "
+                                              "1-shot models are also tested at 5 shots (cheaper)")
     baselines: tuple[str, ...] = Field(("protonet", "feat_lambda0"), description="in-run baselines / ablations")
 
     @model_validator(mode="after")
@@ -68,8 +69,8 @@ class EvaluateSection(Section):
 
 
 class FEATRecipeConfig(RecipeConfig):
-    model: FEATModelSection = FEATModelSection()
-    pretrain: PretrainSection = PretrainSection()
+    model: FEATConfig = FEATConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     meta: MetaSection = MetaSection()
     evaluate: EvaluateSection = EvaluateSection()
 
@@ -132,14 +133,14 @@ class FEATRecipe(Recipe):
 
     # ----------------------------------------------------------------------------------------------- train
 
-    def _variants_to_train(self, cfg: FEATRecipeConfig) -> list[tuple[str, str, str, MetaTrainSection]]:
+    def _variants_to_train(self, cfg: FEATRecipeConfig) -> list[tuple[str, str, str, MetaTrainConfig]]:
         """(name, role, adapter, meta-training config) of every meta-trained model; the first is the method."""
         one = cfg.meta.one_shot
         out = [("feat", "parent", "feat", one)]
         if "protonet" in cfg.meta.baselines:
             out.append(("protonet", "baseline", "none", one))
         if "feat_lambda0" in cfg.meta.baselines:
-            out.append(("feat_lambda0", "ablation", "feat", one.model_copy(update={"balance": 0.0})))
+            out.append(("feat_lambda0", "ablation", "feat", dataclasses.replace(one, balance=0.0)))
         five = cfg.meta.five_shot
         if five is not None:
             out.append(("feat_5shot", "baseline", "feat", five))
@@ -149,8 +150,6 @@ class FEATRecipe(Recipe):
 
     def _test(self, model: FewShotModel, data: FewShotData, cfg: FEATRecipeConfig) -> dict[str, float]:
         """Every test setting on the same episodes (seeded) for every model; embeddings computed once per model."""
-        from models.feat.train import embed_all
-
         ev = cfg.evaluate
         embeddings = embed_all(model, data.novel.x)
         metrics: dict[str, float] = {}
@@ -178,7 +177,7 @@ class FEATRecipe(Recipe):
                 target = model  # the method: trained in place, this is the registered model
             else:
                 seed_everything(cfg.seed + 100 * i)
-                target = FewShotModel(cfg.model.model_copy(update={"adapter": adapter})).to(_device(model))
+                target = FewShotModel(dataclasses.replace(cfg.model, adapter=adapter)).to(_device(model))
             target.encoder.load_state_dict(encoder_state)
             metrics |= meta_train(target, data.base, data.val, meta_cfg, reporter, cfg.seed + i, prefix=name)
             tested[name] = self._test(target, data, cfg)
@@ -281,7 +280,7 @@ def _device(model: nn.Module) -> torch.device:
 
 def _as_protonet(model: FewShotModel, cfg: FEATRecipeConfig) -> FewShotModel:
     """A ProtoNet sharing `model`'s (pre-trained) encoder weights, for the no-meta-training sanity row."""
-    proto = FewShotModel(cfg.model.model_copy(update={"adapter": "none"})).to(_device(model))
+    proto = FewShotModel(dataclasses.replace(cfg.model, adapter="none")).to(_device(model))
     proto.encoder.load_state_dict(model.encoder.state_dict())
     proto.temperature.fill_(cfg.meta.one_shot.temperature)
     return proto.eval()
@@ -291,7 +290,7 @@ def _knobs(cfg: FEATRecipeConfig, name: str) -> dict[str, Any]:
     if name == "pretrain_protonet":
         return {"meta_training": False}
     meta = cfg.meta.five_shot if name.endswith("5shot") and cfg.meta.five_shot else cfg.meta.one_shot
-    knobs = meta.model_dump(mode="json")
+    knobs = dataclasses.asdict(meta)
     if name == "feat_lambda0":
         knobs["balance"] = 0.0
     if name.startswith("protonet"):

@@ -10,7 +10,6 @@ is that model with PPT (models/ppt.py) on its prompted backbone, the prefix K/V 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from models import ppt
-from models.common.classifier import TrainSection, predict_logits, top1_accuracy, train_classifier
+from models.common.classifier import TrainConfig, predict_logits, top1_accuracy, train_classifier
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from recipes.base import (
     CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
@@ -33,16 +32,16 @@ from recipes.base import (
 )
 from models.common.reporting import Reporter
 from models.ovor.cil import (
-    BASELINE, METHOD, Stream, StreamSection, VORSection, class_order, cross_task_confusion, extract_features,
+    BASELINE, METHOD, Stream, StreamConfig, VORConfig, class_order, cross_task_confusion, extract_features,
     run_stream, split_tasks,
 )
 from models.ovor.model import (
-    BackboneSection, OnePromptViT, PromptSection, PromptedAttention, TwoPassPromptViT, init_prompt,
-    prompts_disabled,
+    BackboneConfig, OnePromptViT, PromptConfig, PromptedAttention, TwoPassPromptViT, init_prompt, prompts_disabled,
 )
 from models.common.vit import images_to_input, random_translate
 from data.glyphs import glyph_source, render_glyphs
 from data.images import ImageDataset, load_image_dataset
+from recipes.ppt_section import PPTSection, ppt_knobs, ppt_record
 
 
 class PretrainSection(Section):
@@ -52,25 +51,17 @@ class PretrainSection(Section):
     per_class: int = Field(60, ge=1, description="training renders per class")
     test_per_class: int = Field(10, ge=1, description="held-out renders per class (glyph top-1 is logged)")
     seed: int = 0
-    train: TrainSection = TrainSection(epochs=8, batch_size=64, lr=2e-3, min_lr=1e-5, warmup_epochs=0.3,
-                                       weight_decay=0.05, label_smoothing=0.1)
-
-
-class CompressSection(Section):
-    r: int = Field(4, ge=0, description="image tokens removed at each compression block (prefix K/V kept)")
-    blocks: tuple[int, ...] = (1, 3)
-    tau: float | None = Field(None, gt=0, description="variance threshold; None = CV rule from the patch count")
-    tau_cv: float = Field(1.64, gt=0)
-    prop_attn: bool = True
+    train: TrainConfig = TrainConfig(epochs=8.0, batch_size=64, lr=2e-3, min_lr=1e-5, warmup_epochs=0.3,
+                                     weight_decay=0.05, label_smoothing=0.1)
 
 
 class OVORRecipeConfig(RecipeConfig):
-    model: BackboneSection = BackboneSection()
-    prompt: PromptSection = PromptSection()
+    model: BackboneConfig = BackboneConfig()
+    prompt: PromptConfig = PromptConfig()
     pretrain: PretrainSection = PretrainSection()
-    stream: StreamSection = StreamSection()
-    vor: VORSection = VORSection()
-    compress: CompressSection = CompressSection()
+    stream: StreamConfig = StreamConfig()
+    vor: VORConfig = VORConfig()
+    compress: PPTSection = PPTSection(r=4, blocks=(1, 3))
     evaluate: LatencySection = LatencySection()
 
 
@@ -161,7 +152,7 @@ class OVORRecipe(Recipe):
         """Trains the backbone (prompts off) on the glyph classes with a throw-away head; leaves it frozen.
         With model.checkpoint set, loads those weights instead (the paper's ImageNet ViT-B/16)."""
         if cfg.model.checkpoint is not None:
-            load_backbone_checkpoint(model, cfg.model.checkpoint)
+            model.load_backbone(cfg.model.checkpoint)
             model.freeze_backbone()
             return {}
         generator = seed_everything(cfg.pretrain.seed)
@@ -240,23 +231,16 @@ class OVORRecipe(Recipe):
 
     # ---------------------------------------------------------------------------------------- compress
 
-    def _reduction_config(self, model: OnePromptViT, cfg: OVORRecipeConfig) -> ppt.TokenReductionConfig:
-        c = cfg.compress
-        tau = c.tau if c.tau is not None else ppt.tau_for_tokens(int(model.backbone.patch_embed.num_patches), c.tau_cv)
-        return ppt.TokenReductionConfig(method="ppt", r=c.r, blocks=tuple(c.blocks), tau=tau, tau_cv=c.tau_cv,
-                                        prop_attn=c.prop_attn)
-
     def compress(self, model: nn.Module, data: OVORData, cfg: OVORRecipeConfig,
                  reporter: Reporter) -> CompressionResult:
         """PPT off the shelf on the prompted backbone: a rehearsal-free learner has no past data to fine-tune on."""
-        trc = self._reduction_config(model, cfg)
+        trc = cfg.compress.reduction_config(int(model.backbone.patch_embed.num_patches))
         ppt.compress(model.backbone, trc, calib=data.x_test[:8].to(next(model.parameters()).device))
         metrics = final_task_metrics(model, data, self.tasks(cfg, cfg.stream.seeds[0]))
-        return CompressionResult(model=model, method="ppt", knobs=_knobs(trc), metrics=metrics)
+        return CompressionResult(model=model, method="ppt", knobs=ppt_knobs(trc), metrics=metrics)
 
     def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
-        return {"strategy": str(knobs["method"]), "r": str(knobs["r"]),
-                "blocks": ",".join(str(b) for b in knobs["blocks"])}
+        return ppt_record(knobs)
 
     def restore_compression(self, model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
         ppt.compress(model.backbone, ppt.TokenReductionConfig(**knobs))
@@ -303,7 +287,7 @@ class OVORRecipe(Recipe):
             metrics = measured(compressed)
             for s in ppt.reduction_stats(compressed.backbone):
                 metrics[f"pool_fraction_block{s['block']}"] = float(s["pool_fraction"])
-            variants.append(VariantResult("ovor_ppt", "method", "ppt", _knobs(trc) if trc else {}, metrics))
+            variants.append(VariantResult("ovor_ppt", "method", "ppt", ppt_knobs(trc) if trc else {}, metrics))
         variants.append(VariantResult(BASELINE, "baseline", "oneprompt", {"vor_weight": 0.0},
                                       from_training(BASELINE)))
         for ablation in cfg.vor.ablations:
@@ -333,37 +317,15 @@ class OVORRecipe(Recipe):
         return torch.softmax(logits, -1).numpy()  # (n, classes) over every class of the finished stream
 
 
-def load_backbone_checkpoint(model: OnePromptViT, path_str: str) -> None:
-    from pathlib import Path
-
-    path = Path(path_str)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.get("model", state).items() if not k.startswith("head.")}
-    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(".attn.prompt")]
-    if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not fit the backbone: missing={missing} unexpected={unexpected}")
-
-
 def _mean_matrix(matrices: list[np.ndarray]) -> np.ndarray:
     """Seed mean of accuracy matrices; the upper triangle (tasks not yet seen) stays NaN."""
     stacked = np.stack(matrices)
     return np.where(np.isnan(stacked[0]), np.nan, np.nan_to_num(stacked).mean(axis=0))
 
 
-def _vor_knobs(vor: VORSection) -> dict[str, Any]:
+def _vor_knobs(vor: VORConfig) -> dict[str, Any]:
     return {"outlier_center": vor.outlier_center, "vor_weight": vor.weight, "thresholds": vor.thresholds,
             "tau_id": vor.tau_id, "tau_ood": vor.tau_ood}
-
-
-def _knobs(trc: ppt.TokenReductionConfig) -> dict[str, Any]:
-    return dataclasses.asdict(trc) | {"blocks": list(trc.blocks)}
 
 
 def _heatmap_figure(trained: dict[str, float], cfg: OVORRecipeConfig) -> Any:

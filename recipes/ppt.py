@@ -7,7 +7,6 @@ EViT at the same token budget (same r at the same blocks).
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,25 +20,22 @@ from pydantic import Field
 from torch import nn
 
 from models import ppt
-from models.common.classifier import TrainSection, predict_logits, top1_accuracy, train_classifier
+from models.common.classifier import TrainConfig, predict_logits, top1_accuracy, train_classifier
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from recipes.base import (
-    CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
+    CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, VariantResult,
     compare_to_parent, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
-from models.common.vit import ViTSection, build_vit, images_to_input, random_translate
+from models.common.vit import ViTConfig, build_vit, images_to_input, random_translate
 from data.images import ImageDataset, load_image_dataset
+from recipes.ppt_section import FinetunedPPTSection, ppt_knobs, ppt_record
 
 
-class PPTSection(Section):
-    r: int = Field(16, ge=0, description="tokens removed at each compression block")
-    blocks: tuple[int, ...] = Field((3, 6, 9), description="0-indexed blocks that compress (after attention)")
-    tau: float | None = Field(None, gt=0, description="variance threshold; None = CV rule from the patch count")
-    tau_cv: float = Field(1.64, gt=0, description="CV the rule uses off the shelf (7e-5 at 196 patches)")
-    finetune_tau_cv: float = Field(1.52, gt=0, description="CV for fine-tuning (6e-5 at 196 patches)")
-    prop_attn: bool = True
-    finetune: TrainSection = TrainSection(epochs=1, lr=1e-4, min_lr=1e-6, warmup_epochs=0)
+class CompressSection(FinetunedPPTSection):
+    """PPT, fine-tuned with the classifier loop the DeiT was trained with."""
+
+    finetune: TrainConfig = TrainConfig(epochs=1.0, lr=1e-4, min_lr=1e-6, warmup_epochs=0.0)
 
 
 class EvaluateSection(LatencySection):
@@ -48,9 +44,9 @@ class EvaluateSection(LatencySection):
 
 
 class PPTRecipeConfig(RecipeConfig):
-    model: ViTSection = ViTSection()
-    train: TrainSection = TrainSection()
-    compress: PPTSection = PPTSection()
+    model: ViTConfig = ViTConfig()
+    train: TrainConfig = TrainConfig()
+    compress: CompressSection = CompressSection(r=16, blocks=(3, 6, 9))
     evaluate: EvaluateSection = EvaluateSection()
 
 
@@ -61,17 +57,6 @@ class TensorSplits:
     x_test: torch.Tensor
     y_test: torch.Tensor
     raw: ImageDataset
-
-
-def _reduction_config(section: PPTSection, method: str, num_patches: int, cv: float) -> ppt.TokenReductionConfig:
-    tau = section.tau if section.tau is not None else ppt.tau_for_tokens(num_patches, cv)
-    return ppt.TokenReductionConfig(method=method, r=section.r, blocks=tuple(section.blocks), tau=tau,
-                                    tau_cv=cv, prop_attn=section.prop_attn)
-
-
-def _knobs(trc: ppt.TokenReductionConfig) -> dict[str, Any]:
-    """The config as JSON-ready knobs; `TokenReductionConfig(**knobs)` rebuilds it."""
-    return dataclasses.asdict(trc) | {"blocks": list(trc.blocks)}
 
 
 @register_recipe
@@ -119,21 +104,16 @@ class PPTRecipe(Recipe):
 
     def compress(self, model: nn.Module, data: TensorSplits, cfg: PPTRecipeConfig,
                  reporter: Reporter) -> CompressionResult:
-        metrics: dict[str, float] = {}
-        finetuning = cfg.compress.finetune.epochs > 0
-        cv = cfg.compress.finetune_tau_cv if finetuning else cfg.compress.tau_cv
-        trc = _reduction_config(cfg.compress, "ppt", self._num_patches(model), cv)
+        trc = cfg.compress.finetune_reduction_config(self._num_patches(model))
         ppt.compress(model, trc)
-        if finetuning:
-            generator = seed_everything(cfg.seed + 1)
-            metrics = train_classifier(model, data.x_train, data.y_train, cfg.compress.finetune, reporter, generator,
-                                       augment=random_translate, metric_prefix="finetune")
+        generator = seed_everything(cfg.seed + 1)
+        metrics = train_classifier(model, data.x_train, data.y_train, cfg.compress.finetune, reporter, generator,
+                                   augment=random_translate, metric_prefix="finetune")
         metrics["top1"] = top1_accuracy(predict_logits(model, data.x_test), data.y_test)
-        return CompressionResult(model=model, method="ppt", knobs=_knobs(trc), metrics=metrics)
+        return CompressionResult(model=model, method="ppt", knobs=ppt_knobs(trc), metrics=metrics)
 
     def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
-        return {"strategy": str(knobs["method"]), "r": str(knobs["r"]),
-                "blocks": ",".join(str(b) for b in knobs["blocks"])}
+        return ppt_record(knobs)
 
     def restore_compression(self, model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
         return ppt.compress(model, ppt.TokenReductionConfig(**knobs))
@@ -143,12 +123,12 @@ class PPTRecipe(Recipe):
         num_patches = self._num_patches(dense)
         candidates: list[tuple[str, str, nn.Module, ppt.TokenReductionConfig | None]] = [
             ("dense", "parent", dense, None)]
-        off_the_shelf = _reduction_config(cfg.compress, "ppt", num_patches, cfg.compress.tau_cv)
+        off_the_shelf = cfg.compress.reduction_config(num_patches)
         candidates.append(("ppt_offtheshelf", "ablation", ppt.compress(copy.deepcopy(dense), off_the_shelf),
                            off_the_shelf))
         candidates.append(("ppt", "method", compressed, ppt.current_config(compressed)))
         for baseline in cfg.evaluate.baselines:
-            trc = _reduction_config(cfg.compress, baseline, num_patches, cfg.compress.tau_cv)
+            trc = cfg.compress.reduction_config(num_patches, method=baseline)
             candidates.append((f"{baseline}_equal_budget", "baseline", ppt.compress(copy.deepcopy(dense), trc), trc))
 
         latency_batch = data.x_test[: cfg.evaluate.latency_batch]
@@ -168,7 +148,7 @@ class PPTRecipe(Recipe):
                 metrics[f"pool_fraction_block{s['block']}"] = float(s["pool_fraction"])
                 layer_rows.append({"variant": name, **s})
             variants.append(VariantResult(name=name, role=role, method=trc.method if trc else "dense",
-                                          knobs=_knobs(trc) if trc else {}, metrics=metrics))
+                                          knobs=ppt_knobs(trc) if trc else {}, metrics=metrics))
             reporter.progress(i + 1, len(candidates), "evaluate variants")
 
         compare_to_parent(variants, self.primary_metric)

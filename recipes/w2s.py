@@ -14,7 +14,6 @@ protocol B), and that compressed ViT is the method version.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,10 +34,11 @@ from recipes.base import (
     compare_to_parent, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
-from models.common.vit import ViTSection, build_vit, images_to_input, random_translate
-from models.w2s.model import W2SSplits, WeakSection, WeakTeacher, train_weak_teacher, w2s_split
-from models.w2s.train import LossKind, LossSection, StudentRun, StudentTrainSection, train_student
+from models.common.vit import ViTConfig, build_vit, images_to_input, random_translate
+from models.w2s.model import W2SSplits, WeakConfig, WeakTeacher, train_weak_teacher, w2s_split
+from models.w2s.train import LossConfig, LossKind, StudentRun, StudentTrainConfig, train_student
 from data.images import ImageDataset, load_image_dataset
+from recipes.ppt_section import FinetunedPPTSection, ppt_knobs, ppt_record
 
 Protocol = Literal["A", "B"]
 W2S_LOSSES: tuple[str, ...] = ("kd", "augconf", "adaptconf")
@@ -68,17 +68,13 @@ class ExperimentSection(Section):
         return self
 
 
-class CompressSection(Section):
-    r: int = Field(4, ge=0, description="tokens removed at each compression block")
-    blocks: tuple[int, ...] = Field((1, 2), description="0-indexed blocks that compress (after attention)")
-    tau: float | None = Field(None, gt=0, description="variance threshold; None = CV rule from the patch count")
-    tau_cv: float = Field(1.64, gt=0)
-    finetune_tau_cv: float = Field(1.52, gt=0)
-    prop_attn: bool = True
+class CompressSection(FinetunedPPTSection):
+    """PPT, fine-tuned label-free with the student's own training loop."""
+
     finetune_teacher: Literal["parent", "weak"] = Field(
         "weak", description="fine-tune target, label-free either way: 'parent' = KD from the dense student "
         "(self-distillation); 'weak' = the student's own AdaptConf objective from the weak teacher")
-    finetune: StudentTrainSection = StudentTrainSection(epochs=2, lr=2e-4, min_lr=1e-6, warmup_epochs=0)
+    finetune: StudentTrainConfig = StudentTrainConfig(epochs=2, lr=2e-4, min_lr=1e-6, warmup_epochs=0.0)
 
 
 class EvaluateSection(LatencySection):
@@ -87,12 +83,12 @@ class EvaluateSection(LatencySection):
 
 class W2SRecipeConfig(RecipeConfig):
     split: SplitSection = SplitSection()
-    weak: WeakSection = WeakSection()
-    model: ViTSection = ViTSection()
-    train: StudentTrainSection = StudentTrainSection()
-    loss: LossSection = LossSection()
+    weak: WeakConfig = WeakConfig()
+    model: ViTConfig = ViTConfig()
+    train: StudentTrainConfig = StudentTrainConfig()
+    loss: LossConfig = LossConfig()
     experiment: ExperimentSection = ExperimentSection()
-    compress: CompressSection = CompressSection()
+    compress: CompressSection = CompressSection(r=4, blocks=(1, 2))
     evaluate: EvaluateSection = EvaluateSection()
 
 
@@ -133,16 +129,6 @@ def alpha_histogram(alpha: torch.Tensor, agree: torch.Tensor, bins: int) -> tupl
 def _mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=np.float64)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
-def _reduction_config(section: CompressSection, num_patches: int, cv: float) -> ppt.TokenReductionConfig:
-    tau = section.tau if section.tau is not None else ppt.tau_for_tokens(num_patches, cv)
-    return ppt.TokenReductionConfig(method="ppt", r=section.r, blocks=tuple(section.blocks), tau=tau, tau_cv=cv,
-                                    prop_attn=section.prop_attn)
-
-
-def _knobs(trc: ppt.TokenReductionConfig) -> dict[str, Any]:
-    return dataclasses.asdict(trc) | {"blocks": list(trc.blocks)}
 
 
 @register_recipe
@@ -200,7 +186,7 @@ class W2SRecipe(Recipe):
 
     def _train_one(self, student: nn.Module, teacher: nn.Module, data: W2SData, cfg: W2SRecipeConfig,
                    kind: LossKind, w_gt: float, seed: int, reporter: Reporter, prefix: str,
-                   alpha_mode: str | None = None, train_cfg: StudentTrainSection | None = None) -> StudentRun:
+                   alpha_mode: str | None = None, train_cfg: StudentTrainConfig | None = None) -> StudentRun:
         generator = torch.Generator().manual_seed(20_000 + seed)
         return train_student(student, teacher, data.x_w2s, data.y_w2s, kind, w_gt, train_cfg or cfg.train,
                              cfg.loss, reporter, generator,
@@ -299,28 +285,23 @@ class W2SRecipe(Recipe):
         """PPT patch, then a short label-free fine-tune with PPT on: KD from the dense student (finetune_teacher
         = 'parent') or the student's own AdaptConf objective from the weak teacher ('weak'), w_gt of the primary
         protocol either way (no labels in protocol B)."""
-        finetuning = cfg.compress.finetune.epochs > 0
-        cv = cfg.compress.finetune_tau_cv if finetuning else cfg.compress.tau_cv
-        trc = _reduction_config(cfg.compress, self._num_patches(model), cv)
-        parent = copy.deepcopy(model).eval() if finetuning else None
+        trc = cfg.compress.finetune_reduction_config(self._num_patches(model))
+        parent = copy.deepcopy(model).eval()
         ppt.compress(model, trc)
-        metrics: dict[str, float] = {}
-        if finetuning:
-            if cfg.compress.finetune_teacher == "parent":
-                teacher, kind = parent, "kd"
-            else:
-                teacher, kind = self.weak_teacher(data, cfg, cfg.seed), "adaptconf"
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            run = self._train_one(model, teacher, data, cfg, kind, W_GT[cfg.experiment.primary_protocol],
-                                  cfg.seed + 1, reporter, "finetune", train_cfg=cfg.compress.finetune)
-            metrics = {f"finetune_{k}": v for k, v in run.metrics.items()}
+        if cfg.compress.finetune_teacher == "parent":
+            teacher, kind = parent, "kd"
+        else:
+            teacher, kind = self.weak_teacher(data, cfg, cfg.seed), "adaptconf"
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        run = self._train_one(model, teacher, data, cfg, kind, W_GT[cfg.experiment.primary_protocol],
+                              cfg.seed + 1, reporter, "finetune", train_cfg=cfg.compress.finetune)
+        metrics = {f"finetune_{k}": v for k, v in run.metrics.items()}
         metrics["top1"] = top1_accuracy(predict_logits(model, data.x_test), data.y_test)
-        return CompressionResult(model=model, method="ppt", knobs=_knobs(trc), metrics=metrics)
+        return CompressionResult(model=model, method="ppt", knobs=ppt_knobs(trc), metrics=metrics)
 
     def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
-        return {"strategy": str(knobs["method"]), "r": str(knobs["r"]),
-                "blocks": ",".join(str(b) for b in knobs["blocks"])}
+        return ppt_record(knobs)
 
     def restore_compression(self, model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
         return ppt.compress(model, ppt.TokenReductionConfig(**knobs))
@@ -349,7 +330,7 @@ class W2SRecipe(Recipe):
                                                  tm.get("ceiling.top1_s%d" % cfg.seed, ceiling)),
                        "macs_per_image": macs, "macs_ratio": macs / dense_macs,
                        "size_bytes": float(size_on_disk(module)), **timing}
-            knobs = _knobs(ppt.current_config(module)) if role == "method" else {}
+            knobs = ppt_knobs(ppt.current_config(module)) if role == "method" else {}
             variants.append(VariantResult(name=name, role=role, method="ppt" if role == "method" else "adaptconf",
                                           knobs=knobs, metrics=metrics))
         primary = cfg.experiment.primary_protocol

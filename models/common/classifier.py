@@ -2,27 +2,34 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from recipes.base import Section
+from models.common.checks import at_least, below, non_negative, positive
 from models.common.reporting import Reporter
 
 
-class TrainSection(Section):
-    epochs: float = Field(5, gt=0, description="may be fractional: 0.5 = half an epoch of steps")
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    min_lr: float = Field(1e-5, ge=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_epochs: float = Field(1, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    grad_clip: float = Field(1.0, gt=0)
-    max_train_images: int | None = Field(None, ge=1, description="cap for smoke runs; None = the whole split")
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 5.0  # may be fractional: 0.5 = half an epoch of steps
+    batch_size: int = 64
+    lr: float = 1e-3  # AdamW peak after the linear warm-up; the cosine ends at min_lr
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0  # max global gradient norm
+    max_train_images: int | None = None  # cap for smoke runs; None = the whole split
+
+    def __post_init__(self) -> None:
+        positive(self, "epochs", "lr", "grad_clip")
+        non_negative(self, "min_lr", "weight_decay", "warmup_epochs", "label_smoothing")
+        below(self, 1, "label_smoothing")
+        at_least(self, 1, "batch_size", "max_train_images")
 
 
 def learning_rate_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
@@ -37,7 +44,7 @@ def train_classifier(
     model: nn.Module,
     x: torch.Tensor,  # (N, C, H, W) float, already normalised
     y: torch.Tensor,  # (N,) int64
-    cfg: TrainSection,
+    cfg: TrainConfig,
     reporter: Reporter,
     generator: torch.Generator,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,

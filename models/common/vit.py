@@ -1,38 +1,50 @@
-"""The DeiT the PPT recipe compresses: a timm VisionTransformer built from config, never downloaded.
+"""The one ViT factory and checkpoint loader of the vision recipes: a timm VisionTransformer built from config,
+never downloaded (PPT's DeiT, the weak-to-strong student; OVOR's prompted backbone loads through the same loader).
 
-The tiny profile is a DeiT-Ti-shaped ViT (12 blocks, so PPT's blocks 3/6/9 exist) on 32x32 single-channel
-images with 4x4 patches: 64 patch tokens + cls, the miniature of vision.md §5.5. The full profile names a timm
+The PPT tiny profile is a DeiT-Ti-shaped ViT (12 blocks, so PPT's blocks 3/6/9 exist) on 32x32 single-channel
+images with 4x4 patches: 64 patch tokens + cls, the miniature of vision.md §5.5. A full profile names a timm
 architecture (deit_small_patch16_224) and optionally a local checkpoint file.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
-from recipes.base import Section
-
-
-class ViTSection(Section):
-    timm_name: str | None = Field(None, description="timm architecture for the full profile; None = the fields below")
-    checkpoint: str | None = Field(None, description="local weights file (safetensors or torch state dict); no hub")
-    img_size: int = Field(32, ge=8)
-    patch_size: int = Field(4, ge=1)
-    in_chans: int = Field(1, ge=1)
-    num_classes: int = Field(10, ge=2)
-    embed_dim: int = Field(96, ge=8)
-    depth: int = Field(12, ge=1)
-    num_heads: int = Field(3, ge=1)
-    mlp_ratio: float = Field(4.0, gt=0)
-    drop_path_rate: float = Field(0.1, ge=0, lt=1)
+from models.common.checks import at_least, below, non_negative, positive
 
 
-def build_vit(cfg: ViTSection) -> VisionTransformer:
+@dataclass(frozen=True)
+class ViTConfig:
+    timm_name: str | None = None  # timm architecture for the full profile; None = the fields below
+    checkpoint: str | None = None  # local weights file (safetensors or torch state dict); nothing is downloaded
+    img_size: int = 32
+    patch_size: int = 4
+    in_chans: int = 1
+    num_classes: int = 10
+    embed_dim: int = 96
+    depth: int = 12
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        at_least(self, 8, "img_size", "embed_dim")
+        at_least(self, 1, "patch_size", "in_chans", "depth", "num_heads")
+        at_least(self, 2, "num_classes")
+        positive(self, "mlp_ratio")
+        non_negative(self, "drop_path_rate")
+        below(self, 1, "drop_path_rate")
+
+
+def build_vit(cfg: ViTConfig) -> VisionTransformer:
     num_classes = cfg.num_classes
     if cfg.timm_name is not None:
         model = timm.create_model(cfg.timm_name, pretrained=False, num_classes=num_classes,
@@ -46,19 +58,29 @@ def build_vit(cfg: ViTSection) -> VisionTransformer:
             drop_path_rate=cfg.drop_path_rate, class_token=True, global_pool="token",
         )
     if cfg.checkpoint is not None:
-        path = Path(cfg.checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"model.checkpoint {path} does not exist")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.get("model", state).items() if not k.startswith("head.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if not k.startswith("head.")]:
-            raise ValueError(f"{path}: checkpoint does not fit {cfg.timm_name}: missing={missing} unexpected={unexpected}")
+        load_vit_checkpoint(model, cfg.checkpoint)
     return model
+
+
+def load_vit_checkpoint(model: nn.Module, path: str | Path, new_parameters: Sequence[str] = ()) -> None:
+    """Loads a local ViT state dict (safetensors, or a torch file holding it, possibly under "model") into `model`
+    in place, without the checkpoint's classification head: a pre-trained backbone meets a new task's classes.
+
+    Every other weight must fit. `new_parameters` names the model's parameters that a plain ViT checkpoint cannot
+    hold (prompts added on top of the backbone); they, and the model's own head, keep their initial values."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.get("model", state).items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("head.") and k not in new_parameters]
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not fit the model: missing={missing} unexpected={unexpected}")
 
 
 def images_to_input(images: np.ndarray | torch.Tensor, img_size: int) -> torch.Tensor:

@@ -22,21 +22,29 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from recipes.base import Section
+from models.common.checks import at_least, below, non_negative, one_of
 
 QUERY_LABEL = -1  # label column value of a query row in the served episode layout
 
 
-class FEATModelSection(Section):
-    img_size: int = Field(32, ge=16, description="images are (img_size, img_size), one channel")
-    hidden: int = Field(64, ge=1, description="ConvNet-4 channels; the embedding has this many dimensions")
-    adapter: str = Field("feat", pattern="^(feat|none)$", description="feat = set-to-set Transformer; none = ProtoNet")
-    attn_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the attention weights")
-    out_dropout: float = Field(0.5, ge=0, lt=1, description="dropout after the output projection W_o")
-    num_classes_pretrain: int = Field(64, ge=2, description="classes of the pre-training head (base classes)")
+@dataclass(frozen=True)
+class FEATConfig:
+    img_size: int = 32  # images are (img_size, img_size), one channel; four 2x2 pools need at least 16
+    hidden: int = 64  # ConvNet-4 channels; the embedding has this many dimensions
+    adapter: str = "feat"  # feat = set-to-set Transformer; none = ProtoNet
+    attn_dropout: float = 0.1  # dropout on the attention weights
+    out_dropout: float = 0.5  # dropout after the output projection W_o
+    num_classes_pretrain: int = 64  # classes of the pre-training head (base classes)
+
+    def __post_init__(self) -> None:
+        at_least(self, 16, "img_size")
+        at_least(self, 1, "hidden")
+        at_least(self, 2, "num_classes_pretrain")
+        one_of(self, "adapter", ("feat", "none"))
+        non_negative(self, "attn_dropout", "out_dropout")
+        below(self, 1, "attn_dropout", "out_dropout")
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -106,7 +114,7 @@ class EpisodeOutput:
 class FewShotModel(nn.Module):
     """ConvNet-4 encoder + optional FEAT adapter + the pre-training head (used only before meta-training)."""
 
-    def __init__(self, cfg: FEATModelSection) -> None:
+    def __init__(self, cfg: FEATConfig) -> None:
         super().__init__()
         self.img_size = cfg.img_size
         # tau of the Euclidean logits: a buffer, so the served model carries the value meta-training used

@@ -10,37 +10,51 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from recipes.base import Section
+from models.common.checks import at_least, at_most, non_negative, positive
 from models.common.reporting import Reporter
 from models.feat.model import FewShotModel, euclidean_logits, prototypes
 
 
-class PretrainSection(Section):
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0, description="Adam (pretrain.py's optimiser for ConvNet)")
-    weight_decay: float = Field(5e-4, ge=0)
-    val_way: int = Field(16, ge=2, description="model selection: val_way-way 1-shot ProtoNet accuracy on val")
-    val_episodes: int = Field(200, ge=1)
+@dataclass(frozen=True)
+class PretrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam (pretrain.py's optimiser for ConvNet)
+    weight_decay: float = 5e-4
+    val_way: int = 16  # model selection: val_way-way 1-shot ProtoNet accuracy on val
+    val_episodes: int = 200
+
+    def __post_init__(self) -> None:
+        non_negative(self, "epochs", "weight_decay")
+        at_least(self, 1, "batch_size", "val_episodes")
+        at_least(self, 2, "val_way")
+        positive(self, "lr")
 
 
-class MetaTrainSection(Section):
-    shot: int = Field(1, ge=1)
-    way: int = Field(5, ge=2)
-    query: int = Field(15, ge=1, description="queries per class in a training episode")
-    epochs: int = Field(20, ge=1)
-    episodes_per_epoch: int = Field(100, ge=1)
-    lr: float = Field(1e-4, gt=0, description="Adam lr of the encoder")
-    lr_mul: float = Field(10.0, gt=0, description="the Transformer's lr is lr * lr_mul")
-    step_size: int = Field(20, ge=1, description="StepLR step in epochs")
-    gamma: float = Field(0.5, gt=0, le=1)
-    balance: float = Field(1.0, ge=0, description="lambda: weight of the contrastive regulariser (0 = ablation)")
-    temperature: float = Field(64.0, gt=0, description="tau of the main logits")
-    temperature2: float = Field(16.0, gt=0, description="tau2 of the regulariser logits")
-    val_episodes: int = Field(200, ge=1, description="val episodes per epoch (best-val checkpoint)")
-    val_query: int = Field(15, ge=1, description="queries per class in a val episode")
+@dataclass(frozen=True)
+class MetaTrainConfig:
+    shot: int = 1
+    way: int = 5
+    query: int = 15  # queries per class in a training episode
+    epochs: int = 20
+    episodes_per_epoch: int = 100
+    lr: float = 1e-4  # Adam lr of the encoder
+    lr_mul: float = 10.0  # the Transformer's lr is lr * lr_mul
+    step_size: int = 20  # StepLR step in epochs
+    gamma: float = 0.5
+    balance: float = 1.0  # lambda: weight of the contrastive regulariser (0 = ablation)
+    temperature: float = 64.0  # tau of the main logits
+    temperature2: float = 16.0  # tau2 of the regulariser logits
+    val_episodes: int = 200  # val episodes per epoch (best-val checkpoint)
+    val_query: int = 15  # queries per class in a val episode
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "shot", "query", "epochs", "episodes_per_epoch", "step_size", "val_episodes", "val_query")
+        at_least(self, 2, "way")
+        positive(self, "lr", "lr_mul", "gamma", "temperature", "temperature2")
+        at_most(self, 1, "gamma")
+        non_negative(self, "balance")
 
 
 @dataclass(frozen=True)
@@ -116,7 +130,7 @@ def _spread(protos: torch.Tensor, queries: torch.Tensor, query_labels: torch.Ten
     return float(inter / intra)
 
 
-def pretrain(model: FewShotModel, base: Split, val: Split, cfg: PretrainSection, reporter: Reporter,
+def pretrain(model: FewShotModel, base: Split, val: Split, cfg: PretrainConfig, reporter: Reporter,
              generator: torch.Generator, seed: int) -> dict[str, float]:
     """Many-way classifier on the base classes (Adam, cross-entropy); after every epoch the encoder is scored by
     val_way-way 1-shot ProtoNet accuracy on the val classes and the best epoch's weights are kept."""
@@ -157,7 +171,7 @@ def pretrain(model: FewShotModel, base: Split, val: Split, cfg: PretrainSection,
     return {"pretrain.best_val_acc": best, "pretrain.best_epoch": float(best_epoch), "pretrain.steps": float(step)}
 
 
-def meta_train(model: FewShotModel, train: Split, val: Split, cfg: MetaTrainSection, reporter: Reporter,
+def meta_train(model: FewShotModel, train: Split, val: Split, cfg: MetaTrainConfig, reporter: Reporter,
                seed: int, prefix: str) -> dict[str, float]:
     """Episodic training (Adam, encoder lr, Transformer lr x lr_mul, StepLR); CE on the queries plus
     balance x the contrastive regulariser (FEAT only). Keeps the weights of the epoch with the best val accuracy

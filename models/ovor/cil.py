@@ -15,71 +15,101 @@ each VOR ablation (another outlier centre, lambda or threshold rule).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
-from recipes.base import Section
+from models.common.checks import at_least, below, non_negative, one_of, positive
 from models.common.reporting import Reporter
 from models.ovor.model import OnePromptViT
 from models.ovor.vor import energy, masked_cross_entropy, synthesize_outliers, vor_loss
 
-
-class StreamSection(Section):
-    num_tasks: int = Field(5, ge=2)
-    classes_per_task: int = Field(2, ge=1)
-    seeds: tuple[int, ...] = Field((0,), min_length=1, description="class order per seed; seed 0 = natural order")
-    prompt_epochs: float = Field(4, gt=0, description="E1: phase (a), prompts + head, masked CE")
-    vor_epochs: int = Field(1, ge=1, description="E2: phase (d), head only; features re-extracted each epoch")
-    vor_passes: int = Field(1, ge=1, description="passes of phase (d) over each epoch's stored features (1 = the "
-                            "official schedule; more = more head steps at no backbone cost)")
-    vor_lr: float | None = Field(None, gt=0, description="phase (d) peak lr, cosine to 0 over phase (d); None = "
-                                 "the official tail of the E1 + E2 cosine")
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    max_train_per_class: int | None = Field(None, ge=1, description="cap for smoke runs")
-    eval_batch_size: int = Field(256, ge=1)
+THRESHOLD_RULES = ("auto", "paper", "calibrate")
+OUTLIER_CENTERS = ("boundary", "origin")
 
 
-class VORSection(Section):
-    weight: float = Field(0.1, ge=0, description="lambda")
+@dataclass(frozen=True)
+class StreamConfig:
+    num_tasks: int = 5
+    classes_per_task: int = 2
+    seeds: tuple[int, ...] = (0,)  # class order per seed; seed 0 = natural order
+    prompt_epochs: float = 4.0  # E1: phase (a), prompts + head, masked CE
+    vor_epochs: int = 1  # E2: phase (d), head only; features re-extracted each epoch
+    # Passes of phase (d) over each epoch's stored features: 1 = the official schedule; more = more head steps at
+    # no backbone cost.
+    vor_passes: int = 1
+    vor_lr: float | None = None  # phase (d) peak lr, cosine to 0 over phase (d); None = the official E1 + E2 tail
+    batch_size: int = 128
+    lr: float = 1e-3
+    max_train_per_class: int | None = None  # cap for smoke runs
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        at_least(self, 2, "num_tasks")
+        at_least(self, 1, "classes_per_task", "vor_epochs", "vor_passes", "batch_size", "max_train_per_class",
+                 "eval_batch_size")
+        positive(self, "prompt_epochs", "vor_lr", "lr")
+        if not self.seeds:
+            raise ValueError(f"seeds must hold at least one seed, got {self.seeds!r}")
+
+
+@dataclass(frozen=True)
+class VORAblation:
+    """A VOR setting run beside the method in the same stream; None = the method's value."""
+
+    name: str
+    outlier_center: str | None = None
+    weight: float | None = None
+    thresholds: str | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"name must be lower-case letters, digits and _ (a metric prefix), got {self.name!r}")
+        one_of(self, "outlier_center", OUTLIER_CENTERS)
+        non_negative(self, "weight")
+        one_of(self, "thresholds", THRESHOLD_RULES)
+
+
+@dataclass(frozen=True)
+class VORConfig:
+    weight: float = 0.1  # lambda
     tau_id: float = -15.0
     tau_ood: float = -3.0
-    thresholds: str = Field("auto", pattern="^(auto|paper|calibrate)$",
-                            description="paper = tau_id/tau_ood as given; calibrate = tau_id at the calib_quantile "
-                            "of ID energies after phase (a), tau_ood = tau_id + gap; auto = paper when the head's "
-                            "energies reach tau_id at that quantile, else calibrate (vision.md section 3.5)")
-    calib_quantile: float = Field(0.2, gt=0, lt=1)
-    calibrate_per_task: bool = Field(False, description="False: calibrate after the first task's phase (a) and "
-                                     "keep the thresholds for every task, as the paper's constants are")
-    gap: float = Field(12.0, gt=0)
-    k: int = Field(10, ge=1)
-    select: int = Field(10, ge=1)
-    sample_from: int = Field(100, ge=1)
-    num_per_class: int = Field(20, ge=1)
-    cov: float = Field(0.1, gt=0)
-    outlier_center: str = Field("boundary", pattern="^(boundary|origin)$", description="the method's centre")
-    ablations: tuple["VORAblation", ...] = Field(
-        (), description="VOR settings run as ablations in the same stream (head-only, sharing phase (a))")
+    # paper = tau_id/tau_ood as given; calibrate = tau_id at the calib_quantile of ID energies after phase (a),
+    # tau_ood = tau_id + gap; auto = paper when the head's energies reach tau_id at that quantile, else calibrate
+    # (vision.md section 3.5).
+    thresholds: str = "auto"
+    calib_quantile: float = 0.2
+    # False: calibrate after the first task's phase (a) and keep the thresholds for every task, as the paper's
+    # constants are.
+    calibrate_per_task: bool = False
+    gap: float = 12.0
+    k: int = 10
+    select: int = 10
+    sample_from: int = 100
+    num_per_class: int = 20
+    cov: float = 0.1
+    outlier_center: str = "boundary"  # the method's centre
+    ablations: tuple[VORAblation, ...] = ()  # run in the same stream (head-only, sharing phase (a))
 
-    def resolved(self, ablation: "VORAblation") -> "VORSection":
-        """This section with the ablation's overrides."""
-        return self.model_copy(update={k: v for k, v in ablation.model_dump().items() if k != "name" and v is not None})
+    def __post_init__(self) -> None:
+        non_negative(self, "weight")
+        one_of(self, "thresholds", THRESHOLD_RULES)
+        positive(self, "calib_quantile", "gap", "cov")
+        below(self, 1, "calib_quantile")
+        at_least(self, 1, "k", "select", "sample_from", "num_per_class")
+        one_of(self, "outlier_center", OUTLIER_CENTERS)
 
-
-class VORAblation(Section):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    outlier_center: str | None = Field(None, pattern="^(boundary|origin)$")
-    weight: float | None = Field(None, ge=0)
-    thresholds: str | None = Field(None, pattern="^(auto|paper|calibrate)$")
-
-
-VORSection.model_rebuild()
+    def resolved(self, ablation: VORAblation) -> VORConfig:
+        """This config with the ablation's overrides."""
+        overrides = {f.name: getattr(ablation, f.name) for f in dataclasses.fields(ablation) if f.name != "name"}
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass
@@ -181,7 +211,7 @@ def _cosine(lr: float, progress: float) -> float:
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _thresholds(cfg: VORSection, id_energy: torch.Tensor) -> tuple[float, float, str]:
+def _thresholds(cfg: VORConfig, id_energy: torch.Tensor) -> tuple[float, float, str]:
     q = float(torch.quantile(id_energy, cfg.calib_quantile))
     if cfg.thresholds == "paper" or (cfg.thresholds == "auto" and q <= cfg.tau_id):
         return cfg.tau_id, cfg.tau_ood, "paper"
@@ -191,7 +221,7 @@ def _thresholds(cfg: VORSection, id_energy: torch.Tensor) -> tuple[float, float,
 METHOD, BASELINE = "ovor", "oneprompt"
 
 
-def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamSection, vor: VORSection, reporter: Reporter,
+def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamConfig, vor: VORConfig, reporter: Reporter,
                generator: torch.Generator, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
                metric_prefix: str = "") -> dict[str, VariantTrace]:
     """Trains `model` (prompts + its head) over the stream in place and returns every head variant's trace.
@@ -200,7 +230,7 @@ def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamSection, vor: VOR
     On return `model.head` is the "ovor" head.
     """
     device = next(model.parameters()).device
-    settings: dict[str, VORSection | None] = {BASELINE: None, METHOD: vor}
+    settings: dict[str, VORConfig | None] = {BASELINE: None, METHOD: vor}
     for ablation in vor.ablations:
         if ablation.name in settings:
             raise ValueError(f"VOR ablation name {ablation.name!r} is taken")

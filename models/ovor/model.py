@@ -12,48 +12,58 @@ loaded with the model, and models/ppt.py can carry them through its own attentio
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from recipes.base import Section
+from models.common.checks import at_least, non_negative, one_of, positive
+from models.common.vit import load_vit_checkpoint
 
 
-class BackboneSection(Section):
+@dataclass(frozen=True)
+class BackboneConfig:
     """The frozen ViT (vision.md section 3.5 miniature: a tiny timm VisionTransformer pre-trained in-project)."""
 
-    img_size: int = Field(28, ge=8)
-    patch_size: int = Field(4, ge=1)
-    in_chans: int = Field(1, ge=1)
-    embed_dim: int = Field(64, ge=8)
-    depth: int = Field(6, ge=1)
-    num_heads: int = Field(4, ge=1)
-    mlp_ratio: float = Field(4.0, gt=0)
-    checkpoint: str | None = Field(None, description="local pre-trained backbone weights (safetensors or torch "
-                                   "state dict); set = no in-project pre-training; nothing is downloaded")
+    img_size: int = 28
+    patch_size: int = 4
+    in_chans: int = 1
+    embed_dim: int = 64
+    depth: int = 6
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    # Local pre-trained backbone weights (safetensors or torch state dict); set = no in-project pre-training.
+    # Nothing is downloaded.
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        at_least(self, 8, "img_size", "embed_dim")
+        at_least(self, 1, "patch_size", "in_chans", "depth", "num_heads")
+        positive(self, "mlp_ratio")
 
 
-class PromptSection(Section):
+@dataclass(frozen=True)
+class PromptConfig:
     """Prefix lengths count key + value vectors (the paper's G length 10 = 5 keys + 5 values)."""
 
-    g_length: int = Field(4, ge=0, description="G-prompt length (keys + values), even")
+    g_length: int = 4  # G-prompt length (keys + values), even
     g_blocks: tuple[int, ...] = (0, 1)
-    e_length: int = Field(8, ge=0, description="E-prompt length (keys + values), even")
+    e_length: int = 8  # E-prompt length (keys + values), even
     e_blocks: tuple[int, ...] = (2, 3)
-    init: str = Field("uniform", pattern="^(uniform|normal)$", description="CODA-P/OVOR use uniform [0, 1)")
+    init: str = "uniform"  # uniform | normal; CODA-P/OVOR use uniform [0, 1)
 
-    @model_validator(mode="after")
-    def _check(self) -> "PromptSection":
+    def __post_init__(self) -> None:
+        non_negative(self, "g_length", "e_length")
+        one_of(self, "init", ("uniform", "normal"))
         if self.g_length % 2 or self.e_length % 2:
-            raise ValueError("prompt lengths count keys + values and must be even")
+            raise ValueError(f"g_length and e_length count keys + values and must be even, got "
+                             f"{self.g_length} and {self.e_length}")
         if set(self.g_blocks) & set(self.e_blocks):
             raise ValueError(f"g_blocks {self.g_blocks} and e_blocks {self.e_blocks} overlap")
-        return self
 
     def lengths(self) -> dict[int, int]:
         """block index -> prompt length (keys + values)."""
@@ -110,7 +120,7 @@ def init_prompt(length: int, dim: int, init: str, generator: torch.Generator | N
     return torch.randn(length, dim, generator=generator) * 0.02
 
 
-def add_prompts(backbone: VisionTransformer, cfg: PromptSection, generator: torch.Generator | None = None) -> None:
+def add_prompts(backbone: VisionTransformer, cfg: PromptConfig, generator: torch.Generator | None = None) -> None:
     """Give the chosen blocks a PromptedAttention with a fresh prompt (in place; other blocks untouched)."""
     depth = len(backbone.blocks)
     for block, length in cfg.lengths().items():
@@ -127,7 +137,7 @@ def add_prompts(backbone: VisionTransformer, cfg: PromptSection, generator: torc
 class OnePromptViT(nn.Module):
     """Frozen ViT + OnePrompt prefixes + Linear(D -> total classes). forward gives logits over all classes."""
 
-    def __init__(self, backbone_cfg: BackboneSection, prompt_cfg: PromptSection, num_classes: int,
+    def __init__(self, backbone_cfg: BackboneConfig, prompt_cfg: PromptConfig, num_classes: int,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
         if backbone_cfg.embed_dim % backbone_cfg.num_heads:
@@ -147,6 +157,11 @@ class OnePromptViT(nn.Module):
 
     def prompted_blocks(self) -> list[int]:
         return [i for i, b in enumerate(self.backbone.blocks) if isinstance(b.attn, PromptedAttention)]
+
+    def load_backbone(self, path: str) -> None:
+        """Pre-trained plain-ViT weights (the paper's ImageNet ViT-B/16) into the backbone; the prompts, which no
+        plain ViT has, keep their initial values."""
+        load_vit_checkpoint(self.backbone, path, [f"blocks.{i}.attn.prompt" for i in self.prompted_blocks()])
 
     def freeze_backbone(self) -> None:
         """Every backbone weight frozen; prompts and head train."""

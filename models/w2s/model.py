@@ -15,20 +15,27 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from recipes.base import Section
+from models.common.checks import at_least, below, non_negative, positive
 
 
-class WeakSection(Section):
-    hidden: int = Field(0, ge=0, description="0 = logistic regression; > 0 = MLP with one hidden ReLU layer")
-    label_noise: float = Field(0.0, ge=0, lt=1, description="share of weak-train labels replaced by a random "
-                               "other class before training the teacher (vision.md §4.5: to sit near 80 %)")
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-2, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+@dataclass(frozen=True)
+class WeakConfig:
+    hidden: int = 0  # 0 = logistic regression; > 0 = MLP with one hidden ReLU layer
+    # Share of weak-train labels replaced by a random other class before training the teacher (vision.md §4.5: to
+    # sit near 80 %).
+    label_noise: float = 0.0
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+
+    def __post_init__(self) -> None:
+        non_negative(self, "hidden", "label_noise", "weight_decay")
+        below(self, 1, "label_noise")
+        at_least(self, 1, "epochs", "batch_size")
+        positive(self, "lr")
 
 
 class WeakTeacher(nn.Module):
@@ -83,7 +90,7 @@ def noisy_labels(y: torch.Tensor, num_classes: int, rate: float, generator: torc
     return y
 
 
-def train_weak_teacher(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: WeakSection,
+def train_weak_teacher(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: WeakConfig,
                        generator: torch.Generator) -> tuple[WeakTeacher, dict[str, float]]:
     """Trains the weak teacher on (x, noisy y) with AdamW + cosine; returns it frozen in eval mode."""
     y_used = noisy_labels(y, num_classes, cfg.label_noise, generator)

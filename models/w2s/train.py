@@ -12,40 +12,53 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
+from models.common.checks import at_least, at_most, below, non_negative, one_of, positive
 from models.common.classifier import learning_rate_at
-from recipes.base import Section
 from models.common.reporting import Reporter
 from models.w2s.losses import AlphaMode, aug_conf_alpha, w2s_loss
 
 LossKind = Literal["gt", "kd", "augconf", "adaptconf"]
 
 
-class StudentTrainSection(Section):
-    epochs: int = Field(12, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    min_lr: float = Field(1e-5, ge=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_epochs: float = Field(1, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    max_train_images: int | None = Field(None, ge=1, description="cap for smoke runs; None = all of w2s-train")
+@dataclass(frozen=True)
+class StudentTrainConfig:
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0
+    max_train_images: int | None = None  # cap for smoke runs; None = all of w2s-train
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "epochs", "batch_size", "max_train_images")
+        positive(self, "lr", "grad_clip")
+        non_negative(self, "min_lr", "weight_decay", "warmup_epochs")
 
 
-class LossSection(Section):
+@dataclass(frozen=True)
+class LossConfig:
     """The official flags (vision.md §4.2) with the miniature's values."""
 
-    kd_temperature: float = Field(1.0, gt=0, description="T of the KD term (--kd-temperature)")
-    tau: float = Field(0.5, gt=0, description="AdaptConf superalignment threshold τ (--superalignment-threshold)")
-    aug_threshold: float = Field(0.5, ge=0, le=1, description="AugConf's final α (--superalignment-threshold)")
-    aug_rate: float = Field(0.3, ge=0, le=1, description="AugConf ramps α over the first rate·E epochs")
-    alpha_mode: Literal["code", "teacher_conf"] = Field(
-        "code", description="AdaptConf's α: 'code' = official formula; 'teacher_conf' = ASSUMED paper-text variant")
-    alpha_warmup: float = Field(0.0, ge=0, lt=1, description="share of epochs over which AdaptConf's α ramps "
-                                "from 0 (the few-shot/noisy-label code uses 0.25; the classification code 0)")
-    w_kd: float = Field(1.0, ge=0)
+    kd_temperature: float = 1.0  # T of the KD term (--kd-temperature)
+    tau: float = 0.5  # AdaptConf superalignment threshold τ (--superalignment-threshold)
+    aug_threshold: float = 0.5  # AugConf's final α (--superalignment-threshold)
+    aug_rate: float = 0.3  # AugConf ramps α over the first rate·E epochs
+    alpha_mode: AlphaMode = "code"  # AdaptConf's α: 'code' = official formula; 'teacher_conf' = ASSUMED paper text
+    # Share of epochs over which AdaptConf's α ramps from 0 (the few-shot/noisy-label code uses 0.25; the
+    # classification code 0).
+    alpha_warmup: float = 0.0
+    w_kd: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive(self, "kd_temperature", "tau")
+        non_negative(self, "aug_threshold", "aug_rate", "alpha_warmup", "w_kd")
+        at_most(self, 1, "aug_threshold", "aug_rate")
+        below(self, 1, "alpha_warmup")
+        one_of(self, "alpha_mode", ("code", "teacher_conf"))
 
 
 @dataclass
@@ -65,8 +78,8 @@ def train_student(
     y: torch.Tensor,  # (N,) ground truth: used by the loss only when w_gt > 0; always for the bookkeeping
     kind: LossKind,
     w_gt: float,
-    train_cfg: StudentTrainSection,
-    loss_cfg: LossSection,
+    train_cfg: StudentTrainConfig,
+    loss_cfg: LossConfig,
     reporter: Reporter,
     generator: torch.Generator,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,

@@ -1,9 +1,10 @@
 import math
+import re
 
 import pytest
 import torch
 
-from models.common.classifier import TrainSection, learning_rate_at, predict_logits, top1_accuracy, train_classifier
+from models.common.classifier import TrainConfig, learning_rate_at, predict_logits, top1_accuracy, train_classifier
 from models.common.reporting import RecordingReporter
 
 
@@ -28,7 +29,7 @@ def test_training_learns_a_separable_problem_and_reports_every_step():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     before = top1_accuracy(predict_logits(model, x), y)
     reporter = RecordingReporter()
-    cfg = TrainSection(epochs=5, batch_size=32, lr=0.05, warmup_epochs=1, weight_decay=0.0, label_smoothing=0.0)
+    cfg = TrainConfig(epochs=5, batch_size=32, lr=0.05, warmup_epochs=1, weight_decay=0.0, label_smoothing=0.0)
     metrics = train_classifier(model, x, y, cfg, reporter, g)
     after = top1_accuracy(predict_logits(model, x), y)
     assert after >= 95.0 and after > before
@@ -37,3 +38,15 @@ def test_training_learns_a_separable_problem_and_reports_every_step():
     assert len(lrs) == 40 and lrs[7] == pytest.approx(0.05) and lrs[-1] < lrs[8]
     assert reporter.last_progress == (40, 40, "train step")
     assert all(math.isfinite(v) for v in reporter.series("train_loss"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"epochs": 0}, "epochs must be > 0, got 0"),
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"label_smoothing": 1.0}, "label_smoothing must be < 1, got 1.0"),
+    ({"min_lr": -1e-6}, "min_lr must be >= 0, got -1e-06"),
+    ({"max_train_images": 0}, "max_train_images must be >= 1, got 0"),
+])
+def test_train_config_names_the_bad_field_and_value(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**kwargs)

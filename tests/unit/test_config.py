@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from recipes import load_config
@@ -23,13 +25,37 @@ def test_digest_excludes_later_steps_sections():
 
 @pytest.mark.parametrize("override, fragment", [
     ("train.epochz=2", "train.epochz"),             # unknown key
-    ("train.epochs=-1", "train.epochs"),             # out of range
+    ("train.epochs=-1", "train: Value error, epochs must be > 0, got -1.0"),  # out of range: section and field
     ("train.epochs", "expected key=value"),          # not key=value
     ("model.embed_dim.x=3", "model.embed_dim is a value"),
 ])
 def test_bad_overrides_name_the_key(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
         load_config("ppt", "tiny", [override])
+
+
+@pytest.mark.parametrize("paper, override, message", [
+    # The sections are the models' own config dataclasses: pydantic checks their types and unknown keys, their
+    # __post_init__ the bounds, and the error names the section and the field.
+    ("ppt", "compress.finetune.epochz=1", "compress.finetune.epochz: Unexpected keyword argument"),
+    ("ppt", "train.batch_size=2.5", "train.batch_size: Input should be a valid integer"),
+    ("ppt", "model.num_classes=1", "model: Value error, num_classes must be >= 2, got 1"),
+    ("ppt", "compress.r=-1", "compress.r: Input should be greater than or equal to 0"),
+    ("w2s", "loss.aug_rate=2", "loss: Value error, aug_rate must be <= 1, got 2.0"),
+    ("w2s", "loss.alpha_mode=paper", "loss.alpha_mode: Input should be 'code' or 'teacher_conf'"),
+    ("w2s", "weak.label_noise=1", "weak: Value error, label_noise must be < 1, got 1.0"),
+    ("w2s", "compress.finetune.epochs=0", "compress.finetune: Value error, epochs must be >= 1, got 0"),
+    ("ovor", "vor.wieght=1", "vor.wieght: Unexpected keyword argument"),
+    ("ovor", "vor.ablations=[{name: Bad}]", "vor.ablations.0: Value error, name must be lower-case"),
+    ("ovor", "prompt.g_length=3", "prompt: Value error, g_length and e_length count keys + values and must be even"),
+    ("ovor", "stream.seeds=[]", "stream: Value error, seeds must hold at least one seed"),
+    ("ovor", "pretrain.train.label_smoothing=1", "pretrain.train: Value error, label_smoothing must be < 1, got 1.0"),
+    ("feat", "meta.one_shot.gamma=2", "meta.one_shot: Value error, gamma must be <= 1, got 2.0"),
+    ("feat", "model.adapter=protonet", "model: Value error, adapter must be one of ('feat', 'none'), got 'protonet'"),
+])
+def test_bad_values_and_unknown_keys_in_vision_sections_name_section_and_field(paper, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(paper, "tiny", [override])
 
 
 def test_unknown_profile_and_paper():

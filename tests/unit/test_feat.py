@@ -3,6 +3,7 @@ the glyph dataset builder."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -12,10 +13,12 @@ import torch.nn.functional as F
 from recipes import available_recipes, get_recipe
 from models.common.reporting import RecordingReporter
 from models.feat.model import (
-    QUERY_LABEL, ConvNet4, FEATModelSection, FewShotModel, SetAttention, euclidean_logits, prototypes,
+    QUERY_LABEL, ConvNet4, FEATConfig, FewShotModel, SetAttention, euclidean_logits, prototypes,
 )
 from recipes.feat import _decisive, episode_rows, per_setting_rows
-from models.feat.train import MetaTrainSection, Split, evaluate_episodes, mean_ci95, meta_train, sample_episode
+from models.feat.train import (
+    MetaTrainConfig, PretrainConfig, Split, evaluate_episodes, mean_ci95, meta_train, sample_episode,
+)
 from recipes import load_config
 from data.fewshot import (
     SPLITS, build_glyphs, glyph_classes, hanzi_root, load_fewshot_dataset, render_glyph,
@@ -25,7 +28,7 @@ from data.dataset_dir import DatasetSourceMissingError
 
 def _model(adapter: str = "feat", hidden: int = 8) -> FewShotModel:
     torch.manual_seed(0)
-    return FewShotModel(FEATModelSection(hidden=hidden, adapter=adapter, num_classes_pretrain=4)).eval()
+    return FewShotModel(FEATConfig(hidden=hidden, adapter=adapter, num_classes_pretrain=4)).eval()
 
 
 # ------------------------------------------------------------------------------------------ exact pieces
@@ -84,6 +87,20 @@ def test_convnet4_embeds_32px_images_into_64_dimensions():
     assert ConvNet4(64)(torch.zeros(3, 1, 32, 32)).shape == (3, 64)
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: FEATConfig(adapter="protonet"), "adapter must be one of ('feat', 'none'), got 'protonet'"),
+    (lambda: FEATConfig(out_dropout=1.0), "out_dropout must be < 1, got 1.0"),
+    (lambda: FEATConfig(img_size=8), "img_size must be >= 16, got 8"),
+    (lambda: MetaTrainConfig(gamma=1.5), "gamma must be <= 1, got 1.5"),
+    (lambda: MetaTrainConfig(way=1), "way must be >= 2, got 1"),
+    (lambda: MetaTrainConfig(balance=-0.1), "balance must be >= 0, got -0.1"),
+    (lambda: PretrainConfig(epochs=-1), "epochs must be >= 0, got -1"),
+])
+def test_feat_configs_name_the_bad_field_and_value(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
 def test_mean_ci95_is_196_std_over_sqrt_n():
     mean, ci = mean_ci95(np.array([0.0, 100.0, 0.0, 100.0]))
     assert mean == 50.0 and ci == pytest.approx(1.96 * 50.0 / 2.0)
@@ -122,7 +139,7 @@ def test_meta_training_takes_the_transformer_at_ten_times_the_lr_and_keeps_the_b
     x = torch.as_tensor(centres[y] + 0.3 * rng.normal(0, 1, (48, 1, 32, 32)).astype(np.float32))
     split = Split(x, y)
     model = _model(hidden=8)
-    cfg = MetaTrainSection(shot=1, way=3, query=2, epochs=2, episodes_per_epoch=3, lr=1e-3, lr_mul=10,
+    cfg = MetaTrainConfig(shot=1, way=3, query=2, epochs=2, episodes_per_epoch=3, lr=1e-3, lr_mul=10,
                            val_episodes=5, val_query=2, step_size=1, gamma=0.5)
     reporter = RecordingReporter()
     metrics = meta_train(model, split, split, cfg, reporter, seed=0, prefix="feat")

@@ -3,6 +3,7 @@ the CIL metrics, PPT on the prompted ViT, and the recipe's config and round trip
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -14,19 +15,19 @@ from models import ppt
 from recipes import available_recipes, get_recipe
 from models.common.reporting import RecordingReporter
 from models.ovor.cil import (
-    Stream, StreamSection, VORAblation, VORSection, average_accuracy, average_forgetting, class_order, cross_task_confusion,
-    run_stream, split_tasks,
+    Stream, StreamConfig, VORAblation, VORConfig, average_accuracy, average_forgetting, class_order,
+    cross_task_confusion, run_stream, split_tasks,
 )
 from models.ovor.model import (
-    BackboneSection, OnePromptViT, PromptSection, PromptedAttention, TwoPassPromptViT, prompts_disabled,
+    BackboneConfig, OnePromptViT, PromptConfig, PromptedAttention, TwoPassPromptViT, prompts_disabled,
 )
 from models.ovor.vor import (
     boundary_points, energy, kth_nn_distance, masked_cross_entropy, synthesize_outliers, vor_loss,
 )
 from recipes import load_config
 
-SMALL = BackboneSection(img_size=16, patch_size=4, embed_dim=16, depth=4, num_heads=2)
-PROMPTS = PromptSection(g_length=2, g_blocks=(0,), e_length=4, e_blocks=(2,))
+SMALL = BackboneConfig(img_size=16, patch_size=4, embed_dim=16, depth=4, num_heads=2)
+PROMPTS = PromptConfig(g_length=2, g_blocks=(0,), e_length=4, e_blocks=(2,))
 
 
 def small_model(seed: int = 0) -> OnePromptViT:
@@ -208,9 +209,9 @@ def test_stream_trains_only_prompts_and_head_and_shares_phase_a_across_variants(
     y = torch.arange(4).repeat(16)
     x = x + y[:, None, None, None].float()  # separable classes
     stream = Stream([[0, 1], [2, 3]], x, y, x[:16], y[:16])
-    cfg = StreamSection(num_tasks=2, classes_per_task=2, prompt_epochs=1, vor_epochs=1, batch_size=16)
-    vor = VORSection(k=3, select=4, sample_from=8, num_per_class=4, thresholds="calibrate",
-                     ablations=(VORAblation(name="ovor_origin", outlier_center="origin"),))
+    cfg = StreamConfig(num_tasks=2, classes_per_task=2, prompt_epochs=1, vor_epochs=1, batch_size=16)
+    vor = VORConfig(k=3, select=4, sample_from=8, num_per_class=4, thresholds="calibrate",
+                    ablations=(VORAblation(name="ovor_origin", outlier_center="origin"),))
     traces = run_stream(model, stream, cfg, vor, RecordingReporter(), g, None)
     assert set(traces) == {"oneprompt", "ovor", "ovor_origin"}
     for k, v in model.backbone.state_dict().items():
@@ -223,6 +224,49 @@ def test_stream_trains_only_prompts_and_head_and_shares_phase_a_across_variants(
         assert trace.matrix.shape == (2, 2) and np.isnan(trace.matrix[0, 1]) and not np.isnan(trace.matrix[1, 0])
     # thresholds calibrated once, after the first task's phase (a), then kept
     assert traces["ovor"].thresholds[0] == traces["ovor"].thresholds[1]
+
+
+def test_an_ablation_overrides_only_what_it_sets_and_is_checked_like_the_method():
+    vor = VORConfig(weight=0.1, thresholds="auto", outlier_center="boundary", k=3)
+    resolved = vor.resolved(VORAblation(name="ovor_lambda1", weight=1.0, thresholds="paper"))
+    assert (resolved.weight, resolved.thresholds, resolved.outlier_center, resolved.k) == (1.0, "paper", "boundary", 3)
+    assert resolved.ablations == vor.ablations and vor.weight == 0.1  # the method's config is untouched
+    with pytest.raises(ValueError, match="outlier_center must be one of"):
+        VORAblation(name="ovor_centre", outlier_center="centre")
+    with pytest.raises(ValueError, match="name must be lower-case"):
+        VORAblation(name="OVOR-origin")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"g_length": 3}, "g_length and e_length count keys + values and must be even, got 3 and 8"),
+    ({"g_blocks": (0, 2)}, "g_blocks (0, 2) and e_blocks (2, 3) overlap"),
+    ({"init": "zeros"}, "init must be one of"),
+])
+def test_prompt_config_rejects_odd_lengths_overlapping_blocks_and_unknown_init(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PromptConfig(**kwargs)
+
+
+def test_a_plain_vit_checkpoint_loads_into_the_backbone_and_leaves_the_prompts(tmp_path):
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    from models.common.vit import load_vit_checkpoint
+
+    torch.manual_seed(1)
+    plain = VisionTransformer(img_size=16, patch_size=4, in_chans=1, num_classes=7, embed_dim=16, depth=4,
+                              num_heads=2, class_token=True, global_pool="token")
+    save_file(plain.state_dict(), str(tmp_path / "vit.safetensors"))
+    model = small_model()
+    prompts = [p.detach().clone() for p in model.prompt_parameters()]
+    model.load_backbone(str(tmp_path / "vit.safetensors"))
+    for k, v in plain.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(model.backbone.state_dict()[k], v), k
+    assert all(torch.equal(a, b) for a, b in zip(prompts, model.prompt_parameters()))
+    # The prompts are what a plain checkpoint lacks: without naming them, the load is refused.
+    with pytest.raises(ValueError, match=r"missing=\['blocks.0.attn.prompt', 'blocks.2.attn.prompt'\]"):
+        load_vit_checkpoint(small_model().backbone, tmp_path / "vit.safetensors")
 
 
 # --------------------------------------------------------------------------------------- PPT on OVOR
@@ -256,7 +300,7 @@ def test_recipe_is_registered_with_a_tiny_and_full_profile():
     assert recipe.primary_metric == "a_n" and recipe.compression == "ppt"
     cfg = load_config("ovor", "tiny").config
     assert cfg.vor.outlier_center == "boundary"
-    assert (VORSection().weight, VORSection().tau_id, VORSection().tau_ood, VORSection().outlier_center) == (
+    assert (VORConfig().weight, VORConfig().tau_id, VORConfig().tau_ood, VORConfig().outlier_center) == (
         0.1, -15.0, -3.0, "boundary")  # the paper's defaults; the tiny profile's deviations are in its YAML
     assert load_config("ovor", "full").config.data.stage == "imagenet_r"
     model = recipe.build_model(cfg)

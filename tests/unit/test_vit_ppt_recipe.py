@@ -1,9 +1,11 @@
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from recipes import available_recipes, get_recipe
-from models.common.vit import ViTSection, build_vit, images_to_input, random_translate
+from models.common.vit import ViTConfig, build_vit, images_to_input, random_translate
 from recipes import load_config
 
 
@@ -40,7 +42,52 @@ def test_recipe_is_registered_and_builds_the_configured_vit():
 
 def test_build_vit_rejects_indivisible_heads():
     with pytest.raises(ValueError, match="not divisible"):
-        build_vit(ViTSection(embed_dim=50, num_heads=3))
+        build_vit(ViTConfig(embed_dim=50, num_heads=3))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_classes": 1}, "num_classes must be >= 2, got 1"),
+    ({"img_size": 4}, "img_size must be >= 8, got 4"),
+    ({"drop_path_rate": 1.0}, "drop_path_rate must be < 1, got 1.0"),
+    ({"mlp_ratio": float("nan")}, "mlp_ratio must be > 0, got nan"),
+])
+def test_vit_config_names_the_bad_field_and_value(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ViTConfig(**kwargs)
+
+
+SMALL_VIT = {"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 2, "num_heads": 2, "drop_path_rate": 0.0}
+
+
+def test_a_checkpoint_gives_every_weight_but_the_head(tmp_path):
+    """A pre-trained ViT with another head (10 classes) into a 3-class model: the body is the checkpoint's, the head
+    the fresh model's own; safetensors and a torch file holding {"model": state} load the same."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    pretrained = build_vit(ViTConfig(**SMALL_VIT, num_classes=10)).state_dict()
+    save_file(pretrained, str(tmp_path / "vit.safetensors"))
+    torch.save({"model": pretrained}, tmp_path / "vit.pth")
+    torch.manual_seed(0)
+    fresh_head = build_vit(ViTConfig(**SMALL_VIT, num_classes=3)).head.weight.detach().clone()
+    for name in ("vit.safetensors", "vit.pth"):
+        torch.manual_seed(0)
+        model = build_vit(ViTConfig(**SMALL_VIT, num_classes=3, checkpoint=str(tmp_path / name)))
+        body = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+        assert body.keys() == {k for k in pretrained if not k.startswith("head.")}
+        assert all(torch.equal(v, pretrained[k]) for k, v in body.items())
+        assert torch.equal(model.head.weight, fresh_head)
+
+
+def test_a_checkpoint_of_another_architecture_or_path_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(build_vit(ViTConfig(**SMALL_VIT)).state_dict(), str(tmp_path / "two_blocks.safetensors"))
+    deeper = ViTConfig(**SMALL_VIT | {"depth": 3}, checkpoint=str(tmp_path / "two_blocks.safetensors"))
+    with pytest.raises(ValueError, match=r"does not fit the model: missing=\['blocks\.2\."):
+        build_vit(deeper)
+    with pytest.raises(FileNotFoundError, match="nope.safetensors does not exist"):
+        build_vit(ViTConfig(**SMALL_VIT, checkpoint=str(tmp_path / "nope.safetensors")))
 
 
 def test_compression_round_trips_through_recorded_knobs():

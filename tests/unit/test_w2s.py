@@ -3,6 +3,7 @@ the w2s recipe end to end at micro size."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from recipes import available_recipes, get_recipe
 from models.common.reporting import RecordingReporter
 from models.w2s.losses import adapt_conf_alpha, aug_conf_alpha, kd_loss, kd_per_sample, self_ce_per_sample, w2s_loss
-from models.w2s.model import noisy_labels, w2s_split
+from models.w2s.model import WeakConfig, noisy_labels, w2s_split
+from models.w2s.train import LossConfig, StudentTrainConfig
 from recipes.w2s import alpha_histogram, decisive_checks, pgr
 from recipes import load_config
 from data import build, image_digests
@@ -136,6 +138,20 @@ def test_pgr_histogram_and_decisive_checks_by_hand():
 
 
 # ------------------------------------------------------------------------------------------------- splits
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: WeakConfig(label_noise=1.0), "label_noise must be < 1, got 1.0"),
+    (lambda: WeakConfig(hidden=-1), "hidden must be >= 0, got -1"),
+    (lambda: StudentTrainConfig(epochs=0), "epochs must be >= 1, got 0"),
+    (lambda: StudentTrainConfig(lr=0.0), "lr must be > 0, got 0.0"),
+    (lambda: LossConfig(aug_threshold=1.5), "aug_threshold must be <= 1, got 1.5"),
+    (lambda: LossConfig(alpha_warmup=1.0), "alpha_warmup must be < 1, got 1.0"),
+    (lambda: LossConfig(alpha_mode="paper"), "alpha_mode must be one of ('code', 'teacher_conf'), got 'paper'"),
+])
+def test_w2s_configs_name_the_bad_field_and_value(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
 
 
 def test_w2s_split_is_disjoint_complete_stratified_and_deterministic():
