@@ -27,7 +27,7 @@ from safetensors.torch import load_model, save_model
 
 from recipes import get_recipe
 from models.common.reporting import RecordingReporter
-from recipes import built_dataset_path, load_config
+from recipes import built_dataset_paths, load_config
 from settings.config import ConfigError
 from settings import state_dir
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     resolved = load_config("cbq", args.profile, overrides)
     cfg, recipe = resolved.config, get_recipe("cbq")
     try:
-        data = recipe.load_data(str(built_dataset_path(cfg)), cfg)
+        data = recipe.load_data(built_dataset_paths(recipe, cfg), cfg)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from recipes import get_recipe
 from models.common.reporting import RecordingReporter
-from recipes import built_dataset_path, load_config
+from recipes import built_dataset_paths, load_config
 from settings.config import ConfigError
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     resolved = load_config("feat", args.profile, overrides)
     cfg, recipe = resolved.config, get_recipe("feat")
     try:
-        data = recipe.load_data(str(built_dataset_path(cfg)), cfg)
+        data = recipe.load_data(built_dataset_paths(recipe, cfg), cfg)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

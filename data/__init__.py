@@ -1,4 +1,5 @@
-"""Dataset builders and loaders (pure data code: no orchestration imports)."""
+"""Dataset builders and loaders, and the data-quality suites their datasets must pass (data/suites.py), declared as
+data: pure data code, no orchestration or validation-library imports."""
 
 from data.dataset_dir import DatasetFormatError, DatasetSourceMissingError
 from data.images import (

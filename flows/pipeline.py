@@ -1,7 +1,7 @@
 """paper_pipeline: the one flow every paper runs through.
 
-prepare data (DVC) -> validate (GX) -> train -> compress -> evaluate -> register (MLflow) -> promote -> Pareto front
-and SLA aliases -> lineage
+prepare data (DVC) -> validate (GX), for every dataset the recipe declares -> train -> compress -> evaluate ->
+register (MLflow) -> promote -> Pareto front and SLA aliases -> lineage
 Thin wiring only: each step is a task in tasks/, steps hand each other references, and the paper's MLflow run
 is closed FAILED with the error if any step raises.
 """
@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 
 from recipes import get_recipe
 from recipes import load_config
+from recipes.base import MAIN_DATASET
 from tasks.compress import compress_model
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_models
@@ -54,29 +55,35 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
     parent = open_pipeline_run(resolved, overrides, flow_run.get_id())
     close_abandoned_steps(parent)
     summary = PipelineSummary(paper=paper, profile=profile, pipeline_run_id=parent)
+    recipe = get_recipe(paper)
     try:
-        dataset = _run(summary, "prepare-data", prepare_data, cfg.data.stage)
-        record_dataset(parent, dataset)
-        report = _run(summary, "validate", validate_data, dataset, cfg.data)
-        record_validation(parent, report)
-        report.raise_for_failure()
+        datasets, reports = {}, {}
+        # Every dataset is validated before a failed suite stops the run, so one run reports all the bad data.
+        for key, section in recipe.datasets(cfg).items():
+            step = "" if key == MAIN_DATASET else f":{key}"
+            datasets[key] = _run(summary, f"prepare-data{step}", prepare_data, section.stage)
+            record_dataset(parent, key, datasets[key])
+            reports[key] = _run(summary, f"validate{step}", validate_data, datasets[key], section)
+            record_validation(parent, key, reports[key])
+        for report in reports.values():
+            report.raise_for_failure()
         limits = cfg.runtime
         train = train_model.with_options(timeout_seconds=limits.train_timeout_s)
         compress = compress_model.with_options(timeout_seconds=limits.compress_timeout_s)
         evaluate = evaluate_models.with_options(timeout_seconds=limits.evaluate_timeout_s)
-        dense = _run(summary, "train", train, paper, config, keys["train"], dataset, parent)
-        if get_recipe(paper).compression is None:
+        dense = _run(summary, "train", train, paper, config, keys["train"], datasets, parent)
+        if recipe.compression is None:
             compressed = None
             summary.steps["compress"] = "Skipped (not applicable)"
         else:
-            compressed = _run(summary, "compress", compress, paper, config, keys["compress"], dataset, dense,
+            compressed = _run(summary, "compress", compress, paper, config, keys["compress"], datasets, dense,
                               parent)
-        evaluation = _run(summary, "evaluate", evaluate, paper, config, keys["evaluate"], dataset, dense, compressed,
-                          parent)
+        evaluation = _run(summary, "evaluate", evaluate, paper, config, keys["evaluate"], datasets, dense,
+                          compressed, parent)
         summary.variants = [{"variant": v.name, "role": v.role, "method": v.method, "run_id": v.run_id, **v.metrics}
                             for v in evaluation.variants.values()]
-        versions = _run(summary, "register", register_versions, paper, profile, resolved.digest(), dataset, report,
-                        dense, compressed, evaluation, parent)
+        versions = _run(summary, "register", register_versions, paper, profile, resolved.digest(), datasets,
+                        reports, dense, compressed, evaluation, parent)
         summary.versions = asdict(versions)
         decision = _run(summary, "promote", promote_version, paper, versions.candidate_version, cfg.promote)
         summary.promotion = asdict(decision)

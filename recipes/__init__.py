@@ -45,10 +45,14 @@ def load_config(paper: str, profile: str = "tiny", overrides: Sequence[str] = ()
     return ResolvedConfig(paper=paper, profile=profile, source=str(path), config=config)
 
 
-def built_dataset_path(config: RecipeConfig) -> Path:
-    """The config's dataset as the DVC stage left it in the working tree, for scripts that run a recipe without the
-    pipeline (benchmarks/); the pipeline itself prepares and validates it."""
-    path = project_root() / "data" / config.data.stage
-    if not path.is_dir():
-        raise ConfigError(f"{path} is not built: run `make data` (or `dvc repro {config.data.stage}`) first")
-    return path
+def built_dataset_paths(recipe: Recipe, config: RecipeConfig) -> dict[str, str]:
+    """The recipe's datasets as their DVC stages left them in the working tree, by Recipe.datasets name (what
+    `load_data` takes), for scripts that run a recipe without the pipeline (benchmarks/); the pipeline itself
+    prepares and validates them."""
+    paths = {}
+    for key, section in recipe.datasets(config).items():
+        path = project_root() / "data" / section.stage
+        if not path.is_dir():
+            raise ConfigError(f"{path} is not built: run `make data` (or `dvc repro {section.stage}`) first")
+        paths[key] = str(path)
+    return paths

@@ -2,7 +2,7 @@
 
 A recipe adapts pure method code (models/) to the platform: its config schema, how it reads its datasets, its
 experiment protocol (method, baselines, ablations), its report figures and its serving I/O. It builds, trains,
-compresses and evaluates torch modules and reads its dataset from a path; tasks/ moves the results between steps as
+compresses and evaluates torch modules and reads its datasets from paths; tasks/ moves the results between steps as
 files (safetensors + JSON) and logs them; flows/ wires the steps. Adding a paper = one recipes/<paper>.py with a
 Recipe subclass decorated with @register_recipe, plus one configs/<paper>.yaml.
 """
@@ -144,6 +144,10 @@ class Evaluation:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
+# The name of `cfg.data` among a recipe's datasets (Recipe.datasets): the one the `dataset.*` and `gx.*` tags name.
+MAIN_DATASET = "data"
+
+
 class Recipe(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
@@ -157,8 +161,15 @@ class Recipe(ABC):
     paper_figures: ClassVar[tuple[PaperFigure, ...]] = ()
     headline: ClassVar[Headline | None] = None
 
+    def datasets(self, cfg: RecipeConfig) -> dict[str, DataSection]:
+        """Every dataset the recipe trains or evaluates on, by name: the pipeline prepares (DVC) and validates (GX)
+        each one before training, records each stage and md5, and hands `load_data` their paths under these names.
+        "data" is `cfg.data`, the main dataset; a paper with more data adds entries (OVOR: its pre-training set)."""
+        return {MAIN_DATASET: cfg.data}
+
     @abstractmethod
-    def load_data(self, path: str, cfg: RecipeConfig) -> Any: ...
+    def load_data(self, paths: dict[str, str], cfg: RecipeConfig) -> Any:
+        """The recipe's data from the prepared dataset directories (`paths`: the names of `datasets`)."""
 
     @abstractmethod
     def build_model(self, cfg: RecipeConfig) -> nn.Module: ...

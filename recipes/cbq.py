@@ -146,8 +146,8 @@ class CBQRecipe(Recipe):
                     "OmniQuant W2A16g128 9.72 vs FP16 5.68; CBQ claims to be below it", higher_is_better=False),
     )
 
-    def load_data(self, path: str, cfg: CBQRecipeConfig) -> TextSplits:
-        return TextSplits(load_text_dataset(path))
+    def load_data(self, paths: dict[str, str], cfg: CBQRecipeConfig) -> TextSplits:
+        return TextSplits(load_text_dataset(paths["data"]))
 
     def build_model(self, cfg: CBQRecipeConfig) -> nn.Module:
         seed_everything(cfg.seed)

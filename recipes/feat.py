@@ -118,8 +118,8 @@ class FEATRecipe(Recipe):
 
     # ------------------------------------------------------------------------------------------------ data
 
-    def load_data(self, path: str, cfg: FEATRecipeConfig) -> FewShotData:
-        raw = load_fewshot_dataset(path)
+    def load_data(self, paths: dict[str, str], cfg: FEATRecipeConfig) -> FewShotData:
+        raw = load_fewshot_dataset(paths["data"])
         size = cfg.model.img_size
         shape = tuple(raw.x["base"].shape[1:])
         if shape != (size, size):

@@ -27,8 +27,8 @@ from models import ppt
 from models.common.classifier import TrainConfig, predict_logits, top1_accuracy, train_classifier
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from recipes.base import (
-    CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
-    compare_to_parent, register_recipe, seed_everything,
+    CompressionResult, DataSection, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, Section,
+    VariantResult, compare_to_parent, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.ovor.cil import (
@@ -39,7 +39,6 @@ from models.ovor.model import (
     BackboneConfig, OnePromptViT, PromptConfig, PromptedAttention, TwoPassPromptViT, init_prompt, prompts_disabled,
 )
 from models.common.vit import images_to_input, random_translate
-from data.glyphs import glyph_source, render_glyphs
 from data.images import ImageDataset, load_image_dataset
 from recipes.ppt_section import PPTSection, ppt_knobs, ppt_record
 
@@ -47,9 +46,8 @@ from recipes.ppt_section import PPTSection, ppt_knobs, ppt_record
 class PretrainSection(Section):
     """In-project pre-training of the backbone on glyph classes (no hub: vision.md section 0)."""
 
-    num_classes: int = Field(100, ge=2, description="distinct DejaVu letters (at most 131)")
-    per_class: int = Field(60, ge=1, description="training renders per class")
-    test_per_class: int = Field(10, ge=1, description="held-out renders per class (glyph top-1 is logged)")
+    data: DataSection | None = Field(None, description="the glyph classes (a DVC stage whose renders are set in "
+                                     "params.yaml, with its suite); None: the backbone comes from model.checkpoint")
     seed: int = 0
     train: TrainConfig = TrainConfig(epochs=8.0, batch_size=64, lr=2e-3, min_lr=1e-5, warmup_epochs=0.3,
                                      weight_decay=0.05, label_smoothing=0.1)
@@ -71,12 +69,14 @@ class OVORData:
     y_train: torch.Tensor  # (N,)
     x_test: torch.Tensor
     y_test: torch.Tensor
-    glyph_x_train: torch.Tensor  # (K * per_class, 1, S, S) pre-training images
-    glyph_y_train: torch.Tensor
-    glyph_x_test: torch.Tensor
-    glyph_y_test: torch.Tensor
     raw: ImageDataset
-    glyph_characters: tuple[str, ...] = ()
+    # The pre-training set as stored (meta.json: fonts, letters, renders) and as model input; None when the
+    # backbone comes from model.checkpoint.
+    glyphs: ImageDataset | None = None
+    glyph_x_train: torch.Tensor | None = None  # (K * per_class, 1, S, S)
+    glyph_y_train: torch.Tensor | None = None
+    glyph_x_test: torch.Tensor | None = None
+    glyph_y_test: torch.Tensor | None = None
 
 
 def _ci95(values: list[float]) -> float:
@@ -119,22 +119,27 @@ class OVORRecipe(Recipe):
 
     # ------------------------------------------------------------------------------------------ data/model
 
-    def load_data(self, path: str, cfg: OVORRecipeConfig) -> OVORData:
-        raw = load_image_dataset(path)
+    def datasets(self, cfg: OVORRecipeConfig) -> dict[str, DataSection]:
+        return {"data": cfg.data} | ({"pretrain": cfg.pretrain.data} if cfg.pretrain.data is not None else {})
+
+    def load_data(self, paths: dict[str, str], cfg: OVORRecipeConfig) -> OVORData:
+        raw = load_image_dataset(paths["data"])
         total = cfg.stream.num_tasks * cfg.stream.classes_per_task
         labels = set(np.unique(raw.y_train).tolist()) | set(np.unique(raw.y_test).tolist())
         if total > len(raw.classes) or not labels <= set(range(total)):
             raise ValueError(f"stream.num_tasks x stream.classes_per_task = {total} classes, but the dataset has "
                              f"labels {sorted(labels)}")
-        p = cfg.pretrain
-        glyphs = render_glyphs(p.num_classes, p.per_class + p.test_per_class, cfg.model.img_size, p.seed)
-        held_out = np.arange(len(glyphs.labels)) % (p.per_class + p.test_per_class) >= p.per_class
-        gx = images_to_input(glyphs.images, cfg.model.img_size)
-        gy = torch.as_tensor(glyphs.labels)
         size = cfg.model.img_size
-        return OVORData(images_to_input(raw.x_train, size), torch.as_tensor(raw.y_train, dtype=torch.long),
-                        images_to_input(raw.x_test, size), torch.as_tensor(raw.y_test, dtype=torch.long),
-                        gx[~held_out], gy[~held_out], gx[held_out], gy[held_out], raw, glyphs.characters)
+        stream = (images_to_input(raw.x_train, size), torch.as_tensor(raw.y_train, dtype=torch.long),
+                  images_to_input(raw.x_test, size), torch.as_tensor(raw.y_test, dtype=torch.long), raw)
+        if "pretrain" not in paths:
+            if cfg.model.checkpoint is None:
+                raise ValueError("model.checkpoint is null and pretrain.data names no glyph dataset: the backbone "
+                                 "needs one of them")
+            return OVORData(*stream)
+        glyphs = load_image_dataset(paths["pretrain"])
+        return OVORData(*stream, glyphs, images_to_input(glyphs.x_train, size), torch.as_tensor(glyphs.y_train),
+                        images_to_input(glyphs.x_test, size), torch.as_tensor(glyphs.y_test))
 
     def build_model(self, cfg: OVORRecipeConfig) -> nn.Module:
         generator = seed_everything(cfg.seed)
@@ -156,7 +161,7 @@ class OVORRecipe(Recipe):
             model.freeze_backbone()
             return {}
         generator = seed_everything(cfg.pretrain.seed)
-        glyph_head = nn.Linear(cfg.model.embed_dim, cfg.pretrain.num_classes).to(next(model.parameters()).device)
+        glyph_head = nn.Linear(cfg.model.embed_dim, len(data.glyphs.classes)).to(next(model.parameters()).device)
         classifier = nn.Sequential(model.backbone, glyph_head)
         with prompts_disabled(model):
             metrics = train_classifier(classifier, data.glyph_x_train, data.glyph_y_train, cfg.pretrain.train,
@@ -170,9 +175,10 @@ class OVORRecipe(Recipe):
         metrics["pretrain_stream_ncm_top1"] = 100.0 * float(
             (torch.cdist(f_test, means).argmin(-1) == data.y_test).float().mean())
         model.freeze_backbone()
-        reporter.log_table("pretrain_source", [{**glyph_source(), "classes": cfg.pretrain.num_classes,
-                                                "renders_per_class": cfg.pretrain.per_class,
-                                                "characters": "".join(data.glyph_characters)}])
+        meta = data.glyphs.meta
+        reporter.log_table("pretrain_source", [{**meta["source"], "classes": len(meta["classes"]),
+                                                "renders_per_class": meta["params"]["per_class"],
+                                                "characters": "".join(meta["class_names"])}])
         return metrics
 
     def train(self, model: nn.Module, data: OVORData, cfg: OVORRecipeConfig, reporter: Reporter) -> dict[str, float]:

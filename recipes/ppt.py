@@ -79,8 +79,8 @@ class PPTRecipe(Recipe):
                     "DeiT-S 79.498 off the shelf vs 79.8 dense (tau=7e-5, r=50 @ 3/6/9)", higher_is_better=False),
     )
 
-    def load_data(self, path: str, cfg: PPTRecipeConfig) -> TensorSplits:
-        raw = load_image_dataset(path)
+    def load_data(self, paths: dict[str, str], cfg: PPTRecipeConfig) -> TensorSplits:
+        raw = load_image_dataset(paths["data"])
         y_train = torch.as_tensor(raw.y_train, dtype=torch.long)
         y_test = torch.as_tensor(raw.y_test, dtype=torch.long)
         x_test = images_to_input(raw.x_test, cfg.model.img_size)

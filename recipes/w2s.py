@@ -153,8 +153,8 @@ class W2SRecipe(Recipe):
 
     # ------------------------------------------------------------------------------------------------ data
 
-    def load_data(self, path: str, cfg: W2SRecipeConfig) -> W2SData:
-        raw = load_image_dataset(path)
+    def load_data(self, paths: dict[str, str], cfg: W2SRecipeConfig) -> W2SData:
+        raw = load_image_dataset(paths["data"])
         splits = w2s_split(raw.y_train, cfg.split.weak_fraction, cfg.split.seed)
         x_train = images_to_input(raw.x_train, cfg.model.img_size)
         y_train = torch.as_tensor(raw.y_train, dtype=torch.long)

@@ -5,7 +5,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.data import DatasetRef
+from tasks.data import DatasetRef, dataset_paths
 from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import ModelRef
 from tasks.tracking import (
@@ -15,8 +15,8 @@ from tasks.tracking import (
 
 
 @task(name="compress", **HEAVY_STEP_OPTIONS)
-def compress_model(paper: str, config: dict[str, Any], step_key: str, dataset: DatasetRef, dense: ModelRef,
-                   parent_run_id: str) -> ModelRef:
+def compress_model(paper: str, config: dict[str, Any], step_key: str, datasets: dict[str, DatasetRef],
+                   dense: ModelRef, parent_run_id: str) -> ModelRef:
     with gpu_slot():
         client = configure_tracking()
         recipe, cfg = recipe_and_config(paper, config)
@@ -25,7 +25,7 @@ def compress_model(paper: str, config: dict[str, Any], step_key: str, dataset: D
                 "paperops.parent_model_uri": dense.model_uri, "paperops.step_key": step_key}
         with child_run(client, parent_run_id, f"compress-{recipe.compression}", tags) as reporter:
             log_params_flat(client, reporter.run_id, config)
-            data = recipe.load_data(dataset.path, cfg)
+            data = recipe.load_data(dataset_paths(datasets), cfg)
             module = load_paper_model(dense.model_uri).to(compute_device())
             result = recipe.compress(module, data, cfg, reporter)
             reporter.log_metrics(result.metrics)

@@ -50,6 +50,11 @@ class DatasetRef:
     md5: str  # the output's md5 exactly as dvc.lock writes it ("<hash>.dir" for a directory)
 
 
+def dataset_paths(datasets: dict[str, DatasetRef]) -> dict[str, str]:
+    """The prepared dataset directories by their Recipe.datasets name: what Recipe.load_data reads."""
+    return {key: ref.path for key, ref in datasets.items()}
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))

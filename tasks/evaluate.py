@@ -7,15 +7,15 @@ from typing import Any
 from prefect import task
 
 from models.common.profiling import device_fingerprint
-from tasks.data import DatasetRef
+from tasks.data import DatasetRef, dataset_paths
 from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import EvaluationRef, ModelRef, VariantRef
 from tasks.tracking import child_run, compute_device, configure_tracking, load_paper_model, recipe_and_config
 
 
 @task(name="evaluate", **HEAVY_STEP_OPTIONS)
-def evaluate_models(paper: str, config: dict[str, Any], step_key: str, dataset: DatasetRef, dense: ModelRef,
-                    compressed: ModelRef | None, parent_run_id: str) -> EvaluationRef:
+def evaluate_models(paper: str, config: dict[str, Any], step_key: str, datasets: dict[str, DatasetRef],
+                    dense: ModelRef, compressed: ModelRef | None, parent_run_id: str) -> EvaluationRef:
     """`compressed` is None for a recipe without compression; `dense.metrics` (what training returned, with the
     baselines it trained in the same run) go to the recipe's evaluate."""
     with gpu_slot():
@@ -26,7 +26,7 @@ def evaluate_models(paper: str, config: dict[str, Any], step_key: str, dataset: 
         base_tags = {"paperops.paper": paper, "paperops.step_key": step_key,
                      "paperops.device": fingerprint["device_name"]}
         with child_run(client, parent_run_id, "evaluate", {"paperops.step": "evaluate", **base_tags}) as reporter:
-            data = recipe.load_data(dataset.path, cfg)
+            data = recipe.load_data(dataset_paths(datasets), cfg)
             dense_module = load_paper_model(dense.model_uri).to(device)
             compressed_module = load_paper_model(compressed.model_uri).to(device) if compressed else None
             evaluation = recipe.evaluate(dense_module, compressed_module, data, cfg, reporter, dense.metrics)

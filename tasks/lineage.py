@@ -1,5 +1,5 @@
-"""The paper's pipeline run in MLflow: opened before any step, it carries the resolved config, the dataset (DVC
-md5 tag + `log_input`), the GX result, and at the end the summary and status; every step is its child run."""
+"""The paper's pipeline run in MLflow: opened before any step, it carries the resolved config, every dataset (DVC
+md5 tag + `log_input`) and its GX result, and at the end the summary and status; every step is its child run."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,11 @@ from mlflow.entities import DatasetInput, InputTag
 from prefect import task
 from prefect.cache_policies import DEFAULT, NONE
 
+from recipes.base import MAIN_DATASET
 from settings.config import ResolvedConfig
 from settings import project_root
 from tasks.data import DatasetRef
+from tasks.record import data_tag, validation_artifact
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 from tasks.tracking import configure_tracking, ensure_experiment, log_params_flat, source_digest
 from tasks.validate import ValidationReport
@@ -77,30 +79,34 @@ def close_abandoned_steps(parent_run_id: str) -> list[str]:
 
 
 @task(name="record-dataset", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
-def record_dataset(parent_run_id: str, dataset: DatasetRef) -> None:
+def record_dataset(parent_run_id: str, key: str, dataset: DatasetRef) -> None:
+    """Tags and `log_input` of the recipe's dataset `key` (a Recipe.datasets name): `dataset.md5` for the main
+    dataset, `dataset.<key>.md5` for another."""
     client = configure_tracking()
-    for key, value in (("dataset.name", dataset.name), ("dataset.stage", dataset.stage),
-                       ("dataset.md5", dataset.md5), ("dataset.path", dataset.path)):
-        client.set_tag(parent_run_id, key, value)
+    for field, value in (("name", dataset.name), ("stage", dataset.stage), ("md5", dataset.md5),
+                         ("path", dataset.path)):
+        client.set_tag(parent_run_id, data_tag("dataset", key, field), value)
     # A metadata-only dataset: the bytes stay in DVC; MLflow records where they are and their DVC md5.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MLflow registers the local-path source twice and warns about it
         source = resolve_dataset_source(dataset.path)
     meta = MetaDataset(source=source, name=dataset.name, digest=dataset.md5[:36])
+    context = "training" if key == MAIN_DATASET else key
     client.log_inputs(parent_run_id, datasets=[DatasetInput(meta._to_mlflow_entity(),
-                                                            tags=[InputTag("mlflow.data.context", "training")])])
+                                                            tags=[InputTag("mlflow.data.context", context)])])
 
 
 @task(name="record-validation", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
-def record_validation(parent_run_id: str, report: ValidationReport) -> None:
+def record_validation(parent_run_id: str, key: str, report: ValidationReport) -> None:
     client = configure_tracking()
-    client.set_tag(parent_run_id, "gx.suite", report.suite)
-    client.set_tag(parent_run_id, "gx.success", str(report.success).lower())
-    client.log_metric(parent_run_id, "gx.evaluated_expectations", report.evaluated)
-    client.log_metric(parent_run_id, "gx.successful_expectations", report.successful)
-    client.log_dict(parent_run_id, report.result, f"validation/{report.suite}.json")
+    client.set_tag(parent_run_id, data_tag("gx", key, "suite"), report.suite)
+    client.set_tag(parent_run_id, data_tag("gx", key, "success"), str(report.success).lower())
+    client.log_metric(parent_run_id, data_tag("gx", key, "evaluated_expectations"), report.evaluated)
+    client.log_metric(parent_run_id, data_tag("gx", key, "successful_expectations"), report.successful)
+    client.log_dict(parent_run_id, report.result, validation_artifact(key, report.suite))
     if report.failed:
-        client.set_tag(parent_run_id, "gx.failed", "; ".join(f"{f.expectation}({f.column})" for f in report.failed))
+        client.set_tag(parent_run_id, data_tag("gx", key, "failed"),
+                       "; ".join(f"{f.expectation}({f.column})" for f in report.failed))
 
 
 @task(name="close-pipeline-run", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)

@@ -1,7 +1,7 @@
 """The data-to-endpoint chain of one registered version, read back from the registry and the tracking store:
-DVC stage and md5 -> GX result -> training run -> compression run -> evaluation run -> registered version ->
-aliases -> serving endpoint, plus the "paper vs ours" certificate. Rendered as markdown for the terminal, the
-version's description and an artifact of its run."""
+DVC stage and md5 -> GX result (for every dataset the recipe trains on) -> training run -> compression run ->
+evaluation run -> registered version -> aliases -> serving endpoint, plus the "paper vs ours" certificate.
+Rendered as markdown for the terminal, the version's description and an artifact of its run."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
+from tasks.record import data_tag, extra_datasets_in, validation_artifact
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 from tasks.tracking import configure_tracking, registered_model_name
 
@@ -75,6 +76,12 @@ def version_lineage(paper: str, version: str | None = None) -> Lineage:
     lineage.chain.append(("DVC stage", f"`{tags['dataset.stage']}` md5 `{tags['dataset.md5']}` (dvc.lock)"))
     lineage.chain.append(("GX validation", f"suite `{tags['gx.suite']}` passed: {tags['gx.success']}; result "
                                           f"`runs:/{pipeline}/validation/{tags['gx.suite']}.json`"))
+    for key in extra_datasets_in(tags):
+        stage, md5 = tags[data_tag("dataset", key, "stage")], tags[data_tag("dataset", key, "md5")]
+        suite, success = tags[data_tag("gx", key, "suite")], tags[data_tag("gx", key, "success")]
+        lineage.chain.append((f"DVC stage ({key})", f"`{stage}` md5 `{md5}` (dvc.lock)"))
+        lineage.chain.append((f"GX validation ({key})", f"suite `{suite}` passed: {success}; result "
+                                                         f"`runs:/{pipeline}/{validation_artifact(key, suite)}`"))
     parent_tags = tags
     if tags["paperops.role"] == "method":
         parent_tags = client.get_model_version(name, tags["compression.parent_version"]).tags

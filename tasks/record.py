@@ -7,9 +7,29 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+from recipes.base import MAIN_DATASET
 
 SCHEMA_VERSION = 1
+MD5_PATTERN = r"^[0-9a-f]{32}(\.dir)?$"
+
+
+def data_tag(group: Literal["dataset", "gx"], dataset: str, field: str) -> str:
+    """Tag name of a dataset's `field`: `dataset.md5` for the main dataset (`cfg.data`), `dataset.<name>.md5`
+    for a recipe's other datasets (`Recipe.datasets`); likewise `gx.suite` / `gx.<name>.suite`."""
+    return f"{group}.{field}" if dataset == MAIN_DATASET else f"{group}.{dataset}.{field}"
+
+
+def extra_datasets_in(tags: dict[str, str]) -> list[str]:
+    """The names of the datasets besides the main one that a version's tags record (`dataset.<name>.stage`)."""
+    return sorted(key.split(".")[1] for key in tags if key.startswith("dataset.") and key.count(".") == 2
+                  and key.endswith(".stage"))
+
+
+def validation_artifact(dataset: str, suite: str) -> str:
+    """Where the GX result of a recipe's dataset is logged in the pipeline run."""
+    return f"validation/{suite}.json" if dataset == MAIN_DATASET else f"validation/{dataset}/{suite}.json"
 
 
 class Record(BaseModel):
@@ -23,6 +43,16 @@ class CompressionRecord(Record):
     summary: dict[str, str] = Field(default_factory=dict, description="the recipe's filterable knobs")
 
 
+class DatasetRecord(Record):
+    """A dataset beside the main one (e.g. a pre-training set): its DVC stage and md5 and its GX verdict."""
+
+    name: str
+    stage: str
+    md5: str = Field(pattern=MD5_PATTERN, description="DVC md5 of the stage output")
+    gx_suite: str
+    gx_success: bool
+
+
 class VersionRecord(Record):
     schema_version: Literal[1] = SCHEMA_VERSION
     paper: str
@@ -33,7 +63,7 @@ class VersionRecord(Record):
     model_uri: str
     dataset_name: str
     dataset_stage: str
-    dataset_md5: str = Field(pattern=r"^[0-9a-f]{32}(\.dir)?$", description="DVC md5 of the stage output")
+    dataset_md5: str = Field(pattern=MD5_PATTERN, description="DVC md5 of the stage output")
     gx_suite: str
     gx_success: bool
     config_hash: str
@@ -60,6 +90,16 @@ class VersionRecord(Record):
     compression: CompressionRecord | None = None
     compression_skipped: str | None = Field(None, description="why the recipe's model is not compressed (the "
                                             "version is then the gate's candidate itself)")
+    extra_datasets: dict[str, DatasetRecord] = Field(default_factory=dict, description="the recipe's datasets "
+                                                     "besides the main one, by their Recipe.datasets name")
+
+    @model_serializer(mode="wrap")
+    def _without_empty_extra_datasets(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A one-dataset paper's record reads as it did before papers could have several datasets."""
+        data = handler(self)
+        if not self.extra_datasets:
+            data.pop("extra_datasets", None)
+        return data
 
     def tags(self) -> dict[str, str]:
         """The record as registry tags (the names the UI, the gate and `paperops lineage` read)."""
@@ -77,6 +117,10 @@ class VersionRecord(Record):
             **{f"metrics.{k}": f"{v:.6g}" for k, v in sorted(self.metrics.items())},
             **{f"device.{k}": v for k, v in self.device.items()},
         }
+        for key, extra in self.extra_datasets.items():
+            tags |= {data_tag("dataset", key, "name"): extra.name, data_tag("dataset", key, "stage"): extra.stage,
+                     data_tag("dataset", key, "md5"): extra.md5, data_tag("gx", key, "suite"): extra.gx_suite,
+                     data_tag("gx", key, "success"): str(extra.gx_success).lower()}
         if self.peak_memory_bytes is not None:
             tags["record.peak_memory_bytes"] = str(self.peak_memory_bytes)
         if self.compression_skipped:

@@ -1,6 +1,7 @@
 """Register the dense parent and the compressed model as versions of `paperops-<paper>`, each with its validated
-record (tasks/record.py) as tags and as a JSON artifact: data (DVC md5, GX result), config hash, git commit, runs,
-metrics, cost, device, and for the compressed version its compression record (parent version, method, knobs)."""
+record (tasks/record.py) as tags and as a JSON artifact: data (DVC md5, GX result of every dataset), config hash,
+git commit, runs, metrics, cost, device, and for the compressed version its compression record (parent version,
+method, knobs)."""
 from __future__ import annotations
 
 import mlflow
@@ -9,10 +10,10 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 
 from recipes import get_recipe
-from recipes.base import Recipe
+from recipes.base import MAIN_DATASET, Recipe
 from tasks.data import DatasetRef
 from tasks.lineage import git_commit
-from tasks.record import CompressionRecord, VersionRecord
+from tasks.record import CompressionRecord, DatasetRecord, VersionRecord
 from tasks.refs import EvaluationRef, ModelRef, RegisteredVersions
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 from tasks.tracking import configure_tracking, registered_model_name
@@ -26,10 +27,15 @@ def _find_version(client: MlflowClient, name: str, model_uri: str) -> str | None
     return None
 
 
-def version_record(recipe: Recipe, profile: str, config_hash: str, dataset: DatasetRef,
-                   validation: ValidationReport, model: ModelRef, evaluation: EvaluationRef, variant: str,
+def version_record(recipe: Recipe, profile: str, config_hash: str, datasets: dict[str, DatasetRef],
+                   validations: dict[str, ValidationReport], model: ModelRef, evaluation: EvaluationRef, variant: str,
                    pipeline_run_id: str, parent_version: str | None) -> VersionRecord:
-    """The validated record of one version from what the pipeline steps handed over."""
+    """The validated record of one version from what the pipeline steps handed over (`datasets` and `validations`
+    by Recipe.datasets name)."""
+    dataset, validation = datasets[MAIN_DATASET], validations[MAIN_DATASET]
+    extra_datasets = {key: DatasetRecord(name=ref.name, stage=ref.stage, md5=ref.md5, gx_suite=validations[key].suite,
+                                         gx_success=validations[key].success)
+                      for key, ref in datasets.items() if key != MAIN_DATASET}
     metrics = evaluation.variants[variant].metrics
     knobs = model.knobs or {}
     weight = knobs.get("weight")
@@ -52,13 +58,14 @@ def version_record(recipe: Recipe, profile: str, config_hash: str, dataset: Data
         peak_memory_bytes=int(metrics["peak_memory_bytes"]) if "peak_memory_bytes" in metrics else None,
         size_bytes=int(metrics["size_bytes"]), device={k: str(v) for k, v in evaluation.device.items()},
         metrics=metrics, compression=compression,
-        compression_skipped=recipe.compression_skip_reason if recipe.compression is None else None)
+        compression_skipped=recipe.compression_skip_reason if recipe.compression is None else None,
+        extra_datasets=extra_datasets)
 
 
 @task(name="register", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
-def register_versions(paper: str, profile: str, config_hash: str, dataset: DatasetRef, validation: ValidationReport,
-                      dense: ModelRef, compressed: ModelRef | None, evaluation: EvaluationRef,
-                      parent_run_id: str) -> RegisteredVersions:
+def register_versions(paper: str, profile: str, config_hash: str, datasets: dict[str, DatasetRef],
+                      validations: dict[str, ValidationReport], dense: ModelRef, compressed: ModelRef | None,
+                      evaluation: EvaluationRef, parent_run_id: str) -> RegisteredVersions:
     """Idempotent: a model already registered (same logged model URI, i.e. same data, config and code through
     the step caches) is not registered again. On any error, versions created by this call are deleted."""
     client = configure_tracking()
@@ -82,7 +89,7 @@ def register_versions(paper: str, profile: str, config_hash: str, dataset: Datas
             if existing is not None:
                 versions[model.role] = existing
                 continue
-            record = version_record(recipe, profile, config_hash, dataset, validation, model, evaluation, variant,
+            record = version_record(recipe, profile, config_hash, datasets, validations, model, evaluation, variant,
                                     parent_run_id, versions.get("parent"))
             tags = record.tags() | {"validation_status": "pending"}
             version = str(mlflow.register_model(model.model_uri, name, tags=tags).version)

@@ -254,17 +254,19 @@ def exec_worker(pool: str, slot: str | None, name: str | None, limit: int | None
 
 
 def pipeline_idempotency_key(paper: str, profile: str, overrides: list[str] | None = None) -> str:
-    """paper + profile + data md5 + config hash: the same inputs fan out to the same flow run, however often the
-    parent is retried or triggered."""
-    from recipes import load_config
+    """paper + profile + data md5s (every dataset of the recipe, joined by +) + config hash: the same inputs fan out
+    to the same flow run, however often the parent is retried or triggered."""
+    from recipes import get_recipe, load_config
     from tasks.data import DataStageError, dataset_ref
 
     resolved = load_config(paper, profile, overrides or [])
-    try:
-        md5 = dataset_ref(resolved.config.data.stage, project_root()).md5
-    except DataStageError:
-        md5 = "unbuilt"  # the child run builds it; the key changes once dvc.lock records it
-    return f"{paper}:{profile}:{md5}:{resolved.digest()}"
+    md5s = []
+    for section in get_recipe(paper).datasets(resolved.config).values():
+        try:
+            md5s.append(dataset_ref(section.stage, project_root()).md5)
+        except DataStageError:
+            md5s.append("unbuilt")  # the child run builds it; the key changes once dvc.lock records it
+    return f"{paper}:{profile}:{'+'.join(md5s)}:{resolved.digest()}"
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ from typing import Any
 
 from prefect import task
 
-from tasks.data import DatasetRef
+from tasks.data import DatasetRef, dataset_paths
+from tasks.record import data_tag
 from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import ModelRef
 from tasks.tracking import (
@@ -14,18 +15,19 @@ from tasks.tracking import (
 
 
 @task(name="train", **HEAVY_STEP_OPTIONS)
-def train_model(paper: str, config: dict[str, Any], step_key: str, dataset: DatasetRef,
+def train_model(paper: str, config: dict[str, Any], step_key: str, datasets: dict[str, DatasetRef],
                 parent_run_id: str) -> ModelRef:
-    """`step_key` = the digest of every config section training reads plus the models/ source digest; with the
-    dataset md5 (in `dataset`) it makes the cache key, so nothing else re-trains the model."""
+    """`step_key` = the digest of every config section training reads plus the models/ source digest; with every
+    dataset's md5 (in `datasets`) it makes the cache key, so nothing else re-trains the model."""
     with gpu_slot():
         client = configure_tracking()
         recipe, cfg = recipe_and_config(paper, config)
         tags = {"paperops.step": "train", "paperops.role": "parent", "paperops.paper": paper,
-                "paperops.step_key": step_key, "paperops.dataset.md5": dataset.md5}
+                "paperops.step_key": step_key,
+                **{f"paperops.{data_tag('dataset', key, 'md5')}": ref.md5 for key, ref in datasets.items()}}
         with child_run(client, parent_run_id, "train-dense", tags) as reporter:
             log_params_flat(client, reporter.run_id, config)
-            data = recipe.load_data(dataset.path, cfg)
+            data = recipe.load_data(dataset_paths(datasets), cfg)
             module = recipe.build_model(cfg).to(compute_device())
             metrics = recipe.train(module, data, cfg, reporter)
             reporter.log_metrics(metrics)

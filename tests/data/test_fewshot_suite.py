@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from data.fewshot import FEWSHOT_FILE, SPLITS, FewShotSuiteSpec, build_glyphs, load_fewshot_dataset
-from tasks.validate import SUITES, validate_fewshot_dataset
+from data.fewshot_suite import FEW_SHOT_CLASSES
+from data.suites import SUITES
+from tasks.validate import validate_dataset
 
 SPEC = FewShotSuiteSpec(height=32, width=32, classes_per_split={"base": 6, "val": 3, "novel": 4},
                         min_images_per_class=8)
@@ -40,11 +42,11 @@ def _failed(report) -> set[tuple[str, str | None]]:
 
 
 def test_the_suite_is_registered_for_configs():
-    assert SUITES["few_shot_classes"][0] is FewShotSuiteSpec
+    assert SUITES["few_shot_classes"] is FEW_SHOT_CLASSES and FEW_SHOT_CLASSES.spec is FewShotSuiteSpec
 
 
 def test_real_glyph_dataset_passes_every_expectation(glyph_dir: Path) -> None:
-    report = validate_fewshot_dataset(glyph_dir, SPEC)
+    report = validate_dataset(FEW_SHOT_CLASSES, glyph_dir, SPEC)
     assert report.success, report.failed
     # 9 per-image expectations x 3 splits + 2 per class table x 3 splits + class disjointness + leakage
     assert (report.evaluated, report.successful) == (35, 35)
@@ -55,7 +57,7 @@ def test_a_class_in_two_splits_is_rejected(glyph_dir: Path, tmp_path: Path) -> N
     data = load_fewshot_dataset(glyph_dir)
     y_novel = data.y["novel"].copy()
     y_novel[y_novel == y_novel[0]] = data.y["base"][0]  # a base class reappears among the novel classes
-    report = validate_fewshot_dataset(_variant(glyph_dir, tmp_path / "overlap", y_novel=y_novel), SPEC)
+    report = validate_dataset(FEW_SHOT_CLASSES, _variant(glyph_dir, tmp_path / "overlap", y_novel=y_novel), SPEC)
     assert not report.success
     assert (UNIQUE, "label") in _failed(report)
     disjoint = next(f for f in report.failed if f.column == "label")
@@ -66,7 +68,7 @@ def test_a_leaked_image_is_rejected(glyph_dir: Path, tmp_path: Path) -> None:
     data = load_fewshot_dataset(glyph_dir)
     x_val = data.x["val"].copy()
     x_val[0] = data.x["novel"][3]
-    report = validate_fewshot_dataset(_variant(glyph_dir, tmp_path / "leak", x_val=x_val), SPEC)
+    report = validate_dataset(FEW_SHOT_CLASSES, _variant(glyph_dir, tmp_path / "leak", x_val=x_val), SPEC)
     assert _failed(report) == {(UNIQUE, "image_sha1")}
 
 
@@ -76,7 +78,7 @@ def test_blank_images_and_too_few_images_per_class_are_rejected(glyph_dir: Path,
     x_base[:2] = 0  # two blank renders (a missing glyph draws nothing)
     keep = np.ones(len(data.y["novel"]), dtype=bool)
     keep[:3] = False  # the first novel class loses 3 of its 8 images
-    report = validate_fewshot_dataset(_variant(glyph_dir, tmp_path / "bad", x_base=x_base,
+    report = validate_dataset(FEW_SHOT_CLASSES, _variant(glyph_dir, tmp_path / "bad", x_base=x_base,
                                                x_novel=data.x["novel"][keep], y_novel=data.y["novel"][keep]), SPEC)
     assert _failed(report) == {(BETWEEN, "ink_fraction"), (BETWEEN, "count")}
     details = " ".join(f.details for f in report.failed)
@@ -88,11 +90,11 @@ def test_a_faint_glyph_is_ink_but_an_inverted_render_is_not(glyph_dir: Path, tmp
     x_base = data.x["base"].copy()
     x_base[:2] = x_base[:2] // 2  # thin eroded strokes: every pixel below mid-grey, the glyph still legible
     assert (x_base[:2] <= 127).all()
-    faint = validate_fewshot_dataset(_variant(glyph_dir, tmp_path / "faint", x_base=x_base), SPEC)
+    faint = validate_dataset(FEW_SHOT_CLASSES, _variant(glyph_dir, tmp_path / "faint", x_base=x_base), SPEC)
     assert faint.success, faint.failed
     x_val = data.x["val"].copy()
     x_val[0] = 255 - x_val[0]  # black on white
-    inverted = validate_fewshot_dataset(_variant(glyph_dir, tmp_path / "inverted", x_val=x_val), SPEC)
+    inverted = validate_dataset(FEW_SHOT_CLASSES, _variant(glyph_dir, tmp_path / "inverted", x_val=x_val), SPEC)
     assert _failed(inverted) == {(BETWEEN, "ink_fraction")}
     assert "[val]" in inverted.failed[0].details
 
@@ -102,7 +104,7 @@ def test_wrong_class_count_nan_pixels_and_size_are_rejected(glyph_dir: Path, tmp
     x_val = data.x["val"].astype(np.float32)
     x_val[1, 2, 3] = np.nan
     keep = data.y["base"] != data.y["base"][0]  # one base class dropped: 5 classes where 6 are declared
-    report = validate_fewshot_dataset(_variant(glyph_dir, tmp_path / "bad2", x_val=x_val,
+    report = validate_dataset(FEW_SHOT_CLASSES, _variant(glyph_dir, tmp_path / "bad2", x_val=x_val,
                                                x_base=data.x["base"][keep][:, :31], y_base=data.y["base"][keep]),
                                       SPEC)
     failed = _failed(report)

@@ -19,7 +19,8 @@ import yaml
 
 from data import ImageSuiteSpec, load_image_dataset
 from tasks.data import DataInfrastructureError, DataStageError, dataset_ref, reproduce_dataset
-from tasks.validate import DataValidationError, FailedExpectation, validate_image_dataset
+from data.images_suite import IMAGE_CLASSIFICATION
+from tasks.validate import DataValidationError, FailedExpectation, validate_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MNIST_SPEC = ImageSuiteSpec(height=28, width=28, classes=list(range(10)), min_share=0.5, max_share=1.5,
@@ -38,7 +39,7 @@ def _failed(failures: list[FailedExpectation]) -> set[tuple[str, str | None]]:
 
 
 def test_real_mnist5k_passes_every_expectation(mnist_dir: Path) -> None:
-    report = validate_image_dataset(mnist_dir, MNIST_SPEC)
+    report = validate_dataset(IMAGE_CLASSIFICATION, mnist_dir, MNIST_SPEC)
 
     assert report.success, report.failed
     # 10 per-image expectations x 2 splits + class balance x 2 splits + 1 leakage check.
@@ -53,7 +54,7 @@ def test_a_nan_pixel_in_float_storage_is_rejected(mnist_dir: Path, tmp_path: Pat
     dataset = load_image_dataset(mnist_dir)
     x_train = dataset.x_train.astype(np.float32)
     x_train[17, 3, 4] = np.nan
-    report = validate_image_dataset(variant(mnist_dir, tmp_path / "nan", x_train=x_train), MNIST_SPEC)
+    report = validate_dataset(IMAGE_CLASSIFICATION, variant(mnist_dir, tmp_path / "nan", x_train=x_train), MNIST_SPEC)
 
     assert not report.success
     # The float storage itself breaks the dtype rule; the NaN is caught on its own, in exactly one image.
@@ -65,7 +66,7 @@ def test_a_nan_pixel_in_float_storage_is_rejected(mnist_dir: Path, tmp_path: Pat
 def test_wrong_image_height_is_rejected_in_both_splits(mnist_dir: Path, tmp_path: Path, variant) -> None:
     dataset = load_image_dataset(mnist_dir)
     bad = variant(mnist_dir, tmp_path / "short", x_train=dataset.x_train[:, :27], x_test=dataset.x_test[:, :27])
-    report = validate_image_dataset(bad, MNIST_SPEC)
+    report = validate_dataset(IMAGE_CLASSIFICATION, bad, MNIST_SPEC)
 
     assert _failed(report.failed) == {(BETWEEN, "height")}
     assert sorted(f.details[:7] for f in report.failed) == ["[test] ", "[train]"]
@@ -74,7 +75,7 @@ def test_wrong_image_height_is_rejected_in_both_splits(mnist_dir: Path, tmp_path
 def test_an_unknown_label_is_rejected(mnist_dir: Path, tmp_path: Path, variant) -> None:
     y_test = load_image_dataset(mnist_dir).y_test.copy()
     y_test[5] = 11
-    report = validate_image_dataset(variant(mnist_dir, tmp_path / "label", y_test=y_test), MNIST_SPEC)
+    report = validate_dataset(IMAGE_CLASSIFICATION, variant(mnist_dir, tmp_path / "label", y_test=y_test), MNIST_SPEC)
 
     assert _failed(report.failed) == {(IN_SET, "label")}
     assert "[test]" in report.failed[0].details and "[11]" in report.failed[0].details
@@ -84,7 +85,8 @@ def test_a_train_image_copied_into_test_is_a_leak(mnist_dir: Path, tmp_path: Pat
     dataset = load_image_dataset(mnist_dir)
     x_test, y_test = dataset.x_test.copy(), dataset.y_test.copy()
     x_test[0], y_test[0] = dataset.x_train[123], dataset.y_train[123]
-    report = validate_image_dataset(variant(mnist_dir, tmp_path / "leak", x_test=x_test, y_test=y_test), MNIST_SPEC)
+    bad = variant(mnist_dir, tmp_path / "leak", x_test=x_test, y_test=y_test)
+    report = validate_dataset(IMAGE_CLASSIFICATION, bad, MNIST_SPEC)
 
     assert _failed(report.failed) == {(UNIQUE, "image_sha1")}
     # The leaked image's digest is listed once per split.
@@ -95,7 +97,7 @@ def test_an_under_represented_class_breaks_the_balance_bounds(mnist_dir: Path, t
     dataset = load_image_dataset(mnist_dir)
     keep = (dataset.y_train != 3) | (np.arange(len(dataset.y_train)) % 10 == 0)  # class 3: 400 -> 40 images
     bad = variant(mnist_dir, tmp_path / "skew", x_train=dataset.x_train[keep], y_train=dataset.y_train[keep])
-    report = validate_image_dataset(bad, MNIST_SPEC)
+    report = validate_dataset(IMAGE_CLASSIFICATION, bad, MNIST_SPEC)
 
     assert _failed(report.failed) == {(BETWEEN, "share")}
     # 40 of 3640 images = 0.011 < 0.5 x 1/10.
@@ -107,7 +109,7 @@ def test_a_class_absent_from_a_split_and_a_too_small_split_are_rejected(mnist_di
     dataset = load_image_dataset(mnist_dir)
     keep = dataset.y_test != 9
     bad = variant(mnist_dir, tmp_path / "absent", x_test=dataset.x_test[keep][:450], y_test=dataset.y_test[keep][:450])
-    report = validate_image_dataset(bad, MNIST_SPEC)
+    report = validate_dataset(IMAGE_CLASSIFICATION, bad, MNIST_SPEC)
 
     assert _failed(report.failed) == {
         ("expect_column_distinct_values_to_contain_set", "label"),
@@ -125,7 +127,7 @@ def test_validation_error_lists_every_failed_expectation_and_the_dataset(mnist_d
     y_test = dataset.y_test.copy()
     y_test[0] = 11
     bad = variant(mnist_dir, tmp_path / "bad", x_train=x_train, y_test=y_test)
-    report = validate_image_dataset(bad, MNIST_SPEC)
+    report = validate_dataset(IMAGE_CLASSIFICATION, bad, MNIST_SPEC)
 
     with pytest.raises(DataValidationError) as raised:
         report.raise_for_failure()
@@ -144,11 +146,12 @@ def test_validation_error_lists_every_failed_expectation_and_the_dataset(mnist_d
 def repo_copy(tmp_path: Path) -> Path:
     """A fresh git + DVC repository holding only this project's data stages and their builder."""
     root = tmp_path / "repo"
-    for relative in ("dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", ".dvc/config", "paperops/__init__.py"):
+    for relative in ("dvc.yaml", "dvc.lock", "params.yaml", ".dvcignore", ".dvc/config"):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO_ROOT / relative, root / relative)
-    shutil.copytree(REPO_ROOT / "paperops" / "datasets", root / "paperops" / "datasets",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "data").mkdir()
+    for builder in (REPO_ROOT / "data").glob("*.py"):  # the builders, not the built datasets beside them
+        shutil.copy(builder, root / "data" / builder.name)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     return root
 
@@ -181,7 +184,7 @@ def test_reproduce_rebuilds_the_committed_md5_then_pulls_it_back(
 
 
 def test_unknown_or_unreproduced_stages_are_deterministic_errors(repo_copy: Path) -> None:
-    with pytest.raises(DataStageError, match="unknown stage 'cifar'.*known: digits, .*mnist5k"):
+    with pytest.raises(DataStageError, match="unknown stage 'cifar'.*known: dejavu_letters, digits, .*mnist5k"):
         reproduce_dataset("cifar", repo_copy)
     (repo_copy / "dvc.lock").unlink()
     with pytest.raises(DataStageError, match="stage 'digits' has not been reproduced yet"):

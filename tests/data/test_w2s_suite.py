@@ -14,7 +14,8 @@ import pytest
 from models.w2s.model import w2s_split
 from recipes import load_config
 from data import ImageSuiteSpec, load_image_dataset
-from tasks.validate import validate_image_dataset
+from data.images_suite import IMAGE_CLASSIFICATION
+from tasks.validate import validate_dataset
 
 SPEC = ImageSuiteSpec(**load_config("w2s", "tiny").config.data.expect)
 
@@ -22,7 +23,7 @@ SPEC = ImageSuiteSpec(**load_config("w2s", "tiny").config.data.expect)
 
 
 def test_real_mnist5k_passes_and_every_class_reaches_both_training_splits(mnist_dir: Path) -> None:
-    report = validate_image_dataset(mnist_dir, SPEC)
+    report = validate_dataset(IMAGE_CLASSIFICATION, mnist_dir, SPEC)
     assert report.success, report.failed
     dataset = load_image_dataset(mnist_dir)
     cfg = load_config("w2s", "tiny").config
@@ -37,7 +38,8 @@ def test_a_test_image_leaked_into_w2s_train_is_rejected(mnist_dir: Path, tmp_pat
     w2s_index = w2s_split(dataset.y_train, cfg.split.weak_fraction, cfg.split.seed).w2s[7]
     x_train, y_train = dataset.x_train.copy(), dataset.y_train.copy()
     x_train[w2s_index], y_train[w2s_index] = dataset.x_test[3], dataset.y_test[3]
-    report = validate_image_dataset(variant(mnist_dir, tmp_path / "leak", x_train=x_train, y_train=y_train), SPEC)
+    bad = variant(mnist_dir, tmp_path / "leak", x_train=x_train, y_train=y_train)
+    report = validate_dataset(IMAGE_CLASSIFICATION, bad, SPEC)
     assert not report.success
     assert {(f.expectation, f.column) for f in report.failed} == {("expect_column_values_to_be_unique", "image_sha1")}
 
@@ -58,6 +60,6 @@ def test_bad_labels_shapes_and_pixels_are_rejected(mnist_dir: Path, tmp_path: Pa
         x_train[5, 10, 10] = np.nan
         arrays = {"x_train": x_train}
         column = "nonfinite_pixel_count"
-    report = validate_image_dataset(variant(mnist_dir, tmp_path / bad, **arrays), SPEC)
+    report = validate_dataset(IMAGE_CLASSIFICATION, variant(mnist_dir, tmp_path / bad, **arrays), SPEC)
     assert not report.success
     assert column in {f.column for f in report.failed}

@@ -1,17 +1,22 @@
 """OVOR through the real flow on a real Prefect API (prefect_test_harness) and a real MLflow registry, at smoke
-size: glyph pre-training of a few steps, a short 5-task stream on the real MNIST-5k stage, PPT on the prompted
-backbone, the OVOR parent and its PPT version registered, the baselines measured in the same run."""
+size: glyph pre-training of a few steps on the real dejavu_letters stage, a short 5-task stream on the real MNIST-5k
+stage, PPT on the prompted backbone, the OVOR parent and its PPT version registered, the baselines measured in the
+same run. OVOR trains on two datasets: both are prepared and validated, recorded and named in the lineage, and a
+failed suite on the second stops the flow before training."""
 from __future__ import annotations
 
 import json
 
+import mlflow
 import pytest
+import yaml
 from mlflow import MlflowClient
 
-from settings import tracking_uri
+from settings import project_root, tracking_uri
+from tasks.validate import DataValidationError
 
 SMOKE = [
-    "pretrain.num_classes=10", "pretrain.per_class=20", "pretrain.test_per_class=2", "pretrain.train.epochs=1",
+    "pretrain.train.epochs=0.05",
     "stream.seeds=[0]", "stream.prompt_epochs=0.5", "stream.vor_passes=2", "stream.max_train_per_class=48",
     "evaluate.latency_batch=16", "evaluate.latency_runs=2", "evaluate.latency_warmup=1",
     "promote.max_metric_drop=100",
@@ -32,10 +37,20 @@ def test_registers_the_ovor_parent_and_its_ppt_version(ovor_run):
     versions = ovor_run["versions"]
     parent = client.get_model_version("paperops-ovor", versions["parent_version"])
     method = client.get_model_version("paperops-ovor", versions["method_version"])
+    locked = yaml.safe_load((project_root() / "dvc.lock").read_text())["stages"]
     for version in (parent, method):
         assert version.tags["dataset.stage"] == "mnist5k"
+        assert version.tags["dataset.md5"] == locked["mnist5k"]["outs"][0]["md5"]
         assert version.tags["gx.success"] == "true"
+        assert version.tags["dataset.pretrain.stage"] == "dejavu_letters"
+        assert version.tags["dataset.pretrain.md5"] == locked["dejavu_letters"]["outs"][0]["md5"]
+        assert version.tags["gx.pretrain.suite"] == "image_classification"
+        assert version.tags["gx.pretrain.success"] == "true"
         assert float(version.tags["metrics.a_n"]) >= 0.0
+        record = mlflow.artifacts.load_dict(version.tags["record.artifact"])
+        assert record["extra_datasets"]["pretrain"]["md5"] == version.tags["dataset.pretrain.md5"]
+        assert "DVC stage (pretrain) | `dejavu_letters` md5" in version.description
+        assert "validation/pretrain/image_classification.json" in version.description
     assert parent.tags["paperops.role"] == "parent"
     assert method.tags["compression.parent_version"] == str(parent.version)
     assert method.tags["compression.method"] == "ppt"
@@ -67,3 +82,34 @@ def test_accuracy_matrix_heatmap_and_thresholds_are_logged(ovor_run):
     assert "ovor.acc_after4_task0" in train.data.metrics
     tables = {a.path for a in client.list_artifacts(train.info.run_id, "tables")}
     assert {"tables/vor_thresholds.json", "tables/accuracy_matrices.json"} <= tables
+
+
+def test_both_datasets_were_prepared_validated_and_recorded_on_the_pipeline_run(ovor_run):
+    assert {step: ovor_run["steps"][step] for step in ("prepare-data", "validate", "prepare-data:pretrain",
+                                                        "validate:pretrain")} == dict.fromkeys(
+        ("prepare-data", "validate", "prepare-data:pretrain", "validate:pretrain"), "Completed")
+    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    run = client.get_run(ovor_run["pipeline_run_id"])
+    assert run.data.tags["dataset.stage"] == "mnist5k" and run.data.tags["dataset.pretrain.stage"] == "dejavu_letters"
+    assert run.data.metrics["gx.pretrain.evaluated_expectations"] == 23
+    contexts = {i.dataset.name: {t.value for t in i.tags} for i in run.inputs.dataset_inputs}
+    assert contexts == {"mnist5k": {"training"}, "dejavu_letters": {"pretrain"}}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
+    assert "validation/image_classification.json" in artifacts and "validation/pretrain" in artifacts
+
+
+def test_a_failed_suite_on_the_second_dataset_stops_the_flow_before_training(ovor_run):
+    from flows.pipeline import paper_pipeline
+
+    client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    before = {v.version for v in client.search_model_versions("name='paperops-ovor'")}
+    with pytest.raises(DataValidationError, match=r"dejavu_letters failed 2 expectation\(s\)") as raised:
+        paper_pipeline("ovor", "tiny", SMOKE + ["pretrain.data.expect.min_images_per_split=100000"])
+    assert "at least 100000 images" in str(raised.value)
+    assert {v.version for v in client.search_model_versions("name='paperops-ovor'")} == before
+    experiment = client.get_experiment_by_name("paperops-ovor").experiment_id
+    [failed] = client.search_runs([experiment], "tags.`gx.pretrain.success` = 'false'")
+    assert failed.info.status == "FAILED" and failed.data.tags["gx.success"] == "true"  # the stream passed
+    assert client.search_runs([experiment], f"tags.mlflow.parentRunId = '{failed.info.run_id}'") == []
+    steps = mlflow.artifacts.load_dict(f"runs:/{failed.info.run_id}/pipeline/summary.json")["steps"]
+    assert list(steps) == ["prepare-data", "validate", "prepare-data:pretrain", "validate:pretrain"]

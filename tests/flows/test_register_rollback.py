@@ -36,6 +36,7 @@ def test_failed_registration_leaves_no_version_behind():
     dataset = DatasetRef(name="mnist5k", stage="mnist5k", path="data/mnist5k", md5="0" * 32 + ".dir")
     before = {v.version for v in client.search_model_versions("name='paperops-ppt'")}
     with pytest.raises(MlflowException, match="m-does-not-exist"):  # raised after the dense version was created
-        register_versions.fn("ppt", "tiny", "cfg", dataset, report, dense, broken, evaluation, run.info.run_id)
+        register_versions.fn("ppt", "tiny", "cfg", {"data": dataset}, {"data": report}, dense, broken, evaluation,
+                             run.info.run_id)
     after = {v.version for v in client.search_model_versions("name='paperops-ppt'")}
     assert after == before

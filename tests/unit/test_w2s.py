@@ -193,7 +193,7 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_load_data_gives_three_disjoint_splits_of_the_configured_sizes(mnist_dir: Path):
     recipe = get_recipe("w2s")
     cfg = load_config("w2s", "tiny").config
-    data = recipe.load_data(str(mnist_dir), cfg)
+    data = recipe.load_data({"data": str(mnist_dir)}, cfg)
     assert (len(data.x_weak), len(data.x_w2s), len(data.x_test)) == (1500, 2500, 1000)
     assert data.x_w2s.shape[1:] == (1, 28, 28)
     raw = data.raw
@@ -204,7 +204,7 @@ def test_load_data_gives_three_disjoint_splits_of_the_configured_sizes(mnist_dir
     # Stored by class in the source; the recipe's fixed shuffle puts every class into any smoke-size prefix.
     assert len(set(data.y_w2s[:100].tolist())) == 10 and len(set(data.y_test[:100].tolist())) == 10
     assert sorted(data.y_w2s.tolist()) == sorted(raw.y_train[data.splits.w2s].tolist())
-    again = recipe.load_data(str(mnist_dir), cfg)
+    again = recipe.load_data({"data": str(mnist_dir)}, cfg)
     assert torch.equal(again.x_weak, data.x_weak) and torch.equal(again.y_w2s, data.y_w2s)
 
 
@@ -212,7 +212,7 @@ def test_recipe_trains_every_variant_and_evaluates_them(mnist_dir: Path):
     assert "w2s" in available_recipes()
     recipe = get_recipe("w2s")
     cfg = load_config("w2s", "tiny", MICRO).config
-    data = recipe.load_data(str(mnist_dir), cfg)
+    data = recipe.load_data({"data": str(mnist_dir)}, cfg)
     model = recipe.build_model(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     reporter = RecordingReporter()

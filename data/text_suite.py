@@ -1,0 +1,102 @@
+"""The ``text_corpus`` suite: a plain-text corpus with one ``<split>.txt`` per split (data/text.py's layout).
+
+Text is summarised like images: ``splits`` has one row per declared split (file present, decodes as UTF-8,
+characters, non-empty lines, share of non-printable characters, vocabulary coverage by train); ``overlap`` holds
+the distinct (line sha1, side) pairs of lines of at least `overlap_min_chars` characters, side being train or
+held-out, so the uniqueness expectation fails exactly when a line is in train and in a held-out split. A missing
+split is a row with present=0 and null statistics (nulls are skipped by the range checks), so it fails once, on
+`present`; a missing or undecodable split file is a failed expectation, not an exception.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from data.expectations import Batch, DataSuite, DeclaredSuite, Expectation, SuitePart, between, unique
+from data.text import TextSuiteSpec, line_digests, nonempty_lines, nonprintable_fraction, vocab_coverage, words
+
+SplitTexts = dict[str, tuple[str, bool] | None]
+
+
+def read_split_texts(path: Path, splits: list[str]) -> SplitTexts:
+    """split -> (text, decoded as strict UTF-8) or None when its file is missing; replacement chars on bad bytes."""
+    texts: SplitTexts = {}
+    for split in splits:
+        file = path / f"{split}.txt"
+        if not file.is_file():
+            texts[split] = None
+            continue
+        raw = file.read_bytes()
+        try:
+            texts[split] = (raw.decode("utf-8"), True)
+        except UnicodeDecodeError:
+            texts[split] = (raw.decode("utf-8", errors="replace"), False)
+    return texts
+
+
+def split_frame(texts: SplitTexts, spec: TextSuiteSpec) -> pd.DataFrame:
+    train = texts.get(spec.train_split)
+    train_vocab = set(words(train[0])) if train else set()
+    rows = []
+    for split, entry in texts.items():
+        if entry is None:
+            rows.append({"split": split, "present": 0, "utf8_valid": None, "n_chars": None, "n_lines": None,
+                         "nonprintable_fraction": None, "vocab_coverage": None})
+            continue
+        text, valid = entry
+        coverage = None if split == spec.train_split or train is None else vocab_coverage(text, train_vocab)
+        rows.append({"split": split, "present": 1, "utf8_valid": int(valid), "n_chars": len(text),
+                     "n_lines": len(nonempty_lines(text)), "nonprintable_fraction": nonprintable_fraction(text),
+                     "vocab_coverage": coverage})
+    frame = pd.DataFrame(rows)
+    for column in ("utf8_valid", "n_chars", "n_lines", "nonprintable_fraction", "vocab_coverage"):
+        frame[column] = frame[column].astype("float64")  # None -> NaN: skipped by the range expectations
+    return frame
+
+
+def overlap_frame(texts: SplitTexts, spec: TextSuiteSpec) -> pd.DataFrame:
+    digests, sides = [], []
+    for split, entry in texts.items():
+        if entry is None:
+            continue
+        found = sorted(line_digests(entry[0], spec.overlap_min_chars))
+        digests += found
+        sides += ["train" if split == spec.train_split else "held_out"] * len(found)
+    pairs = pd.DataFrame({"line_sha1": digests, "side": sides}, dtype=object)
+    # A line repeated inside train, or shared by two held-out splits, is no leak: one row per (line, side).
+    return pairs.drop_duplicates(ignore_index=True)
+
+
+def split_expectations(spec: TextSuiteSpec) -> list[Expectation]:
+    return [
+        between("present", 1, 1, description=f"every split file present ({', '.join(spec.splits)})"),
+        between("utf8_valid", 1, 1, description=f"every split decodes as {spec.encoding}"),
+        between("n_chars", spec.min_chars, spec.max_chars,
+                description=f"{spec.min_chars:,}-{spec.max_chars:,} characters per split"),
+        between("n_lines", spec.min_lines, description=f"at least {spec.min_lines:,} non-empty lines per split"),
+        between("nonprintable_fraction", 0.0, spec.max_nonprintable_fraction,
+                description=f"at most {spec.max_nonprintable_fraction:g} of the characters outside printable ASCII"),
+        between("vocab_coverage", spec.min_vocab_coverage, 1.0,
+                description=f"at least {spec.min_vocab_coverage:g} of each held-out split's words in the train "
+                "vocabulary"),
+    ]
+
+
+def declare(path: Path, spec: TextSuiteSpec) -> DeclaredSuite:
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset directory {path} does not exist (build it with `dvc repro`)")
+    texts = read_split_texts(path, spec.splits)
+    parts = (
+        SuitePart("splits", tuple(split_expectations(spec)), unexpected_index_column_names=("split",)),
+        SuitePart("overlap", (unique("line_sha1", description=f"no line of >= {spec.overlap_min_chars} characters "
+                                     "in both train and a held-out split (each listed digest is on both sides)"),)),
+    )
+    batches = (
+        Batch("splits", ",".join(spec.splits), split_frame(texts, spec)),
+        Batch("overlap", f"{spec.train_split} vs {'+'.join(spec.held_out_splits)}", overlap_frame(texts, spec)),
+    )
+    return DeclaredSuite(parts, batches)
+
+
+TEXT_CORPUS = DataSuite("text_corpus", TextSuiteSpec, declare)

@@ -1,0 +1,65 @@
+"""The registry record of a version with one dataset reads exactly as before papers could have several; a recipe's
+further datasets (OVOR's pre-training set) add their own stage, md5 and GX tags beside the main dataset's."""
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.record import DatasetRecord, VersionRecord, data_tag, extra_datasets_in, validation_artifact
+
+MD5 = "bd20eaa271aab184c5f67fe668478f69.dir"
+LETTERS_MD5 = "1b69b79b3fc4cbd447046ef7112ab657.dir"
+
+
+def _record(**changes) -> VersionRecord:
+    fields = dict(
+        paper="ovor", recipe="ovor", profile="tiny", role="parent", variant="ovor_dense", model_uri="models:/m-1",
+        dataset_name="mnist5k", dataset_stage="mnist5k", dataset_md5=MD5, gx_suite="image_classification",
+        gx_success=True, config_hash="abc", git_commit="deadbeef", pipeline_run_id="p", training_run_id="t",
+        evaluation_run_id="e", primary_metric="a_n", higher_is_better=True, primary_value=90.0, cost_metric="macs",
+        weight_bits=32, latency_p50_ms=1.0, latency_p95_ms=2.0, latency_batch=16, throughput_per_s=100.0,
+        size_bytes=10, device={"device": "cpu"}, metrics={"a_n": 90.0},
+    )
+    return VersionRecord(**(fields | changes))
+
+
+def test_a_single_dataset_record_has_no_trace_of_extra_datasets():
+    record = _record()
+    dumped = record.model_dump(mode="json")
+    assert "extra_datasets" not in dumped
+    assert VersionRecord.model_validate(dumped) == record
+    tags = record.tags()
+    assert {k: tags[k] for k in ("dataset.name", "dataset.stage", "dataset.md5", "gx.suite", "gx.success")} == {
+        "dataset.name": "mnist5k", "dataset.stage": "mnist5k", "dataset.md5": MD5,
+        "gx.suite": "image_classification", "gx.success": "true"}
+    assert [k for k in tags if k.startswith(("dataset.", "gx."))] == [
+        "dataset.name", "dataset.stage", "dataset.md5", "gx.suite", "gx.success"]
+    assert extra_datasets_in(tags) == []
+
+
+def test_an_extra_dataset_adds_its_stage_md5_and_suite_beside_the_main_tags():
+    letters = DatasetRecord(name="dejavu_letters", stage="dejavu_letters", md5=LETTERS_MD5,
+                            gx_suite="image_classification", gx_success=True)
+    record = _record(extra_datasets={"pretrain": letters})
+    tags = record.tags()
+    assert tags["dataset.md5"] == MD5 and tags["dataset.stage"] == "mnist5k"  # the main dataset's, unchanged
+    assert {k: v for k, v in tags.items() if ".pretrain." in k} == {
+        "dataset.pretrain.name": "dejavu_letters", "dataset.pretrain.stage": "dejavu_letters",
+        "dataset.pretrain.md5": LETTERS_MD5, "gx.pretrain.suite": "image_classification",
+        "gx.pretrain.success": "true"}
+    assert extra_datasets_in(tags) == ["pretrain"]
+    dumped = record.model_dump(mode="json")
+    assert dumped["extra_datasets"]["pretrain"]["md5"] == LETTERS_MD5
+    assert VersionRecord.model_validate(dumped) == record
+
+
+def test_an_extra_dataset_md5_must_be_a_dvc_md5():
+    with pytest.raises(ValidationError, match="md5"):
+        DatasetRecord(name="x", stage="x", md5="not-an-md5", gx_suite="s", gx_success=True)
+
+
+def test_tag_and_artifact_names_of_the_main_and_of_another_dataset():
+    assert data_tag("dataset", "data", "md5") == "dataset.md5"
+    assert data_tag("gx", "pretrain", "success") == "gx.pretrain.success"
+    assert validation_artifact("data", "image_classification") == "validation/image_classification.json"
+    assert validation_artifact("pretrain", "image_classification") == "validation/pretrain/image_classification.json"
