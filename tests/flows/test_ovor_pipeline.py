@@ -1,6 +1,7 @@
-"""OVOR through the real flow on a real Prefect API (prefect_test_harness) and a real MLflow registry, at smoke
-size: glyph pre-training of a few steps, a short 5-task stream on the real MNIST-5k stage, PPT on the prompted
-backbone, the OVOR parent and its PPT version registered, the baselines measured in the same run."""
+"""OVOR through the real flow on a real Prefect API (prefect_test_harness) and a real MLflow registry, at OVOR's
+declared smoke size: glyph pre-training of a few steps, a short 5-task stream on the real MNIST-5k stage, PPT on
+the prompted backbone, the OVOR parent and its PPT version registered, the baselines measured in the same run.
+What every recipe's run must do is in test_recipe_smoke.py, on the same run."""
 from __future__ import annotations
 
 import json
@@ -10,21 +11,13 @@ from mlflow import MlflowClient
 
 from settings import tracking_uri
 
-SMOKE = [
-    "pretrain.num_classes=10", "pretrain.per_class=20", "pretrain.test_per_class=2", "pretrain.train.epochs=1",
-    "stream.seeds=[0]", "stream.prompt_epochs=0.5", "stream.vor_passes=2", "stream.max_train_per_class=48",
-    "evaluate.latency_batch=16", "evaluate.latency_runs=2", "evaluate.latency_warmup=1",
-    "promote.max_metric_drop=100",
-]
 VARIANTS = {"ovor_dense", "ovor_ppt", "oneprompt", "ovor_origin", "ovor_paper_thresholds", "ovor_lambda1",
             "ovor_lambda1_calibrated"}
 
 
 @pytest.fixture(scope="module")
-def ovor_run(prefect_api):
-    from flows.pipeline import paper_pipeline
-
-    return paper_pipeline("ovor", "tiny", SMOKE)
+def ovor_run(smoke_run):
+    return smoke_run("ovor")
 
 
 def test_registers_the_ovor_parent_and_its_ppt_version(ovor_run):
