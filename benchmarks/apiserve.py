@@ -57,12 +57,12 @@ def measured_preset(args: argparse.Namespace) -> ServingPreset | None:
 
         from models.apiserve.calibration import fit_iteration_time, measure_iteration_times, measure_swap_bandwidth
         from models.apiserve.runner import PagedKVCache
-        from models.common.lm import LMSection, llama_config
+        from models.common.lm import LMConfig, llama_config
     except ImportError as err:
         print(f"measured calibration skipped ({err}); pass --a-ms --c-ms --saturation instead", file=sys.stderr)
         return None
     torch.manual_seed(0)
-    lm = LlamaForCausalLM(llama_config(LMSection())).eval()
+    lm = LlamaForCausalLM(llama_config(LMConfig())).eval()
     # One thread, and at each n the fastest of three passes: on a shared 2-core machine the other jobs' load only
     # ever adds time, so the minimum is the estimate least disturbed by it.
     threads = torch.get_num_threads()
@@ -89,7 +89,7 @@ def measured_preset(args: argparse.Namespace) -> ServingPreset | None:
     return from_fit(model, name=f"measured-cpu-S{model.saturation_tokens}", kv_bytes_per_token=kv_bytes,
                     bandwidth_bytes_per_s=bandwidth,
                     gpu_kv_tokens=GPTJ_6B_A100.gpu_kv_tokens, host_kv_tokens=GPTJ_6B_A100.host_kv_tokens,
-                    source="calibration.py on a random tiny LLaMA (LMSection defaults), this machine's CPU")
+                    source="calibration.py on a random tiny LLaMA (LMConfig defaults), this machine's CPU")
 
 
 def rate_scale(preset: ServingPreset) -> float:

@@ -21,15 +21,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
+from models.common.checks import at_least, at_most, below, non_negative, positive
 from models.common.lm import capture_block_kwargs, run_blocks
 from models.common.reporting import Reporter
 from models.equivalent_transforms import cfp_clip_weight_outliers, cfp_scale_activation_outliers, collect_input_absmax
 from models.quant import (
-    SCALE_FLOOR, FakeQuantLinear, QuantizedLinear, QuantSpec, code_range, dequantize_codes,
+    SCALE_FLOOR, FakeQuantLinear, QuantizedLinear, QuantSetting, QuantSpec, code_range, dequantize_codes,
     grouped, quant_params, replace_modules,
 )
 
-__all__ = ["LoRARoundingLinear", "reconstruction_loss", "window_schedule", "CBQConfig", "apply_cfp", "cbq_quantize"]
+__all__ = ["LoRARoundingLinear", "reconstruction_loss", "window_schedule", "CBQConfig", "apply_cfp", "compress"]
 
 # AdaRound's rectified sigmoid stretch: h(V) reaches exactly 0 and 1 at finite V, so rounding can become binary
 ZETA, GAMMA = 1.1, -0.1
@@ -181,9 +182,17 @@ def window_schedule(num_blocks: int, window: int, overlap: int) -> list[tuple[in
 
 @dataclass(frozen=True)
 class CBQConfig:
-    window: int = 2
-    overlap: int = 1
-    rank: int = 4
+    """One CBQ quantization: the setting, the calibration set, the sliding window and the LoRA-Rounding
+    optimisation. Defaults are the paper's where it states them (arXiv 2312.07950: 128 random 2048-token
+    calibration segments, windows of 2 blocks overlapping by 1); its rank, learning rates and epochs were not
+    published, so those are ours (epochs: OmniQuant's 20 per block)."""
+
+    setting: QuantSetting = QuantSetting("W4A16", w_bits=4)
+    calib_segments: int = 128     # random calibration segments ...
+    calib_seq_len: int = 2048     # ... of this many tokens
+    window: int = 2               # consecutive decoder blocks optimised jointly
+    overlap: int = 1              # blocks shared by consecutive windows
+    rank: int = 4                 # LoRA-Rounding rank r: (d + k) r rounding parameters per linear
     epochs: int = 20              # passes over the calibration set per window
     batch_size: int = 4           # calibration sequences per optimiser step
     lr_rounding: float = 1e-3     # LoRA factors A1, A2
@@ -192,20 +201,22 @@ class CBQConfig:
     beta_end: float = 2.0
     lambda_round: float = 1.0     # weight of the *mean* per-element regulariser, so it does not grow with size
     warmup: float = 0.2           # first fraction of each window's steps without the regulariser (AdaRound)
-    temperature_end: float = 0.02  # soft rounding sharpness at the last step (geometric from 1); ours, see above
+    temperature_end: float = 0.02  # soft rounding sharpness at the last step, geometric from 1 (ours, see
+                                   # LoRARoundingLinear.temperature)
     use_kl: bool = True
     cfp: bool = True              # coarse-to-fine outlier preprocessing before the windows
     cfp_lambda1: float = 1.5      # Tukey fence of the coarse step
     cfp_lambda2: float = 1.0      # spread weight of the fine split
-    seed: int = 0                 # LoRA factor initialisation
 
     def __post_init__(self) -> None:
-        if not 0 <= self.overlap < self.window:
-            raise ValueError(f"need window > overlap >= 0, got window={self.window}, overlap={self.overlap}")
-        if self.rank < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("rank, epochs and batch_size must be >= 1")
-        if not 0 < self.temperature_end <= 1 or not 0 <= self.warmup < 1:
-            raise ValueError("need 0 < temperature_end <= 1 and 0 <= warmup < 1")
+        at_least(self, 1, "calib_segments", "window", "rank", "epochs", "batch_size")
+        at_least(self, 8, "calib_seq_len")
+        non_negative(self, "overlap", "lambda_round", "warmup", "cfp_lambda2")
+        positive(self, "lr_rounding", "lr_scale", "beta_start", "beta_end", "temperature_end", "cfp_lambda1")
+        below(self, 1, "warmup")
+        at_most(self, 1, "temperature_end")
+        if self.overlap >= self.window:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than window ({self.window})")
 
 
 def wrap_block_linears(block: nn.Module, weight_spec: QuantSpec, act_spec: QuantSpec | None, rank: int,
@@ -283,27 +294,29 @@ def apply_cfp(model: LlamaForCausalLM, calib_ids: torch.Tensor, cfg: CBQConfig,
     return rows
 
 
-def cbq_quantize(model: LlamaForCausalLM, calib_ids: torch.Tensor, weight_spec: QuantSpec,
-                 act_spec: QuantSpec | None, cfg: CBQConfig, reporter: Reporter | None = None) -> LlamaForCausalLM:
-    """Quantize every linear of the decoder blocks in place with CBQ; embeddings, final norm and lm_head stay
-    FP. `calib_ids` (n, seq) are unpadded calibration sequences. Returns the model, whose decoder linears are
-    then hard-rounded FakeQuantLinears. The reporter receives the loss per step, a "cbq_cfp" table (what the
-    outlier preprocessing changed) and a "cbq_windows" table: which blocks each window optimised and how binary
-    their rounding was when hardened."""
+def compress(model: LlamaForCausalLM, cfg: CBQConfig, calib: torch.Tensor, *, seed: int = 0,
+             reporter: Reporter | None = None) -> LlamaForCausalLM:
+    """Quantize every linear of the decoder blocks in place with CBQ at cfg.setting and return the model;
+    embeddings, final norm and lm_head stay FP. `calib` (n, seq) are unpadded calibration token ids; `seed`
+    draws the LoRA factors. The decoder linears end as hard-rounded FakeQuantLinears. The reporter receives the
+    loss per step, a "cbq_cfp" table (what the outlier preprocessing changed) and a "cbq_windows" table: which
+    blocks each window optimised and how binary their rounding was when hardened."""
+    model.eval()
+    weight_spec, act_spec = cfg.setting.weight, cfg.setting.act
     blocks = list(model.model.layers)
     windows = window_schedule(len(blocks), cfg.window, cfg.overlap)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     # the teacher is the model as given: CFP's weight clipping is not function-preserving
     teacher = [copy.deepcopy(block) for block in blocks]
-    cfp_rows = apply_cfp(model, calib_ids, cfg) if cfg.cfp else []
+    cfp_rows = apply_cfp(model, calib, cfg) if cfg.cfp else []
     with torch.no_grad():
-        block_kwargs = capture_block_kwargs(model, calib_ids)
-        fp_stream = model.model.embed_tokens(calib_ids)                       # (n, seq, d)
+        block_kwargs = capture_block_kwargs(model, calib)
+        fp_stream = model.model.embed_tokens(calib)                       # (n, seq, d)
     quant_stream = fp_stream.clone()
     layers: dict[int, list[LoRARoundingLinear]] = {}
     window_rows: list[dict[str, Any]] = []
-    generator = torch.Generator(device=calib_ids.device).manual_seed(cfg.seed)
+    generator = torch.Generator(device=calib.device).manual_seed(seed)
     step = 0
     for index, (start, end) in enumerate(windows):
         for b in range(start, end):

@@ -1,5 +1,7 @@
 """Post-training quantization of a whole LLaMA decoder by name: the CBQ method and its baselines on one
-quantizer (models/quant.py), so a method × setting table compares methods and nothing else.
+quantizer (models/quant.py), so a method × setting table compares methods and nothing else. `PTQ_METHODS` maps
+each name to a function of CBQ's shape, `compress(model, cfg, calib) -> model`, which quantizes the model in
+place at `cfg.setting` from the calibration token ids `calib` (n, seq) and returns it:
 
     rtn          round-to-nearest on min/max grids
     gptq         GPTQ, block by block, each block's Hessians taken on the already-quantized model's stream
@@ -7,48 +9,38 @@ quantizer (models/quant.py), so a method × setting table compares methods and n
     cbq          CBQ with its coarse-to-fine outlier preprocessing (models/cbq.py)
     cbq_no_cfp   the CFP ablation
 
-Only the linears of the decoder blocks are quantized; embeddings, norms and lm_head stay floating point (the
-GPTQ / OmniQuant / CBQ convention). Weight grids are asymmetric, per output channel or per group; activations
-are quantized dynamically, asymmetric per token (OmniQuant's convention).
+`cfg` is the CBQ config of the comparison: the baselines read its setting only. Every function takes the
+keywords `seed` (randomness; only CBQ has any) and `reporter` (only CBQ reports), so the caller treats them
+alike. Only the linears of the decoder blocks are quantized; embeddings, norms and lm_head stay floating point
+(the GPTQ / OmniQuant / CBQ convention). Weight grids are asymmetric, per output channel or per group;
+activations are quantized dynamically, asymmetric per token (OmniQuant's convention).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from models.cbq import CBQConfig, cbq_quantize
+from models.cbq import CBQConfig, compress as cbq_compress
 from models.common.lm import capture_block_kwargs, run_blocks
 from models.common.reporting import Reporter
 from models.equivalent_transforms import collect_input_absmax, smooth_model
 from models.quant import (
-    FakeQuantLinear, QuantSpec, accumulate_hessian, gptq_quantize, replace_modules, rtn_quantize,
+    FakeQuantLinear, QuantSetting, accumulate_hessian, gptq_quantize, replace_modules, rtn_quantize,
 )
 
-__all__ = ["METHODS", "QuantSetting", "keeps_full_precision", "gptq_quantize_model", "quantize_lm"]
+__all__ = ["Compress", "PTQ_METHODS", "METHODS", "keeps_full_precision", "rtn", "gptq", "smoothquant",
+           "cbq_without_cfp"]
 
-METHODS = ("rtn", "gptq", "smoothquant", "cbq", "cbq_no_cfp")
 
+class Compress(Protocol):
+    """What every PTQ_METHODS entry is: quantize `model` in place at cfg.setting and return it."""
 
-@dataclass(frozen=True)
-class QuantSetting:
-    """A row of the paper's tables, e.g. W4A16 = 4-bit per-channel weights, FP activations."""
-
-    name: str
-    weight: QuantSpec
-    act: QuantSpec | None
-
-    def knobs(self) -> dict[str, Any]:
-        return {"setting": self.name, "weight": dataclasses.asdict(self.weight),
-                "act": dataclasses.asdict(self.act) if self.act else None}
-
-    @classmethod
-    def from_knobs(cls, knobs: dict[str, Any]) -> QuantSetting:
-        return cls(knobs["setting"], QuantSpec(**knobs["weight"]), QuantSpec(**knobs["act"]) if knobs["act"] else None)
+    def __call__(self, model: LlamaForCausalLM, cfg: CBQConfig, calib: torch.Tensor, *, seed: int = 0,
+                 reporter: Reporter | None = None) -> LlamaForCausalLM: ...
 
 
 def keeps_full_precision(name: str) -> bool:
@@ -87,36 +79,45 @@ def _gptq_layer(linear: nn.Linear, hessian: torch.Tensor, setting: QuantSetting,
     return layer
 
 
+def rtn(model: LlamaForCausalLM, cfg: CBQConfig, calib: torch.Tensor, *, seed: int = 0,
+        reporter: Reporter | None = None) -> LlamaForCausalLM:
+    model.eval()
+    return rtn_quantize(model, cfg.setting.weight, cfg.setting.act, skip=keeps_full_precision)
+
+
 @torch.no_grad()
-def gptq_quantize_model(model: LlamaForCausalLM, calib_ids: torch.Tensor, setting: QuantSetting,
-                        block_size: int = 128, percdamp: float = 0.01, batch_size: int = 8) -> LlamaForCausalLM:
+def gptq(model: LlamaForCausalLM, cfg: CBQConfig, calib: torch.Tensor, *, seed: int = 0,
+         reporter: Reporter | None = None, block_size: int = 128, percdamp: float = 0.01,
+         batch_size: int = 8) -> LlamaForCausalLM:
     """GPTQ over the decoder in place (the reference llama.py without act-order): for each block, accumulate every
     linear's Hessian on the block's input as produced by the blocks already quantized, quantize all its linears,
     then feed the quantized block's output to the next one."""
-    block_kwargs = capture_block_kwargs(model, calib_ids)
-    hidden = model.model.embed_tokens(calib_ids)                                       # (n, seq, d)
+    model.eval()
+    block_kwargs = capture_block_kwargs(model, calib)
+    hidden = model.model.embed_tokens(calib)                                           # (n, seq, d)
     for block in model.model.layers:
         hessians = _input_hessians(block, hidden, block_kwargs, batch_size)
-        replace_modules(block, nn.Linear, lambda linear, h=hessians: _gptq_layer(linear, h[linear], setting,
+        replace_modules(block, nn.Linear, lambda linear, h=hessians: _gptq_layer(linear, h[linear], cfg.setting,
                                                                                  block_size, percdamp))
         hidden = torch.cat([run_blocks([block], chunk, block_kwargs) for chunk in hidden.split(batch_size)])
     return model
 
 
-def quantize_lm(model: LlamaForCausalLM, method: str, setting: QuantSetting, calib_ids: torch.Tensor,
-                cbq: CBQConfig, smoothquant_alpha: float = 0.5, reporter: Reporter | None = None) -> LlamaForCausalLM:
-    """Quantize `model` in place with `method` at `setting`; its decoder linears end as FakeQuantLinears whose
-    weights lie on their grids (ready for quant.pack_quantized_linears). Returns the model."""
-    if method not in METHODS:
-        raise ValueError(f"unknown quantization method {method!r}; known: {', '.join(METHODS)}")
+def smoothquant(model: LlamaForCausalLM, cfg: CBQConfig, calib: torch.Tensor, *, seed: int = 0,
+                reporter: Reporter | None = None, alpha: float = 0.5) -> LlamaForCausalLM:
+    """SmoothQuant: migrate the activation outliers into the weights with strength `alpha` (0.5, the
+    paper's default), then round to nearest."""
     model.eval()
-    if method == "rtn":
-        return rtn_quantize(model, setting.weight, setting.act, skip=keeps_full_precision)
-    if method == "gptq":
-        return gptq_quantize_model(model, calib_ids, setting)
-    if method == "smoothquant":
-        with torch.no_grad():
-            smooth_model(model, collect_input_absmax(model, calib_ids.split(8)), smoothquant_alpha)
-        return rtn_quantize(model, setting.weight, setting.act, skip=keeps_full_precision)
-    config = dataclasses.replace(cbq, cfp=cbq.cfp and method == "cbq")
-    return cbq_quantize(model, calib_ids, setting.weight, setting.act, config, reporter)
+    with torch.no_grad():
+        smooth_model(model, collect_input_absmax(model, calib.split(8)), alpha)
+    return rtn_quantize(model, cfg.setting.weight, cfg.setting.act, skip=keeps_full_precision)
+
+
+def cbq_without_cfp(model: LlamaForCausalLM, cfg: CBQConfig, calib: torch.Tensor, *, seed: int = 0,
+                    reporter: Reporter | None = None) -> LlamaForCausalLM:
+    return cbq_compress(model, dataclasses.replace(cfg, cfp=False), calib, seed=seed, reporter=reporter)
+
+
+PTQ_METHODS: dict[str, Compress] = {"rtn": rtn, "gptq": gptq, "smoothquant": smoothquant, "cbq": cbq_compress,
+                                    "cbq_no_cfp": cbq_without_cfp}
+METHODS = tuple(PTQ_METHODS)

@@ -14,15 +14,18 @@ GPTQ quantizer, so the zero point is itself a code in [0, 2^bits - 1] and can be
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.common.checks import at_least, at_most, one_of
+
 __all__ = [
-    "QuantSpec", "code_range", "grouped", "quant_params", "quantize_to_codes", "dequantize_codes",
+    "QuantSpec", "QuantSetting", "code_range", "grouped", "quant_params", "quantize_to_codes", "dequantize_codes",
     "fake_quantize", "fake_quantize_activation", "QuantizedLinear", "FakeQuantLinear", "quantize_linears", "rtn_quantize",
     "export_integer_weights", "dequantize_weights", "pack_codes", "unpack_codes", "PackedQuantLinear",
     "pack_quantized_linears", "install_packed_linears", "replace_modules", "accumulate_hessian", "GPTQResult", "gptq_quantize",
@@ -51,6 +54,50 @@ class QuantSpec:
         elif self.group_size is not None:
             raise ValueError(f"group_size is only meaningful for per_group, got {self.group_size!r} "
                              f"with granularity {self.granularity!r}")
+
+
+@dataclass(frozen=True)
+class QuantSetting:
+    """A row of an LLM quantization table, e.g. W4A16 = 4-bit per-channel weights and floating-point activations,
+    W2A16g64 = 2-bit weights in groups of 64 input columns. Weights are asymmetric min/max grids; activations are
+    quantized dynamically and asymmetrically (OmniQuant's convention)."""
+
+    name: str                                                   # label in tables, e.g. W4A16 or W2A16g64
+    w_bits: int
+    w_granularity: Literal["per_channel", "per_group"] = "per_channel"
+    group_size: int | None = None                               # input columns per group (per_group only)
+    a_bits: int | None = None                                   # None: activations stay floating point
+    a_granularity: Literal["per_token", "per_tensor"] = "per_token"
+
+    def __post_init__(self) -> None:
+        at_least(self, 2, "w_bits", "a_bits")
+        at_most(self, 8, "w_bits", "a_bits")
+        one_of(self, "w_granularity", ("per_channel", "per_group"))
+        one_of(self, "a_granularity", ("per_token", "per_tensor"))
+        at_least(self, 1, "group_size")
+        if self.w_granularity == "per_group" and self.group_size is None:
+            raise ValueError("w_granularity 'per_group' needs a group_size, got None")
+        if self.w_granularity != "per_group" and self.group_size is not None:
+            raise ValueError(f"group_size is only read for w_granularity 'per_group', got group_size="
+                             f"{self.group_size} with {self.w_granularity!r}")
+
+    @property
+    def weight(self) -> QuantSpec:
+        return QuantSpec(self.w_bits, self.w_granularity, self.group_size)
+
+    @property
+    def act(self) -> QuantSpec | None:
+        return QuantSpec(self.a_bits, self.a_granularity) if self.a_bits is not None else None
+
+    def knobs(self) -> dict[str, Any]:
+        return {"setting": self.name, "weight": dataclasses.asdict(self.weight),
+                "act": dataclasses.asdict(self.act) if self.act else None}
+
+    @classmethod
+    def from_knobs(cls, knobs: dict[str, Any]) -> QuantSetting:
+        weight, act = knobs["weight"], knobs["act"]
+        return cls(knobs["setting"], weight["bits"], weight["granularity"], weight["group_size"],
+                   act["bits"] if act else None, act["granularity"] if act else "per_token")
 
 
 def code_range(bits: int, symmetric: bool) -> tuple[int, int]:

@@ -9,10 +9,11 @@ on disk is the real quantized size and loading it needs none of the calibration 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import matplotlib
 
@@ -27,7 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from models.cbq import CBQConfig
 from models.common.lm import (
-    LMSection, LMTrainSection, TokenizedLM, build_lm, calibration_segments, eval_windows, generate, perplexity,
+    LMConfig, LMTrainConfig, TokenizedLM, build_lm, calibration_segments, eval_windows, generate, perplexity,
     train_bpe_tokenizer, train_lm,
 )
 from models.common.profiling import measure_latency, size_on_disk
@@ -37,70 +38,24 @@ from recipes.base import (
 )
 from models.common.reporting import Reporter
 from models.equivalent_transforms import inject_activation_outliers
-from models.ptq import METHODS, QuantSetting, keeps_full_precision, quantize_lm
-from models.quant import QuantSpec, install_packed_linears, pack_quantized_linears
+from models.ptq import METHODS, PTQ_METHODS, Compress, keeps_full_precision, smoothquant
+from models.quant import QuantSetting, install_packed_linears, pack_quantized_linears
 from data.text import TextDataset, load_text_dataset
 
 EVAL_SETS = {"shakespeare": "eval_shakespeare", "milton": "eval_milton"}   # WikiText-2 role, C4 role
-
-
-class SettingSection(Section):
-    """One quantization setting. Weights are asymmetric; activations dynamic asymmetric per token."""
-
-    name: str = Field(description="label in tables, e.g. W4A16 or W2A16g64")
-    w_bits: int = Field(ge=2, le=8)
-    w_granularity: Literal["per_channel", "per_group"] = "per_channel"
-    group_size: int | None = Field(None, ge=1)
-    a_bits: int | None = Field(None, ge=2, le=8, description="None = activations stay floating point")
-    a_granularity: Literal["per_token", "per_tensor"] = "per_token"
-
-    def to_setting(self) -> QuantSetting:
-        weight = QuantSpec(self.w_bits, self.w_granularity, self.group_size)
-        act = QuantSpec(self.a_bits, self.a_granularity) if self.a_bits is not None else None
-        return QuantSetting(self.name, weight, act)
-
-
-class CBQSection(Section):
-    setting: SettingSection = SettingSection(name="W4A16", w_bits=4)
-    calib_segments: int = Field(64, ge=1, description="random calibration segments (the paper: 128 x 2048)")
-    calib_seq_len: int = Field(128, ge=8)
-    window: int = Field(2, ge=1)
-    overlap: int = Field(1, ge=0)
-    rank: int = Field(4, ge=1, description="LoRA-Rounding rank r: (d + k) r rounding parameters per linear")
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(4, ge=1)
-    lr_rounding: float = Field(1e-3, gt=0)
-    lr_scale: float = Field(5e-3, gt=0)
-    beta_start: float = Field(20.0, gt=0)
-    beta_end: float = Field(2.0, gt=0)
-    lambda_round: float = Field(1.0, ge=0)
-    warmup: float = Field(0.2, ge=0, lt=1)
-    temperature_end: float = Field(0.02, gt=0, le=1)
-    use_kl: bool = True
-    cfp: bool = True
-    cfp_lambda1: float = Field(1.5, gt=0)
-    cfp_lambda2: float = Field(1.0, ge=0)
-
-    @model_validator(mode="after")
-    def _check_window(self) -> CBQSection:
-        if self.overlap >= self.window:
-            raise ValueError(f"overlap ({self.overlap}) must be smaller than window ({self.window})")
-        return self
-
-    def cbq_config(self, seed: int) -> CBQConfig:
-        fields = self.model_dump(exclude={"setting", "calib_segments", "calib_seq_len"})
-        return CBQConfig(**fields, seed=seed)
+# the CBQ knobs a reviewer filters registered versions by (every knob is in the record's compression.knobs)
+RECORDED_CBQ_KNOBS = ("rank", "window", "overlap", "epochs", "calib_segments", "calib_seq_len", "cfp")
 
 
 class LMEvaluateSection(Section):
     seq_len: int = Field(256, ge=8, description="perplexity context (non-overlapping windows)")
     max_windows: int | None = Field(40, ge=1, description="windows per held-out set; None = all of it")
     methods: tuple[str, ...] = Field(METHODS, description="every method runs at every setting in one run")
-    settings: tuple[SettingSection, ...] = (
-        SettingSection(name="W4A16", w_bits=4),
-        SettingSection(name="W2A16g64", w_bits=2, w_granularity="per_group", group_size=64),
-        SettingSection(name="W4A8", w_bits=4, a_bits=8),
-        SettingSection(name="W4A4", w_bits=4, a_bits=4),
+    settings: tuple[QuantSetting, ...] = (
+        QuantSetting("W4A16", w_bits=4),
+        QuantSetting("W2A16g64", w_bits=2, w_granularity="per_group", group_size=64),
+        QuantSetting("W4A8", w_bits=4, a_bits=8),
+        QuantSetting("W4A4", w_bits=4, a_bits=4),
     )
     smoothquant_alpha: float = Field(0.5, ge=0, le=1)
     latency_batch: int = Field(4, ge=1)
@@ -121,9 +76,9 @@ class LMEvaluateSection(Section):
 
 
 class CBQRecipeConfig(RecipeConfig):
-    model: LMSection = LMSection()
-    train: LMTrainSection = LMTrainSection()
-    compress: CBQSection = CBQSection()
+    model: LMConfig = LMConfig()
+    train: LMTrainConfig = LMTrainConfig()
+    compress: CBQConfig = CBQConfig()
     evaluate: LMEvaluateSection = LMEvaluateSection()
 
 
@@ -142,6 +97,18 @@ class TextSplits:
         ids = model.encode(self.raw.split(split))
         self._ids[split].append((model.tokenizer, ids))
         return ids
+
+
+def _ptq_methods(cfg: CBQRecipeConfig) -> dict[str, Compress]:
+    """The compared methods by name, SmoothQuant at the migration strength the evaluate section sets."""
+    return PTQ_METHODS | {"smoothquant": functools.partial(smoothquant, alpha=cfg.evaluate.smoothquant_alpha)}
+
+
+def _knobs(cfg: CBQRecipeConfig) -> dict[str, Any]:
+    """What made the registered model: its setting (as restore_compression reads it), the rest of the CBQ config,
+    and the seed that drew its calibration segments and LoRA factors."""
+    cbq = {f.name: getattr(cfg.compress, f.name) for f in fields(cfg.compress) if f.name != "setting"}
+    return {"method": "cbq", **cfg.compress.setting.knobs(), **cbq, "seed": cfg.seed}
 
 
 def _prompts(model_input: Any) -> list[str]:
@@ -231,18 +198,16 @@ class CBQRecipe(Recipe):
 
     def _quantize(self, model: TokenizedLM, method: str, setting: QuantSetting, calib: torch.Tensor,
                   cfg: CBQRecipeConfig, reporter: Reporter | None) -> TokenizedLM:
-        quantize_lm(model.lm, method, setting, calib, cfg.compress.cbq_config(cfg.seed),
-                    cfg.evaluate.smoothquant_alpha, reporter)
+        quantize = _ptq_methods(cfg)[method]
+        quantize(model.lm, replace(cfg.compress, setting=setting), calib, seed=cfg.seed, reporter=reporter)
         pack_quantized_linears(model.lm)
         return model
 
     def compress(self, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
                  reporter: Reporter) -> CompressionResult:
-        setting = cfg.compress.setting.to_setting()
-        self._quantize(model, "cbq", setting, self._calibration(model, data, cfg), cfg, reporter)
+        self._quantize(model, "cbq", cfg.compress.setting, self._calibration(model, data, cfg), cfg, reporter)
         metrics = self._perplexities(model.lm, model, data, cfg)
-        return CompressionResult(model=model, method="cbq", knobs={"method": "cbq", **setting.knobs()},
-                                 metrics=metrics)
+        return CompressionResult(model=model, method="cbq", knobs=_knobs(cfg), metrics=metrics)
 
     def restore_compression(self, model: TokenizedLM, knobs: dict[str, Any]) -> nn.Module:
         setting = QuantSetting.from_knobs(knobs)
@@ -255,7 +220,8 @@ class CBQRecipe(Recipe):
                 "weight_granularity": setting.weight.granularity,
                 "group_size": str(setting.weight.group_size or ""),
                 "act_bits": str(setting.act.bits) if setting.act else "fp32",
-                "act_granularity": setting.act.granularity if setting.act else ""}
+                "act_granularity": setting.act.granularity if setting.act else "",
+                **{name: json.dumps(knobs[name]) for name in RECORDED_CBQ_KNOBS}}
 
     def model_files(self, model: TokenizedLM) -> dict[str, str]:
         assert model.tokenizer is not None
@@ -281,12 +247,12 @@ class CBQRecipe(Recipe):
     def evaluate(self, dense: TokenizedLM, compressed: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
                  reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
         ev = cfg.evaluate
-        setting = cfg.compress.setting.to_setting()
+        setting = cfg.compress.setting
         calib = self._calibration(dense, data, cfg)
         parent = self._measure(dense, data, cfg)
         variants = [VariantResult("fp", "parent", "fp", {}, parent)]
         grid: list[dict[str, Any]] = []
-        settings = {s.name: s.to_setting() for s in ev.settings} | {setting.name: setting}
+        settings = {s.name: s for s in ev.settings} | {setting.name: setting}
         total = len(settings) * len(ev.methods)
         for s_index, current in enumerate(settings.values()):
             for m_index, method in enumerate(ev.methods):

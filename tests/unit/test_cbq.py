@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from models.cbq import CBQConfig, LoRARoundingLinear, cbq_quantize, reconstruction_loss, window_schedule
+from models.cbq import CBQConfig, LoRARoundingLinear, compress, reconstruction_loss, window_schedule
 from models.common.reporting import RecordingReporter
 from models.quant import (
-    FakeQuantLinear, QuantSpec, code_range, dequantize_weights, export_integer_weights, fake_quantize, quant_params,
-    rtn_quantize,
+    FakeQuantLinear, QuantSetting, QuantSpec, code_range, dequantize_weights, export_integer_weights, fake_quantize,
+    quant_params, rtn_quantize,
 )
 
 W3 = QuantSpec(3, "per_channel")
@@ -54,6 +54,21 @@ def test_window_schedule(num_blocks: int, window: int, overlap: int, expected: l
 def test_window_schedule_rejects_invalid_arguments(num_blocks: int, window: int, overlap: int) -> None:
     with pytest.raises(ValueError):
         window_schedule(num_blocks, window, overlap)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rank=0), "rank must be >= 1, got 0"),
+    (dict(window=2, overlap=2), r"overlap \(2\) must be smaller than window \(2\)"),
+    (dict(overlap=-1), "overlap must be >= 0, got -1"),
+    (dict(warmup=1.0), "warmup must be < 1, got 1.0"),
+    (dict(temperature_end=0.0), "temperature_end must be > 0, got 0.0"),
+    (dict(temperature_end=1.5), "temperature_end must be <= 1, got 1.5"),
+    (dict(calib_seq_len=4), "calib_seq_len must be >= 8, got 4"),
+    (dict(lr_scale=float("nan")), "lr_scale must be > 0, got nan"),
+])
+def test_config_validation_names_the_field_and_value(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CBQConfig(**kwargs)
 
 
 def test_hard_initial_rounding_is_round_to_nearest() -> None:
@@ -150,8 +165,9 @@ def quantized_pair() -> tuple[LlamaForCausalLM, LlamaForCausalLM, LlamaForCausal
     """(FP, CBQ W3A16, RTN W3A16) copies of one tiny LLaMA, and the CBQ run's reporter."""
     fp = tiny_llama()
     reporter = RecordingReporter()
-    cfg = CBQConfig(window=2, overlap=1, rank=8, epochs=20, batch_size=4, lr_rounding=1e-2, lambda_round=0.3)
-    cbq = cbq_quantize(copy.deepcopy(fp), calibration_ids(), W3, None, cfg, reporter)
+    cfg = CBQConfig(QuantSetting("W3A16", w_bits=3), window=2, overlap=1, rank=8, epochs=20, batch_size=4,
+                    lr_rounding=1e-2, lambda_round=0.3)
+    cbq = compress(copy.deepcopy(fp), cfg, calibration_ids(), reporter=reporter)
     rtn = rtn_quantize(copy.deepcopy(fp), W3, skip=lambda name: name == "lm_head")
     return fp, cbq, rtn, reporter
 

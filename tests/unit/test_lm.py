@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from models.common.lm import (
-    LMSection, LMTrainSection, TokenizedLM, build_lm, calibration_segments, eval_windows, generate, load_pretrained,
-    perplexity, train_bpe_tokenizer, train_lm,
+    LMConfig, LMTrainConfig, OutlierConfig, TokenizedLM, build_lm, calibration_segments, eval_windows, generate,
+    load_pretrained, perplexity, train_bpe_tokenizer, train_lm,
 )
 from models.common.profiling import size_on_disk
 from models.common.reporting import RecordingReporter
@@ -31,10 +31,10 @@ class UniformLM(nn.Module):
         return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab))
 
 
-def micro_section(**overrides: object) -> LMSection:
+def micro_config(**overrides: object) -> LMConfig:
     fields = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
-    return LMSection(**(fields | overrides))
+    return LMConfig(**(fields | overrides))
 
 
 def test_bpe_tokenizer_is_deterministic_and_lossless() -> None:
@@ -68,7 +68,7 @@ def test_calibration_segments_are_slices_of_the_stream() -> None:
 
 def test_training_lowers_held_out_perplexity_and_generation_is_deterministic() -> None:
     torch.manual_seed(0)
-    model = build_lm(micro_section())
+    model = build_lm(micro_config())
     with pytest.raises(RuntimeError, match="no tokenizer"):
         model.encode("x")
     model.tokenizer = train_bpe_tokenizer(TEXT, 300)
@@ -76,7 +76,7 @@ def test_training_lowers_held_out_perplexity_and_generation_is_deterministic() -
     windows = eval_windows(ids[-600:], 32)
     before = perplexity(model.lm, windows)
     reporter = RecordingReporter()
-    metrics = train_lm(model, ids[:-600], LMTrainSection(steps=40, batch_size=8, seq_len=32, warmup_steps=4,
+    metrics = train_lm(model, ids[:-600], LMTrainConfig(steps=40, batch_size=8, seq_len=32, warmup_steps=4,
                                                          lr=3e-3), reporter, torch.Generator().manual_seed(0))
     after = perplexity(model.lm, windows)
     assert after < before / 3 and metrics["train_steps"] == 40
@@ -88,16 +88,32 @@ def test_training_lowers_held_out_perplexity_and_generation_is_deterministic() -
 
 
 def test_tied_embeddings_are_stored_once() -> None:
-    tied, untied = build_lm(micro_section()), build_lm(micro_section(tie_word_embeddings=False))
+    tied, untied = build_lm(micro_config()), build_lm(micro_config(tie_word_embeddings=False))
     embedding_bytes = 300 * 32 * 4
     assert size_on_disk(untied) - size_on_disk(tied) == pytest.approx(embedding_bytes, abs=200)
 
 
-def test_section_checks_name_the_problem() -> None:
-    with pytest.raises(ValueError, match="checkpoint"):
-        LMSection(source="full")
-    with pytest.raises(ValueError, match="multiple of num_key_value_heads"):
-        micro_section(num_key_value_heads=3, num_attention_heads=2)
+@pytest.mark.parametrize("make, message", [
+    (lambda: LMConfig(source="full"), "source 'full' needs checkpoint"),
+    (lambda: LMConfig(checkpoint="/some/dir"), "checkpoint is only read for source 'full', not 'tiny'"),
+    (lambda: LMConfig(source="hub"), "source must be one of"),
+    (lambda: micro_config(num_key_value_heads=3, num_attention_heads=2),
+     r"num_attention_heads \(2\) must be a multiple of num_key_value_heads \(3\)"),
+    (lambda: micro_config(hidden_size=33), r"hidden_size \(33\) must be a multiple of num_attention_heads \(2\)"),
+    (lambda: micro_config(vocab_size=100), "vocab_size must be >= 256, got 100"),
+    (lambda: micro_config(max_position_embeddings=8), "max_position_embeddings must be >= 16, got 8"),
+    (lambda: OutlierConfig(factor=1.0), "factor must be > 1, got 1.0"),
+    (lambda: OutlierConfig(channels=0), "channels must be >= 1, got 0"),
+    (lambda: LMTrainConfig(lr=0.0), "lr must be > 0, got 0.0"),
+    (lambda: LMTrainConfig(steps=-1), "steps must be >= 0, got -1"),
+    (lambda: LMTrainConfig(seq_len=4), "seq_len must be >= 8, got 4"),
+])
+def test_config_checks_name_the_field_and_value(make, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_a_missing_checkpoint_directory_is_named() -> None:
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_pretrained("full", "/nonexistent/checkpoint")
 
@@ -106,11 +122,11 @@ def test_full_source_loads_a_local_checkpoint_directory(tmp_path) -> None:
     from transformers import PreTrainedTokenizerFast
 
     torch.manual_seed(0)
-    original = build_lm(micro_section())
+    original = build_lm(micro_config())
     original.tokenizer = train_bpe_tokenizer(TEXT, 300)
     original.lm.save_pretrained(tmp_path)
     PreTrainedTokenizerFast(tokenizer_object=original.tokenizer, eos_token="<|endoftext|>").save_pretrained(tmp_path)
-    loaded = build_lm(micro_section(source="full", checkpoint=str(tmp_path)))
+    loaded = build_lm(micro_config(source="full", checkpoint=str(tmp_path)))
     tokens = original.encode("To be, or not to be")
     assert torch.equal(loaded.encode("To be, or not to be"), tokens) and loaded.eos_token_id == 0
     with torch.no_grad():

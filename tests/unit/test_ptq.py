@@ -1,7 +1,9 @@
-"""models/ptq.py: every method through one entry point, GPTQ over a whole decoder, and CFP's weight clipping."""
+"""models/ptq.py: every method through one {name: compress} map, GPTQ over a whole decoder, and CFP's weight
+clipping."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -10,11 +12,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from models.cbq import CBQConfig
 from models.equivalent_transforms import cfp_clip_weight_outliers, inject_activation_outliers
-from models.ptq import METHODS, QuantSetting, gptq_quantize_model, keeps_full_precision, quantize_lm
-from models.quant import FakeQuantLinear, QuantSpec, rtn_quantize
+from models.ptq import METHODS, PTQ_METHODS, gptq, keeps_full_precision
+from models.quant import FakeQuantLinear, QuantSetting, rtn_quantize
 
-W3 = QuantSetting("W3A16", QuantSpec(3, "per_channel"), None)
-W4A4 = QuantSetting("W4A4", QuantSpec(4, "per_channel"), QuantSpec(4, "per_token"))
+W3 = CBQConfig(QuantSetting("W3A16", w_bits=3))
+W4A4 = CBQConfig(QuantSetting("W4A4", w_bits=4, a_bits=4), epochs=2, batch_size=4)
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
@@ -33,40 +35,30 @@ def hidden_error(model: LlamaForCausalLM, reference: LlamaForCausalLM, tokens: t
         return (model.model(tokens).last_hidden_state - reference.model(tokens).last_hidden_state).pow(2).mean().item()
 
 
-def test_setting_knobs_round_trip() -> None:
-    setting = QuantSetting("W2A16g64", QuantSpec(2, "per_group", 64), None)
-    assert QuantSetting.from_knobs(setting.knobs()) == setting
-    assert QuantSetting.from_knobs(W4A4.knobs()) == W4A4
-
-
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_quantizes_exactly_the_decoder_linears(method: str) -> None:
-    model = quantize_lm(tiny_llama(), method, W4A4, ids(), CBQConfig(epochs=1, batch_size=4))
+def test_every_method_quantizes_exactly_the_decoder_linears_and_returns_the_model(method: str) -> None:
+    model = tiny_llama()
+    returned = PTQ_METHODS[method](model, dataclasses.replace(W4A4, epochs=1), ids())
+    assert returned is model
     quantized = [name for name, m in model.named_modules() if isinstance(m, FakeQuantLinear)]
     assert len(quantized) == 7 * 2 and not any(keeps_full_precision(name) for name in quantized)
     assert type(model.lm_head) is nn.Linear
-    assert all(m.act_spec == W4A4.act for m in model.modules() if isinstance(m, FakeQuantLinear))
-
-
-def test_unknown_method_is_named() -> None:
-    with pytest.raises(ValueError, match="awq"):
-        quantize_lm(tiny_llama(), "awq", W3, ids(), CBQConfig())
+    assert all(m.act_spec == W4A4.setting.act for m in model.modules() if isinstance(m, FakeQuantLinear))
 
 
 def test_gptq_over_the_decoder_beats_round_to_nearest() -> None:
     fp = tiny_llama()
-    gptq = gptq_quantize_model(copy.deepcopy(fp), ids(32), W3)
-    rtn = rtn_quantize(copy.deepcopy(fp), W3.weight, skip=keeps_full_precision)
+    gptq_model = gptq(copy.deepcopy(fp), W3, ids(32))
+    rtn_model = rtn_quantize(copy.deepcopy(fp), W3.setting.weight, skip=keeps_full_precision)
     held_out = ids(8, seed=5)
-    assert hidden_error(gptq, fp, held_out) < 0.8 * hidden_error(rtn, fp, held_out)
+    assert hidden_error(gptq_model, fp, held_out) < 0.8 * hidden_error(rtn_model, fp, held_out)
 
 
 def test_outlier_handling_rescues_w4a4_on_an_outlier_model() -> None:
     fp = tiny_llama()
     inject_activation_outliers(fp, channels=4, factor=30.0, seed=0)
     calib, held_out = ids(16), ids(8, seed=5)
-    errors = {method: hidden_error(quantize_lm(copy.deepcopy(fp), method, W4A4, calib,
-                                               CBQConfig(epochs=2, batch_size=4)), fp, held_out)
+    errors = {method: hidden_error(PTQ_METHODS[method](copy.deepcopy(fp), W4A4, calib), fp, held_out)
               for method in ("rtn", "smoothquant", "cbq", "cbq_no_cfp")}
     assert errors["smoothquant"] < 0.5 * errors["rtn"]
     assert errors["cbq"] < 0.5 * errors["cbq_no_cfp"], errors

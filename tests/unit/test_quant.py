@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from models.quant import (
-    FakeQuantLinear, GPTQResult, QuantSpec, accumulate_hessian, code_range, dequantize_weights,
+    FakeQuantLinear, GPTQResult, QuantSetting, QuantSpec, accumulate_hessian, code_range, dequantize_weights,
     PackedQuantLinear, export_integer_weights, fake_quantize, gptq_quantize, grouped, install_packed_linears,
     pack_codes, pack_quantized_linears, quant_params, quantize_linears, rtn_quantize, unpack_codes,
 )
@@ -98,6 +98,31 @@ def test_group_size_must_divide_in_features() -> None:
 def test_quant_spec_validation_names_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         QuantSpec(**kwargs)
+
+
+def test_setting_specs_and_knobs_round_trip() -> None:
+    grouped_w2 = QuantSetting("W2A16g64", w_bits=2, w_granularity="per_group", group_size=64)
+    assert (grouped_w2.weight, grouped_w2.act) == (QuantSpec(2, "per_group", 64), None)
+    w4a4 = QuantSetting("W4A4", w_bits=4, a_bits=4)
+    assert (w4a4.weight, w4a4.act) == (QuantSpec(4, "per_channel"), QuantSpec(4, "per_token"))
+    assert w4a4.knobs() == {"setting": "W4A4",
+                            "weight": {"bits": 4, "granularity": "per_channel", "group_size": None, "symmetric": False},
+                            "act": {"bits": 4, "granularity": "per_token", "group_size": None, "symmetric": False}}
+    assert QuantSetting.from_knobs(grouped_w2.knobs()) == grouped_w2
+    assert QuantSetting.from_knobs(w4a4.knobs()) == w4a4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(w_bits=1), "w_bits must be >= 2, got 1"),
+    (dict(w_bits=4, a_bits=9), "a_bits must be <= 8, got 9"),
+    (dict(w_bits=4, w_granularity="per_token"), "w_granularity must be one of"),
+    (dict(w_bits=4, a_bits=4, a_granularity="per_channel"), "a_granularity must be one of"),
+    (dict(w_bits=4, w_granularity="per_group"), "needs a group_size"),
+    (dict(w_bits=4, group_size=64), "group_size is only read for w_granularity 'per_group', got group_size=64"),
+])
+def test_setting_validation_names_the_field_and_value(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        QuantSetting("bad", **kwargs)
 
 
 def test_constant_rows_do_not_give_nan() -> None:
