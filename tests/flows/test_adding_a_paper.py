@@ -1,13 +1,15 @@
-"""Adding a paper takes one recipe file and one config file (docs/adding-a-paper.md), checked by doing it.
+"""Adding a paper takes one recipe file and one config file, checked by doing it with the two files
+docs/adding-a-paper.md shows.
 
-A copy of the project as git has it gets exactly two new files, recipes/logreg.py and configs/logreg.yaml: a
-multinomial logistic regression on the digits DVC stage, compression None. This process then runs the copy the
-way a fresh interpreter started in it would (PAPEROPS_ROOT is the copy, the `recipes` package reads its modules
-from the copy's recipes/), and the twelfth paper goes through the real paper_pipeline: its stage is built by DVC
-and validated by GX, it trains in a second, registers, passes the gate, and shows in `paperops list` and among
-the deployments `paperops deploy` would register. No other file of the project was touched."""
+A copy of the project as git has it gets exactly those two files, recipes/<paper>.py and configs/<paper>.yaml, as
+the page prints them. This process then runs the copy the way a fresh interpreter started in it would
+(PAPEROPS_ROOT is the copy, the `recipes` package reads its modules from the copy's recipes/), and the new paper
+goes through the real paper_pipeline at the smoke size it declares: its DVC stage is built and validated by GX,
+it trains in seconds, registers, passes the gate, and shows in `paperops list` and among the deployments
+`paperops deploy` would register. No other file of the project was touched."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -22,124 +24,22 @@ from typer.testing import CliRunner
 import recipes
 from settings import PROJECT_ROOT
 
-PAPER = "logreg"
-
-RECIPE = '''"""Multinomial logistic regression on scikit-learn's 8x8 digits: the smallest paper the platform runs."""
-from __future__ import annotations
-
-from typing import Any
-
-import numpy as np
-import torch
-from pydantic import Field
-from torch import nn
-
-from data.images import ImageDataset, load_image_dataset
-from models.common.profiling import measure_latency, size_on_disk
-from models.common.reporting import Reporter
-from recipes.base import (
-    CompressionResult, Evaluation, LatencySection, Recipe, RecipeConfig, Section, VariantResult, register_recipe,
-    seed_everything,
-)
+GUIDE = PROJECT_ROOT / "docs" / "adding-a-paper.md"
+# "`recipes/<paper>.py`:" or "`configs/<paper>.yaml`:", a blank line, then the fenced file
+SHOWN_FILE = re.compile(r"^`((?:recipes/\w+\.py)|(?:configs/\w+\.yaml))`:\n\n```\w*\n(.*?)^```$", re.M | re.S)
 
 
-class TrainSection(Section):
-    steps: int = Field(100, ge=1, description="full-batch Adam steps")
-    lr: float = Field(0.1, gt=0)
+def the_guides_files() -> dict[str, str]:
+    """The files docs/adding-a-paper.md tells the reader to write, by path."""
+    return dict(SHOWN_FILE.findall(GUIDE.read_text()))
 
 
-class LogRegConfig(RecipeConfig):
-    train: TrainSection = TrainSection()
-    evaluate: LatencySection = LatencySection()
+FILES = the_guides_files()
+PAPER = next((Path(path).stem for path in FILES if path.startswith("recipes/")), "")
 
 
-def pixels(images: np.ndarray) -> torch.Tensor:
-    """(N, 8, 8) grey levels 0-255 -> (N, 64) in [0, 1]."""
-    return torch.as_tensor(np.asarray(images, np.float32).reshape(len(images), -1) / 255.0)
-
-
-def top1(model: nn.Module, data: ImageDataset) -> float:
-    with torch.no_grad():
-        predicted = model(pixels(data.x_test)).argmax(-1).numpy()
-    return 100.0 * float((predicted == data.y_test).mean())
-
-
-@register_recipe
-class LogRegRecipe(Recipe):
-    name = "logreg"
-    title = "Multinomial logistic regression on scikit-learn's digits"
-    compression = None
-    compression_skip_reason = "a 64 x 10 linear map has no tokens to prune and too few weights to quantize"
-    config_model = LogRegConfig
-    primary_metric = "top1"
-    cost_metric = "size_ratio"  # never produced: nothing is compressed
-    summary_columns = (("top1", "top-1 %", 1.0),)
-    smoke_overrides = ()
-    deployment_description = "Logistic regression on the digits stage, the two-file paper of adding-a-paper.md"
-    deployment_tags = ("vision",)
-
-    def load_data(self, path: str, cfg: LogRegConfig) -> ImageDataset:
-        return load_image_dataset(path)
-
-    def build_model(self, cfg: LogRegConfig) -> nn.Module:
-        seed_everything(cfg.seed)
-        return nn.Linear(64, 10)
-
-    def train(self, model: nn.Module, data: ImageDataset, cfg: LogRegConfig, reporter: Reporter) -> dict[str, float]:
-        x, y = pixels(data.x_train), torch.as_tensor(data.y_train, dtype=torch.long)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-        for step in range(cfg.train.steps):
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            reporter.log_metrics({"loss": loss.item()}, step=step)
-        return {"top1": top1(model, data)}
-
-    def compress(self, model: nn.Module, data: Any, cfg: RecipeConfig, reporter: Reporter) -> CompressionResult:
-        raise NotImplementedError(self.compression_skip_reason)
-
-    def restore_compression(self, model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
-        raise NotImplementedError(self.compression_skip_reason)
-
-    def evaluate(self, dense: nn.Module, compressed: nn.Module | None, data: ImageDataset, cfg: LogRegConfig,
-                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
-        batch = pixels(data.x_test[: cfg.evaluate.latency_batch])
-        timing = measure_latency(dense, batch, runs=cfg.evaluate.latency_runs, warmup=cfg.evaluate.latency_warmup)
-        metrics = {"top1": top1(dense, data), "size_bytes": float(size_on_disk(dense)), **timing}
-        return Evaluation(variants=[VariantResult("logreg", "parent", "logreg", {}, metrics)])
-
-    def input_example(self, data: ImageDataset, n: int = 2) -> np.ndarray:
-        return np.asarray(data.x_test[:n], np.float32)
-
-    def predict(self, model: nn.Module, batch: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-        with torch.no_grad():
-            return torch.softmax(model(pixels(batch)), -1).numpy()
-'''
-
-CONFIG = """# Multinomial logistic regression on scikit-learn's digits, validated by recipes.logreg.LogRegConfig.
-tiny:
-  data:
-    stage: digits
-    suite: image_classification
-    expect:
-      height: 8
-      width: 8
-      channels: 1
-      dtype: uint8
-      value_range: [0, 255]
-      classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
-      min_share: 0.5
-      max_share: 1.5
-      min_images_per_split: 100
-  train:
-    steps: 100
-    lr: 0.1
-  evaluate:
-    latency_batch: 16
-    latency_runs: 2
-    latency_warmup: 1
-"""
+def test_the_guide_shows_exactly_one_recipe_file_and_its_config_file():
+    assert sorted(FILES) == [f"configs/{PAPER}.yaml", f"recipes/{PAPER}.py"], sorted(FILES)
 
 
 def git(root: Path, *arguments: str) -> str:
@@ -149,18 +49,18 @@ def git(root: Path, *arguments: str) -> str:
 
 @pytest.fixture(scope="module")
 def project_copy(tmp_path_factory) -> Path:
-    """The project's files as git has them (tracked and not ignored: no datasets, no state), plus the two files."""
-    copy = tmp_path_factory.mktemp("twelfth-paper") / "project"
+    """The project's files as git has them (tracked and not ignored: no datasets, no state), plus the guide's two."""
+    copy = tmp_path_factory.mktemp("new-paper") / "project"
     for name in git(PROJECT_ROOT, "ls-files", "--cached", "--others", "--exclude-standard", "-z").split("\0"):
         if name and (PROJECT_ROOT / name).is_file():
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(PROJECT_ROOT / name, copy / name)
-    assert not (copy / "recipes" / f"{PAPER}.py").exists() and not (copy / "configs" / f"{PAPER}.yaml").exists()
-    (copy / "recipes" / f"{PAPER}.py").write_text(RECIPE)
-    (copy / "configs" / f"{PAPER}.yaml").write_text(CONFIG)
+    for path, text in FILES.items():
+        assert not (copy / path).exists(), f"{path} is already part of the project"
+        (copy / path).write_text(text)
     git(copy, "init", "--quiet")
     git(copy, "add", "--all")
-    git(copy, "commit", "--quiet", "-m", "a twelfth paper: one recipe file and one config file")
+    git(copy, "commit", "--quiet", "-m", "a new paper: one recipe file and one config file")
     return copy
 
 
@@ -180,37 +80,43 @@ def in_the_copy(project_copy: Path) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def twelfth_run(in_the_copy: Path, prefect_api) -> dict[str, Any]:
+def new_paper_run(in_the_copy: Path, prefect_api) -> dict[str, Any]:
     from flows.pipeline import paper_pipeline
+    from recipes import get_recipe
 
-    return paper_pipeline(PAPER, "tiny")
+    return paper_pipeline(PAPER, "tiny", list(get_recipe(PAPER).smoke_overrides))
 
 
-def test_the_new_paper_runs_through_the_pipeline_and_is_registered_and_promoted(twelfth_run):
+def test_the_new_paper_runs_through_the_pipeline_and_is_registered_and_promoted(new_paper_run, in_the_copy):
+    from recipes import get_recipe, load_config
     from tasks.record import VersionRecord
     from tasks.tracking import configure_tracking
 
-    steps = twelfth_run["steps"]
+    recipe = get_recipe(PAPER)
+    assert type(recipe).__module__ == f"recipes.{PAPER}" and recipe.title
+    steps = new_paper_run["steps"]
     assert steps["prepare-data"] == steps["validate"] == steps["train"] == steps["register"] == "Completed"
-    assert steps["compress"] == "Skipped (not applicable)"
-    version = configure_tracking().get_model_version(f"paperops-{PAPER}", twelfth_run["versions"]["parent_version"])
+    assert steps["compress"] == ("Completed" if recipe.compression else "Skipped (not applicable)")
+    version = configure_tracking().get_model_version(f"paperops-{PAPER}", new_paper_run["versions"]["parent_version"])
     record = VersionRecord.model_validate(mlflow.artifacts.load_dict(version.tags["record.artifact"]))
-    assert (record.paper, record.dataset_stage, record.gx_success) == (PAPER, "digits", True)
-    assert record.primary_value > 80.0  # a linear model on 8x8 digits, well above chance
-    assert record.compression_skipped.startswith("a 64 x 10 linear map")
-    assert twelfth_run["promotion"]["promoted"], twelfth_run["promotion"]["reasons"]
+    stage = load_config(PAPER, "tiny").config.data.stage
+    assert (record.paper, record.dataset_stage, record.gx_success) == (PAPER, stage, True)
+    assert record.git_commit == git(in_the_copy, "rev-parse", "HEAD").strip()  # the copy's code made it
+    assert new_paper_run["promotion"]["promoted"], new_paper_run["promotion"]["reasons"]
 
 
-def test_the_new_paper_shows_in_paperops_list_and_gets_a_deployment(twelfth_run, monkeypatch):
+def test_the_new_paper_shows_in_paperops_list_and_gets_a_deployment(new_paper_run, monkeypatch):
     from paperops.cli import app
+    from recipes import get_recipe
 
+    recipe = get_recipe(PAPER)
     listed = CliRunner().invoke(app, ["list"])
     assert listed.exit_code == 0, listed.output
     row = next(line for line in listed.output.splitlines() if f" {PAPER} " in line)
-    assert "top1" in row and "tiny" in row
+    assert recipe.primary_metric in row and "tiny" in row
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     printed = CliRunner().invoke(app, ["deploy", "--print"])
     assert printed.exit_code == 0, printed.output
     deployment = next(d for d in yaml.safe_load(printed.output)["deployments"] if d["name"] == PAPER)
     assert deployment["parameters"]["paper"] == PAPER and deployment["work_pool"] == {"name": "gpu"}
-    assert deployment["tags"] == ["paperops", "vision", PAPER]
+    assert deployment["description"] == recipe.deployment_description
