@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -10,6 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from settings import apply_runtime_defaults, tracking_uri
+
+if TYPE_CHECKING:
+    from recipes.base import SummaryColumn
 
 app = typer.Typer(help="paperops: research papers from raw data to a served model (Prefect, MLflow, DVC, GX).",
                   no_args_is_help=True, add_completion=False)
@@ -20,18 +23,18 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 @app.command("list")
 def list_papers() -> None:
     """Show the registered papers (recipes) and their config profiles."""
-    from recipes import available_recipes
-    from settings import project_root
-
-    import yaml
+    from recipes import available_recipes, config_path
+    from settings.config import ConfigError, profiles
 
     table = Table(title="registered papers")
     for column in ("paper", "title", "compression", "primary metric", "profiles"):
         table.add_column(column)
     for name, cls in available_recipes().items():
-        path = project_root() / "configs" / f"{name}.yaml"
-        profiles = ", ".join(yaml.safe_load(path.read_text()) or {}) if path.is_file() else "(no config)"
-        table.add_row(name, cls.title, cls.compression, cls.primary_metric, profiles)
+        try:
+            names = ", ".join(profiles(config_path(name)))
+        except ConfigError as exc:
+            names = f"[red]{exc}[/]"
+        table.add_row(name, cls.title, cls.compression, cls.primary_metric, names)
     console.print(table)
 
 
@@ -52,7 +55,8 @@ def data(stages: list[str] = typer.Argument(None, help="DVC stages to build; def
 @app.command()
 def run(
     paper: str = typer.Argument(..., help="registered paper, see `paperops list`, or `all` for every paper"),
-    profile: str = typer.Option("tiny", "--profile", "-p", help="config profile: tiny (CPU minutes) or full"),
+    profile: str = typer.Option("tiny", "--profile", "-p", help="profile of configs/<paper>.yaml: tiny (CPU "
+                                "minutes) or another the paper's config has (`paperops list` shows them)"),
     overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="config override key=value (repeatable)"),
 ) -> None:
     """Run the paper's pipeline: prepare data -> validate -> train -> compress -> evaluate -> register -> promote.
@@ -185,7 +189,7 @@ def serve(
 
 @app.command("serve-llm")
 def serve_llm(
-    paper: str = typer.Argument("cbq", help="language paper whose registered LM to serve (a LLaMA model)"),
+    paper: str = typer.Argument(..., help="registered paper whose model is a LLaMA language model"),
     alias: str = typer.Option("champion", "--alias", "-a", help="registry alias of the version to serve"),
     policy: str = typer.Option("infercept", "--policy",
                                help="vllm, improved_discard, preserve, swap, heuristic, infercept, infercept_oracle"),
@@ -207,7 +211,7 @@ def serve_llm(
     waits (preserve, swap to host, or discard and recompute)."""
     apply_runtime_defaults()
     from tasks.serve import ServingError
-    from tasks.serve_llm import load_language_model
+    from tasks.serve_llm import load_language_model, training_corpus
 
     given = [v is not None for v in (a_ms, c_ms, saturation)]
     if any(given) and not all(given):
@@ -223,13 +227,12 @@ def serve_llm(
 
     from models.apiserve.costs import IterationTimeModel
     from paperops.serve_llm import EngineOptions, create_app, engine_for_model
-    from settings import project_root
 
     time_model = IterationTimeModel(a_ms, c_ms, saturation) if all(given) else None  # type: ignore[arg-type]
     options = EngineOptions(policy=policy, gpu_blocks=gpu_blocks, host_blocks=host_blocks, block_size=block_size,
                             max_model_len=max_model_len, max_pending=max_pending,
                             max_returned_tokens=max_returned_tokens, time_model=time_model,
-                            retrieval_corpus=project_root() / "data" / "shakespeare" / "train.txt")
+                            retrieval_corpus=training_corpus(served))
     try:
         engine, notes = engine_for_model(model, options)
     except ValueError as exc:
@@ -249,15 +252,22 @@ def deploy(
     schedule: Optional[bool] = typer.Option(None, "--schedule/--no-schedule",
                                             help="activate the cron schedules; default: on, except for tiny"),
     cron: str = typer.Option("0 3 * * *", "--cron", help="cron (UTC) of every paper's schedule"),
+    print_only: bool = typer.Option(False, "--print", help="print the deployments file `prefect deploy` gets "
+                                    "and stop (no server needed)"),
 ) -> None:
-    """Register work pools `gpu` and `cpu`, the deployments of prefect.yaml (one per paper on `gpu`, `all-papers`
-    on `cpu`) and the crash-detection automation on the Prefect server in PREFECT_API_URL."""
+    """Register work pools `gpu` and `cpu`, the deployments (one per registered paper on `gpu`, expanded from
+    prefect.yaml's template and the recipe's declarations; `all-papers` on `cpu`) and the crash-detection
+    automation on the Prefect server in PREFECT_API_URL."""
     apply_runtime_defaults()
     from settings.config import ConfigError
-    from tasks.scaleout import DeployOptions, ScaleOutError, deploy_project
+    from tasks.scaleout import DeployOptions, ScaleOutError, deploy_project, expanded_prefect_file, prefect_file_text
 
+    options = DeployOptions(profile=profile, schedule_active=schedule, cron=cron)
     try:
-        deployments = deploy_project(DeployOptions(profile=profile, schedule_active=schedule, cron=cron))
+        if print_only:
+            typer.echo(prefect_file_text(expanded_prefect_file(), options.environment()), nl=False)
+            return
+        deployments = deploy_project(options)
     except (ScaleOutError, ConfigError) as exc:
         console.print(f"[red]deploy failed:[/] {exc}")
         raise typer.Exit(2) from exc
@@ -362,15 +372,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         steps.add_row(step, state)
     console.print(steps)
     if summary["variants"]:
-        variants = Table(title="evaluated side by side (same run, same machine)")
-        # the columns this paper's metrics fill: accuracy and MACs for vision, perplexity and size for language
-        columns = {key: spec for key, spec in VARIANT_COLUMNS.items()
-                   if any(row.get(key) is not None for row in summary["variants"])}
-        for header, _ in columns.values():
-            variants.add_column(header, justify="left" if header in ("variant", "role") else "right")
-        for row in summary["variants"]:
-            variants.add_row(*(_fmt(row.get(key), scale) for key, (_, scale) in columns.items()))
-        console.print(variants)
+        console.print(variants_table(summary))
     versions, promotion = summary["versions"], summary["promotion"]
     if versions:
         compressed = f", compressed v{versions['method_version']}" if versions["method_version"] else \
@@ -389,6 +391,29 @@ def print_summary(summary: dict[str, Any]) -> None:
                 console.print(f"  - {reason}")
     console.print(f"MLflow run {summary['pipeline_run_id']} in {tracking_uri()}\n"
                   "Open the MLflow UI with [bold]make ui[/] (http://127.0.0.1:5000).")
+
+
+# Columns every paper's summary has (recipes.base.COMMON_METRICS), after the paper's own summary_columns.
+COMMON_COLUMNS: tuple[SummaryColumn, ...] = (
+    ("delta_vs_parent", "Δ vs parent", 1.0), ("size_bytes", "MB on disk", 1e-6), ("throughput_per_s", "items/s", 1.0),
+    ("throughput_ratio", "speed ×", 1.0), ("latency_p50_ms", "p50 ms", 1.0), ("latency_p95_ms", "p95 ms", 1.0))
+
+
+def variants_table(summary: dict[str, Any]) -> Table:
+    """The variants of one run side by side: the recipe's declared columns, then the common ones; a column no
+    variant filled is left out."""
+    from recipes import get_recipe
+
+    declared = get_recipe(summary["paper"]).summary_columns + COMMON_COLUMNS
+    columns = [c for c in declared if any(row.get(c[0]) is not None for row in summary["variants"])]
+    table = Table(title="evaluated side by side (same run, same machine)")
+    table.add_column("variant")
+    table.add_column("role")
+    for _, header, _ in columns:
+        table.add_column(header, justify="right")
+    for row in summary["variants"]:
+        table.add_row(row["variant"], row["role"], *(_fmt(row.get(metric), scale) for metric, _, scale in columns))
+    return table
 
 
 def headline_row(summary: dict[str, Any]) -> dict[str, str]:
@@ -425,17 +450,6 @@ def print_headlines(summaries: list[dict[str, Any]]) -> None:
     for row in rows:
         table.add_row(*row.values())
     console.print(table)
-
-
-# summary key -> (column header, scale of the shown number)
-VARIANT_COLUMNS = {"variant": ("variant", 1.0), "role": ("role", 1.0), "top1": ("top-1 %", 1.0),
-                   "a_n": ("A_N %", 1.0),
-                   "ppl_shakespeare": ("ppl Shakespeare", 1.0), "ppl_milton": ("ppl Milton", 1.0),
-                   "delta_vs_parent": ("Δ vs parent", 1.0), "macs_per_image": ("MMACs/img", 1e-6),
-                   "macs_ratio": ("MACs ×", 1.0), "size_bytes": ("MB on disk", 1e-6), "size_ratio": ("size ×", 1.0),
-                   "tokens_per_s": ("tokens/s", 1.0), "throughput_per_s": ("items/s", 1.0),
-                   "throughput_ratio": ("speed ×", 1.0), "latency_p50_ms": ("p50 ms", 1.0),
-                   "latency_p95_ms": ("p95 ms", 1.0)}
 
 
 def _fmt(value: Any, scale: float = 1.0) -> str:

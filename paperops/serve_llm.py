@@ -79,7 +79,7 @@ def engine_for_model(model: TokenizedLM, options: EngineOptions) -> tuple[Engine
         tools.append(Retrieval.from_file(corpus))
         notes.append(f"retrieval over {corpus}")
     elif corpus is not None:
-        notes.append(f"retrieval tool off: no corpus at {corpus} (build it with `paperops data shakespeare`)")
+        notes.append(f"retrieval tool off: no corpus at {corpus} (build it with `paperops data {corpus.parent.name}`)")
     else:
         notes.append("retrieval tool off: no corpus given")
     engine = build_engine(lm, model.tokenizer, ToolBox(tools), policy=options.policy, gpu_blocks=options.gpu_blocks,

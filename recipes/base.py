@@ -95,6 +95,10 @@ class PaperFigure:
         return "meets the paper" if meets else "short of the paper"
 
 
+# A column of the run summary: (metric, header, scale of the shown number), e.g. ("macs_per_image", "MMACs/img", 1e-6).
+SummaryColumn = tuple[str, str, float]
+
+
 @dataclass(frozen=True)
 class Headline:
     """The one comparison the cross-paper summary shows: the paper's method against its main baseline, measured in
@@ -124,6 +128,13 @@ class VariantResult:
     method: str
     knobs: dict[str, Any]
     metrics: dict[str, float]
+
+
+# Metrics every recipe names the same: each measured variant's cost (models/common/profiling.py: measure_latency,
+# size_on_disk) and what compare_to_parent adds. The platform reads these by name; a paper's own metrics it reads
+# only through the recipe's declarations (primary_metric, cost_metric, summary_columns, ...).
+COMMON_METRICS = ("latency_p50_ms", "latency_p95_ms", "batch_size", "throughput_per_s", "peak_memory_bytes",
+                  "size_bytes", "delta_vs_parent", "throughput_ratio")
 
 
 def compare_to_parent(variants: list[VariantResult], primary_metric: str) -> None:
@@ -160,6 +171,14 @@ class Recipe(ABC):
     serving_params: ClassVar[dict[str, Any]] = {}  # inference parameters a request may set, with defaults
     paper_figures: ClassVar[tuple[PaperFigure, ...]] = ()
     headline: ClassVar[Headline | None] = None
+    # What the platform shows and deploys, read by paperops/cli.py, tasks/ and `paperops deploy`; platform code
+    # names no paper and no paper metric (tests/unit/test_platform_names.py).
+    summary_columns: ClassVar[tuple[SummaryColumn, ...]]  # the paper's metrics in the run summary, in order
+    macs_per_item_metric: ClassVar[str | None] = None  # metric holding one input's MACs (record: macs_per_item)
+    weight_bits_knob: ClassVar[str | None] = None  # dotted knob holding a version's stored weight bits; None: 32
+    smoke_overrides: ClassVar[tuple[str, ...]]  # `key=value`s that shrink the tiny profile to a seconds-scale run
+    deployment_description: ClassVar[str]  # one line: what the paper's Prefect deployment runs
+    deployment_tags: ClassVar[tuple[str, ...]] = ()  # besides `paperops` and the paper's name
 
     def datasets(self, cfg: RecipeConfig) -> dict[str, DataSection]:
         """Every dataset the recipe trains or evaluates on, by name: the pipeline prepares (DVC) and validates (GX)
@@ -201,6 +220,16 @@ class Recipe(ABC):
         """The knobs a reviewer filters versions by (bits, granularity, r, ...), as flat registry tags."""
         return {}
 
+    def weight_bits(self, knobs: dict[str, Any] | None) -> int:
+        """Bits per stored weight of a version made with `knobs` (None: a trained, uncompressed version): the knob
+        `weight_bits_knob` names, or 32 when the recipe declares none or the version has no knobs."""
+        if not knobs or self.weight_bits_knob is None:
+            return 32
+        value: Any = knobs
+        for key in self.weight_bits_knob.split("."):
+            value = value[key]
+        return int(value)
+
     def model_files(self, model: nn.Module) -> dict[str, str]:
         """Named text files the module needs besides its tensors (e.g. a tokenizer), saved with the model."""
         return {}
@@ -230,7 +259,16 @@ def seed_everything(seed: int) -> torch.Generator:
 _RECIPES: dict[str, type[Recipe]] = {}
 
 
+# What a recipe must declare (no default in Recipe): without one the platform could not run, show or deploy it.
+REQUIRED_DECLARATIONS = ("name", "title", "compression", "config_model", "primary_metric", "cost_metric",
+                         "summary_columns", "smoke_overrides", "deployment_description")
+
+
 def register_recipe(cls: type[Recipe]) -> type[Recipe]:
+    missing = [attribute for attribute in REQUIRED_DECLARATIONS if not hasattr(cls, attribute)]
+    if missing:
+        raise TypeError(f"recipe {cls.__module__}.{cls.__qualname__} does not declare {', '.join(missing)} "
+                        "(see the class attributes of recipes.base.Recipe)")
     if cls.name in _RECIPES and _RECIPES[cls.name] is not cls:
         raise ValueError(f"recipe name {cls.name!r} registered twice ({_RECIPES[cls.name].__module__}, {cls.__module__})")
     _RECIPES[cls.name] = cls

@@ -145,6 +145,21 @@ class CBQRecipe(Recipe):
         PaperFigure("w2a16g64_ppl_ratio_vs_fp", 9.72 / 5.68, "OmniQuant (ICLR 2024), LLaMA-1-7B WikiText2",
                     "OmniQuant W2A16g128 9.72 vs FP16 5.68; CBQ claims to be below it", higher_is_better=False),
     )
+    summary_columns = (("ppl_shakespeare", "ppl Shakespeare", 1.0), ("ppl_milton", "ppl Milton", 1.0),
+                       ("size_ratio", "size ×", 1.0), ("tokens_per_s", "tokens/s", 1.0))
+    weight_bits_knob = "weight.bits"
+    smoke_overrides = (
+        "model.vocab_size=512", "model.hidden_size=64", "model.intermediate_size=128", "model.num_hidden_layers=2",
+        "model.num_attention_heads=2", "model.num_key_value_heads=2", "model.inject_outliers.channels=2",
+        "train.steps=30", "train.batch_size=8", "train.seq_len=64", "train.warmup_steps=5",
+        "compress.calib_segments=8", "compress.calib_seq_len=64", "compress.epochs=1",
+        "evaluate.seq_len=64", "evaluate.max_windows=4", "evaluate.latency_batch=2", "evaluate.latency_runs=1",
+        "evaluate.latency_warmup=0", "evaluate.max_new_tokens=4",
+        "evaluate.settings=[{name: W4A16, w_bits: 4}, {name: W4A4, w_bits: 4, a_bits: 4}]",
+        "promote.max_metric_drop=1000",
+    )
+    deployment_description = "CBQ (cross-block quantization) of a LLaMA decoder, with RTN/GPTQ/SmoothQuant baselines"
+    deployment_tags = ("language",)
 
     def load_data(self, paths: dict[str, str], cfg: CBQRecipeConfig) -> TextSplits:
         return TextSplits(load_text_dataset(paths["data"]))

@@ -115,6 +115,18 @@ class FEATRecipe(Recipe):
         PaperFigure("feat_gain_5w5s_pts", 71.61 - 71.33, "Sha-Lab/FEAT README",
                     "FEAT - ProtoNet, MiniImageNet ConvNet-4 5-way 5-shot"),
     )
+    summary_columns = (("acc_5w1s", "5w1s %", 1.0), ("ci95_5w1s", "± 95 %", 1.0), ("acc_5w5s", "5w5s %", 1.0),
+                       ("macs_per_image", "MMACs/img", 1e-6))
+    macs_per_item_metric = "macs_per_image"
+    smoke_overrides = (
+        "model.hidden=16",
+        "pretrain.epochs=1", "pretrain.val_episodes=10",
+        "meta.one_shot.epochs=1", "meta.one_shot.episodes_per_epoch=4", "meta.one_shot.val_episodes=10",
+        "evaluate.episodes=100", "evaluate.latency_runs=2", "evaluate.latency_warmup=1",
+    )
+    deployment_description = ("FEAT (few-shot embedding adaptation, set-to-set Transformer) vs ProtoNet and FEAT "
+                              "lambda=0, ConvNet-4")
+    deployment_tags = ("vision",)
 
     # ------------------------------------------------------------------------------------------------ data
 

@@ -116,6 +116,17 @@ class OVORRecipe(Recipe):
     headline = Headline("a_n", "ovor_dense", BASELINE, None,
                         "A_N over 5 tasks, seed 0; paper: OVOR ~ CODA-P (75.45 on 10-task ImageNet-R) and OnePrompt "
                         "without VOR ~1-2 points lower [vision.md §3.3, from memory, unverified]")
+    summary_columns = (("a_n", "A_N %", 1.0), ("top1", "top-1 %", 1.0), ("macs_per_image", "MMACs/img", 1e-6),
+                       ("macs_ratio", "MACs ×", 1.0))
+    macs_per_item_metric = "macs_per_image"
+    smoke_overrides = (
+        "pretrain.train.epochs=0.05",
+        "stream.seeds=[0]", "stream.prompt_epochs=0.5", "stream.vor_passes=2", "stream.max_train_per_class=48",
+        "evaluate.latency_batch=16", "evaluate.latency_runs=2", "evaluate.latency_warmup=1",
+        "promote.max_metric_drop=100",
+    )
+    deployment_description = "OVOR (OnePrompt + virtual outlier regularization), class-incremental ViT; PPT-compressed"
+    deployment_tags = ("vision",)
 
     # ------------------------------------------------------------------------------------------ data/model
 

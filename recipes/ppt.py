@@ -78,6 +78,18 @@ class PPTRecipe(Recipe):
         PaperFigure("top1_offtheshelf_drop_pts", 79.8 - 79.498, "xjwu1024/PPT README",
                     "DeiT-S 79.498 off the shelf vs 79.8 dense (tau=7e-5, r=50 @ 3/6/9)", higher_is_better=False),
     )
+    summary_columns = (("top1", "top-1 %", 1.0), ("macs_per_image", "MMACs/img", 1e-6), ("macs_ratio", "MACs ×", 1.0))
+    macs_per_item_metric = "macs_per_image"
+    smoke_overrides = (
+        "model.embed_dim=48", "model.num_heads=3",
+        "train.epochs=0.5", "train.max_train_images=1024", "train.warmup_epochs=0.1",
+        "compress.finetune.epochs=0.25", "compress.finetune.max_train_images=1024",
+        "evaluate.max_test_images=256", "evaluate.latency_batch=16", "evaluate.latency_runs=2",
+        "evaluate.latency_warmup=1",
+    )
+    deployment_description = ("PPT (token pruning & pooling) on a ViT: data -> GX -> train -> compress -> evaluate "
+                              "-> register -> promote")
+    deployment_tags = ("vision",)
 
     def load_data(self, paths: dict[str, str], cfg: PPTRecipeConfig) -> TensorSplits:
         raw = load_image_dataset(paths["data"])

@@ -150,6 +150,19 @@ class W2SRecipe(Recipe):
         PaperFigure("adaptconf_minus_kd_top1_pts_vgg", 76.84 - 76.41, "ggjy/vision_weak_to_strong README",
                     "CIFAR-100 VGG8 -> VGG13, w_gt = 1 (our protocol A): AdaptConf 76.84 vs KD 76.41"),
     )
+    summary_columns = (("top1", "top-1 %", 1.0), ("pgr", "PGR", 1.0), ("macs_per_image", "MMACs/img", 1e-6),
+                       ("macs_ratio", "MACs ×", 1.0))
+    macs_per_item_metric = "macs_per_image"
+    smoke_overrides = (
+        "model.embed_dim=32", "model.num_heads=2",
+        "experiment.seeds=1", "experiment.teacher_conf_ablation=false",
+        "train.epochs=3", "train.max_train_images=512", "train.warmup_epochs=0.2", "weak.epochs=3",
+        "compress.finetune.epochs=1", "compress.finetune.max_train_images=128",
+        "evaluate.max_test_images=200", "evaluate.latency_batch=16", "evaluate.latency_runs=2",
+        "evaluate.latency_warmup=1",
+    )
+    deployment_description = "Weak-to-strong ViT with AdaptConf (KD/AugConf baselines, PGR), PPT-compressed"
+    deployment_tags = ("vision",)
 
     # ------------------------------------------------------------------------------------------------ data
 

@@ -62,18 +62,23 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any, text: str)
     node[path[-1]] = value
 
 
-def read_profile(path: Path, profile: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The `profile` block of the YAML file at `path` with the overrides applied, as plain data."""
+def profiles(path: Path) -> dict[str, dict[str, Any]]:
+    """The profile blocks (tiny, full, ...) of the YAML config file at `path`, by name, in file order."""
     if not path.is_file():
         raise ConfigError(f"{path} does not exist")
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    profiles = {k: v for k, v in document.items() if isinstance(v, dict)}
-    if profile not in profiles:
-        raise ConfigError(f"{path}: no profile {profile!r}; profiles: {', '.join(profiles)}")
-    data = json.loads(json.dumps(profiles[profile]))  # deep copy
+    return {k: v for k, v in document.items() if isinstance(v, dict)}
+
+
+def read_profile(path: Path, profile: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The `profile` block of the YAML file at `path` with the overrides applied, as plain data."""
+    blocks = profiles(path)
+    if profile not in blocks:
+        raise ConfigError(f"{path}: no profile {profile!r}; profiles: {', '.join(blocks)}")
+    data = json.loads(json.dumps(blocks[profile]))  # deep copy
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value, text)

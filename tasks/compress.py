@@ -1,4 +1,4 @@
-"""Compress the dense parent with the recipe's method (PPT, CBQ, ...) and log the result as a child model."""
+"""Compress the dense parent with the recipe's method (`Recipe.compression`) and log the result as a child model."""
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,5 @@
 """The registry record: one pydantic schema for what every registered version carries. It is validated when a
-version is registered, written as flat queryable tags (`tags()`: e.g. `search_model_versions("name='paperops-ppt'
+version is registered, written as flat queryable tags (`tags()`: e.g. `search_model_versions("name='paperops-<paper>'
 and tags.`gx.success` = 'true'")`) and as the JSON artifact `registry/v<N>.json` of the version's run."""
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ def version_record(recipe: Recipe, profile: str, config_hash: str, datasets: dic
                       for key, ref in datasets.items() if key != MAIN_DATASET}
     metrics = evaluation.variants[variant].metrics
     knobs = model.knobs or {}
-    weight = knobs.get("weight")
+    macs_metric = recipe.macs_per_item_metric
     compression = None
     if model.role == "method":
         assert parent_version is not None
@@ -52,7 +52,7 @@ def version_record(recipe: Recipe, profile: str, config_hash: str, datasets: dic
         primary_metric=recipe.primary_metric, higher_is_better=recipe.higher_is_better,
         primary_value=metrics[recipe.primary_metric], delta_vs_parent=metrics.get("delta_vs_parent"),
         cost_metric=recipe.cost_metric, cost_ratio=metrics.get(recipe.cost_metric) if compression else None,
-        macs_per_item=metrics.get("macs_per_image"), weight_bits=weight["bits"] if weight else 32,
+        macs_per_item=metrics.get(macs_metric) if macs_metric else None, weight_bits=recipe.weight_bits(knobs),
         latency_p50_ms=metrics["latency_p50_ms"], latency_p95_ms=metrics["latency_p95_ms"],
         latency_batch=int(metrics["batch_size"]), throughput_per_s=metrics["throughput_per_s"],
         peak_memory_bytes=int(metrics["peak_memory_bytes"]) if "peak_memory_bytes" in metrics else None,

@@ -1,5 +1,6 @@
-"""A real Prefect API per test module (prefect_test_harness), and a real `mlflow models serve` process per test, on
-a free 127.0.0.1 port, stopped even when the test fails."""
+"""A real Prefect API for the session (prefect_test_harness), each recipe's smoke pipeline run once per session
+whichever test module asks first, and a real `mlflow models serve` process per test, on a free 127.0.0.1 port,
+stopped even when the test fails."""
 from __future__ import annotations
 
 import json
@@ -16,10 +17,33 @@ from prefect.testing.utilities import prefect_test_harness
 from tasks.serve import ServedModel, serve_command
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def smoke_run(prefect_api) -> Callable[[str], dict[str, Any]]:
+    """The summary of `paper_pipeline(paper, "tiny", <the recipe's smoke_overrides>)`, run on first request: the
+    recipe-wide checks (test_recipe_smoke.py) and the paper's own (test_<paper>_pipeline.py) read the same run."""
+    from flows.pipeline import paper_pipeline
+    from recipes import get_recipe
+
+    runs: dict[str, dict[str, Any] | Exception] = {}
+
+    def run(paper: str) -> dict[str, Any]:
+        if paper not in runs:
+            try:
+                runs[paper] = paper_pipeline(paper, "tiny", list(get_recipe(paper).smoke_overrides))
+            except Exception as exc:  # kept, so the tests that read this run fail at once instead of re-running it
+                runs[paper] = exc
+        outcome = runs[paper]
+        if isinstance(outcome, Exception):
+            raise RuntimeError(f"the {paper} smoke pipeline failed") from outcome
+        return outcome
+
+    return run
 
 
 def free_port() -> int:

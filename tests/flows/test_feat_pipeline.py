@@ -1,27 +1,22 @@
 """The FEAT pipeline on a real Prefect API (prefect_test_harness) and a real MLflow registry (sqlite in a temp dir),
-at smoke size: the real glyph stage, one pre-training epoch and a few meta-training episodes per model."""
+at FEAT's declared smoke size: the real glyph stage, one pre-training epoch and a few meta-training episodes per
+model. What every recipe's run must do is in test_recipe_smoke.py, on the same run."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from recipes import get_recipe
 from settings import tracking_uri
 from tasks.validate import DataValidationError
 
-SMOKE = [
-    "model.hidden=16",
-    "pretrain.epochs=1", "pretrain.val_episodes=10",
-    "meta.one_shot.epochs=1", "meta.one_shot.episodes_per_epoch=4", "meta.one_shot.val_episodes=10",
-    "evaluate.episodes=100", "evaluate.latency_runs=2", "evaluate.latency_warmup=1",
-]
+SMOKE = list(get_recipe("feat").smoke_overrides)
 
 
 @pytest.fixture(scope="module")
-def first_run(prefect_api):
-    from flows.pipeline import paper_pipeline
-
-    return paper_pipeline("feat", "tiny", SMOKE)
+def first_run(smoke_run):
+    return smoke_run("feat")
 
 
 def test_registers_the_feat_model_with_its_record_and_measures_every_baseline(first_run):

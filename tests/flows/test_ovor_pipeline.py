@@ -2,7 +2,8 @@
 size: glyph pre-training of a few steps on the real dejavu_letters stage, a short 5-task stream on the real MNIST-5k
 stage, PPT on the prompted backbone, the OVOR parent and its PPT version registered, the baselines measured in the
 same run. OVOR trains on two datasets: both are prepared and validated, recorded and named in the lineage, and a
-failed suite on the second stops the flow before training."""
+failed suite on the second stops the flow before training. What every recipe's run must do is in
+test_recipe_smoke.py, on the same run."""
 from __future__ import annotations
 
 import json
@@ -12,24 +13,17 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from recipes import get_recipe
 from settings import project_root, tracking_uri
 from tasks.validate import DataValidationError
 
-SMOKE = [
-    "pretrain.train.epochs=0.05",
-    "stream.seeds=[0]", "stream.prompt_epochs=0.5", "stream.vor_passes=2", "stream.max_train_per_class=48",
-    "evaluate.latency_batch=16", "evaluate.latency_runs=2", "evaluate.latency_warmup=1",
-    "promote.max_metric_drop=100",
-]
 VARIANTS = {"ovor_dense", "ovor_ppt", "oneprompt", "ovor_origin", "ovor_paper_thresholds", "ovor_lambda1",
             "ovor_lambda1_calibrated"}
 
 
 @pytest.fixture(scope="module")
-def ovor_run(prefect_api):
-    from flows.pipeline import paper_pipeline
-
-    return paper_pipeline("ovor", "tiny", SMOKE)
+def ovor_run(smoke_run):
+    return smoke_run("ovor")
 
 
 def test_registers_the_ovor_parent_and_its_ppt_version(ovor_run):
@@ -104,7 +98,7 @@ def test_a_failed_suite_on_the_second_dataset_stops_the_flow_before_training(ovo
     client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
     before = {v.version for v in client.search_model_versions("name='paperops-ovor'")}
     with pytest.raises(DataValidationError, match=r"dejavu_letters failed 2 expectation\(s\)") as raised:
-        paper_pipeline("ovor", "tiny", SMOKE + ["pretrain.data.expect.min_images_per_split=100000"])
+        paper_pipeline("ovor", "tiny", [*get_recipe("ovor").smoke_overrides,"pretrain.data.expect.min_images_per_split=100000"])
     assert "at least 100000 images" in str(raised.value)
     assert {v.version for v in client.search_model_versions("name='paperops-ovor'")} == before
     experiment = client.get_experiment_by_name("paperops-ovor").experiment_id

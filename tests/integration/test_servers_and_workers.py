@@ -1,5 +1,6 @@
 """Scale-out against real servers: PostgreSQL, `prefect server` (auth string, CSRF on) and MLflow's basic-auth
-server, a real process worker on pool `gpu`, and the deployments `paperops deploy` registers from prefect.yaml.
+server, a real process worker on pool `gpu`, and the deployments `paperops deploy` registers (prefect.yaml's template
+expanded once per registered recipe).
 
 1. A paper's deployment runs through the worker and its model lands in the authenticated registry.
 2. A worker killed mid-run (SIGKILL to it and its flow-run process, as when its container dies) leaves the run
@@ -27,19 +28,14 @@ from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
+from recipes import get_recipe
 from tasks.scaleout import CRASH_AUTOMATION, slot_limit_name
 from stack_processes import Stack, kill_process_tree, stop_process
 
 pytestmark = pytest.mark.integration
 
-# The PPT pipeline at smoke size (as tests/flows/test_pipeline.py): minutes on two CPU cores.
-SMOKE = [
-    "model.embed_dim=48", "model.num_heads=3",
-    "train.epochs=0.5", "train.max_train_images=1024", "train.warmup_epochs=0.1",
-    "compress.finetune.epochs=0.25", "compress.finetune.max_train_images=1024",
-    "evaluate.max_test_images=256", "evaluate.latency_batch=16", "evaluate.latency_runs=2",
-    "evaluate.latency_warmup=1",
-]
+# The PPT pipeline at the smoke size its recipe declares: minutes on two CPU cores.
+SMOKE = list(get_recipe("ppt").smoke_overrides)
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 

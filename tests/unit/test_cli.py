@@ -40,3 +40,16 @@ def test_headline_row_compares_the_method_with_its_baseline_in_the_metric_direct
     assert headline_row({"paper": "cbq", "variants": ppl})["verdict"] == "does not beat gptq_W4A16"
     # a declared headline whose variants the run did not evaluate says so
     assert headline_row({"paper": "cbq", "variants": ppl[:1]})["verdict"] == "not measured in this run"
+
+
+def test_the_variants_table_shows_the_declared_columns_then_the_common_ones_that_a_variant_filled():
+    from paperops.cli import variants_table
+
+    rows = [{"variant": "dense", "role": "parent", "top1": 91.25, "macs_per_image": 2.5e6, "latency_p50_ms": 3.0},
+            {"variant": "ppt", "role": "method", "top1": 90.5, "macs_per_image": 1.7e6, "macs_ratio": 0.68,
+             "delta_vs_parent": -0.75, "latency_p50_ms": 2.0}]
+    table = variants_table({"paper": "ppt", "variants": rows})
+    assert [c.header for c in table.columns] == ["variant", "role", "top-1 %", "MMACs/img", "MACs ×", "Δ vs parent",
+                                                 "p50 ms"]
+    assert list(table.columns[3].cells) == ["2.5", "1.7"]  # declared scale: millions of MACs
+    assert list(table.columns[4].cells) == ["", "0.68"]

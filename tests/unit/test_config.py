@@ -2,8 +2,23 @@ import re
 
 import pytest
 
-from recipes import load_config
-from settings.config import ConfigError
+from recipes import get_recipe, load_config
+from settings import project_root
+from settings.config import ConfigError, profiles
+
+EVERY_PROFILE = [(path.stem, profile) for path in sorted((project_root() / "configs").glob("*.yaml"))
+                 for profile in profiles(path)]
+
+
+def test_every_config_file_has_profiles():
+    assert {paper for paper, _ in EVERY_PROFILE} == {path.stem for path in (project_root() / "configs").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("paper, profile", EVERY_PROFILE, ids=[f"{p}-{q}" for p, q in EVERY_PROFILE])
+def test_every_profile_of_every_config_validates_against_its_recipe_schema(paper, profile):
+    resolved = load_config(paper, profile)  # configs/<paper>.yaml needs the recipe registered as <paper>
+    assert type(resolved.config) is get_recipe(paper).config_model
+    assert resolved.profile == profile and len(resolved.digest()) == 16
 
 
 def test_tiny_profile_validates_and_overrides_apply():

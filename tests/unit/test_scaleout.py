@@ -1,6 +1,6 @@
-"""The scale-out pieces that need no server: prefect.yaml against the registered papers, the placeholders
-`paperops deploy` fills, idempotency keys, the worker's environment, the retry rule for timeouts, the stack's
-secret handling and the closing of steps a dead worker abandoned."""
+"""The scale-out pieces that need no server: the deployments `paperops deploy` expands from prefect.yaml and the
+recipe registry, the placeholders it fills, idempotency keys, the worker's environment, the retry rule for
+timeouts, the stack's secret handling and the closing of steps a dead worker abandoned."""
 from __future__ import annotations
 
 import re
@@ -22,29 +22,56 @@ from paperops.stack import (
 from tasks.data import dataset_ref
 from tasks.retry import is_infrastructure_error
 from tasks.scaleout import (
-    CPU_POOL, GPU_POOL, SLOT_ENV, DeployOptions, gpu_slot, pipeline_idempotency_key, worker_command,
-    worker_environment,
+    CPU_POOL, GPU_POOL, SLOT_ENV, DeployOptions, ScaleOutError, expanded_prefect_file, gpu_slot,
+    pipeline_idempotency_key, prefect_file_text, worker_command, worker_environment,
 )
 
 PREFECT_YAML = project_root() / "prefect.yaml"
 
 
-def deployments() -> dict[str, dict]:
-    return {d["name"]: d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}
-
-
-def test_prefect_yaml_has_a_gpu_deployment_per_registered_paper_and_a_cpu_fan_out():
-    declared = deployments()
-    papers = set(available_recipes())
-    assert set(declared) == papers | {"all-papers"}
-    for paper in papers:
-        entry = declared[paper]
+def test_deploy_expands_one_gpu_deployment_per_registered_recipe_and_keeps_the_cpu_fan_out():
+    deployments = expanded_prefect_file()["deployments"]
+    by_name = {d["name"]: d for d in deployments}
+    recipes = available_recipes()
+    assert len(by_name) == len(deployments) and set(by_name) == set(recipes) | {"all-papers"}
+    for paper, recipe in recipes.items():
+        entry = by_name[paper]
         assert entry["entrypoint"] == "flows/pipeline.py:paper_pipeline"
-        assert entry["work_pool"]["name"] == GPU_POOL and entry["enforce_parameter_schema"] is True
-        assert entry["parameters"]["paper"] == paper
+        assert entry["work_pool"] == {"name": GPU_POOL} and entry["enforce_parameter_schema"] is True
+        assert entry["parameters"] == {"paper": paper, "profile": "{{ $PAPEROPS_PROFILE }}"}
         assert entry["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
-    fan_out = declared["all-papers"]
-    assert fan_out["entrypoint"] == "flows/fanout.py:all_papers" and fan_out["work_pool"]["name"] == CPU_POOL
+        assert entry["schedules"] == [{"cron": "{{ $PAPEROPS_CRON }}", "timezone": "UTC",
+                                       "active": "{{ $PAPEROPS_SCHEDULE_ACTIVE }}"}]
+        assert entry["description"] == recipe.deployment_description
+        assert entry["tags"] == ["paperops", *recipe.deployment_tags, paper]
+    fan_out = by_name["all-papers"]
+    assert fan_out["entrypoint"] == "flows/fanout.py:all_papers" and fan_out["work_pool"] == {"name": CPU_POOL}
+    assert fan_out["parameters"] == {"profile": "{{ $PAPEROPS_PROFILE }}"}
+
+
+def test_prefect_yaml_itself_names_no_paper():
+    listed = {d["name"] for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}
+    assert listed == {"all-papers"}
+
+
+def test_a_hand_written_paper_deployment_is_refused(tmp_path, monkeypatch):
+    document = yaml.safe_load(PREFECT_YAML.read_text())
+    document["deployments"].append({"name": "ppt", "entrypoint": "flows/pipeline.py:paper_pipeline"})
+    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(document))
+    monkeypatch.setenv("PAPEROPS_ROOT", str(tmp_path))
+    with pytest.raises(ScaleOutError, match=r"deployments named like registered papers \(ppt\)"):
+        expanded_prefect_file()
+
+
+def test_deploy_print_shows_the_expanded_file_without_a_server(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    result = CliRunner().invoke(app, ["deploy", "--print", "--profile", "full"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output) == expanded_prefect_file()
+    assert "#   PAPEROPS_PROFILE=full" in result.output and "#   PAPEROPS_SCHEDULE_ACTIVE=true" in result.output
+    # a pool or schedule shared by every deployment is written out, not as a YAML alias a reader must chase
+    assert "&id" not in result.output and "*id" not in result.output
+    assert prefect_file_text(expanded_prefect_file(), {}).count("name: gpu") == len(available_recipes())
 
 
 def test_every_deploy_time_placeholder_of_prefect_yaml_is_filled_by_paperops_deploy():

@@ -1,0 +1,122 @@
+"""Adding a paper takes one recipe file and one config file, checked by doing it with the two files
+docs/adding-a-paper.md shows.
+
+A copy of the project as git has it gets exactly those two files, recipes/<paper>.py and configs/<paper>.yaml, as
+the page prints them. This process then runs the copy the way a fresh interpreter started in it would
+(PAPEROPS_ROOT is the copy, the `recipes` package reads its modules from the copy's recipes/), and the new paper
+goes through the real paper_pipeline at the smoke size it declares: its DVC stage is built and validated by GX,
+it trains in seconds, registers, passes the gate, and shows in `paperops list` and among the deployments
+`paperops deploy` would register. No other file of the project was touched."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import recipes
+from settings import PROJECT_ROOT
+
+GUIDE = PROJECT_ROOT / "docs" / "adding-a-paper.md"
+# "`recipes/<paper>.py`:" or "`configs/<paper>.yaml`:", a blank line, then the fenced file
+SHOWN_FILE = re.compile(r"^`((?:recipes/\w+\.py)|(?:configs/\w+\.yaml))`:\n\n```\w*\n(.*?)^```$", re.M | re.S)
+
+
+def the_guides_files() -> dict[str, str]:
+    """The files docs/adding-a-paper.md tells the reader to write, by path."""
+    return dict(SHOWN_FILE.findall(GUIDE.read_text()))
+
+
+FILES = the_guides_files()
+PAPER = next((Path(path).stem for path in FILES if path.startswith("recipes/")), "")
+
+
+def test_the_guide_shows_exactly_one_recipe_file_and_its_config_file():
+    assert sorted(FILES) == [f"configs/{PAPER}.yaml", f"recipes/{PAPER}.py"], sorted(FILES)
+
+
+def git(root: Path, *arguments: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=paperops", "-c", "user.email=paperops@localhost", *arguments],
+                          cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def project_copy(tmp_path_factory) -> Path:
+    """The project's files as git has them (tracked and not ignored: no datasets, no state), plus the guide's two."""
+    copy = tmp_path_factory.mktemp("new-paper") / "project"
+    for name in git(PROJECT_ROOT, "ls-files", "--cached", "--others", "--exclude-standard", "-z").split("\0"):
+        if name and (PROJECT_ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT_ROOT / name, copy / name)
+    for path, text in FILES.items():
+        assert not (copy / path).exists(), f"{path} is already part of the project"
+        (copy / path).write_text(text)
+    git(copy, "init", "--quiet")
+    git(copy, "add", "--all")
+    git(copy, "commit", "--quiet", "-m", "a new paper: one recipe file and one config file")
+    return copy
+
+
+@pytest.fixture(scope="module")
+def in_the_copy(project_copy: Path) -> Iterator[Path]:
+    """This process as if started in the copy: its project root, and its recipes/ as the recipes package's path."""
+    from recipes.base import _RECIPES
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PAPEROPS_ROOT", str(project_copy))
+        patch.setattr(recipes, "__path__", [str(project_copy / "recipes")])
+        try:
+            yield project_copy
+        finally:
+            _RECIPES.pop(PAPER, None)
+            sys.modules.pop(f"recipes.{PAPER}", None)
+
+
+@pytest.fixture(scope="module")
+def new_paper_run(in_the_copy: Path, prefect_api) -> dict[str, Any]:
+    from flows.pipeline import paper_pipeline
+    from recipes import get_recipe
+
+    return paper_pipeline(PAPER, "tiny", list(get_recipe(PAPER).smoke_overrides))
+
+
+def test_the_new_paper_runs_through_the_pipeline_and_is_registered_and_promoted(new_paper_run, in_the_copy):
+    from recipes import get_recipe, load_config
+    from tasks.record import VersionRecord
+    from tasks.tracking import configure_tracking
+
+    recipe = get_recipe(PAPER)
+    assert type(recipe).__module__ == f"recipes.{PAPER}" and recipe.title
+    steps = new_paper_run["steps"]
+    assert steps["prepare-data"] == steps["validate"] == steps["train"] == steps["register"] == "Completed"
+    assert steps["compress"] == ("Completed" if recipe.compression else "Skipped (not applicable)")
+    version = configure_tracking().get_model_version(f"paperops-{PAPER}", new_paper_run["versions"]["parent_version"])
+    record = VersionRecord.model_validate(mlflow.artifacts.load_dict(version.tags["record.artifact"]))
+    stage = load_config(PAPER, "tiny").config.data.stage
+    assert (record.paper, record.dataset_stage, record.gx_success) == (PAPER, stage, True)
+    assert record.git_commit == git(in_the_copy, "rev-parse", "HEAD").strip()  # the copy's code made it
+    assert new_paper_run["promotion"]["promoted"], new_paper_run["promotion"]["reasons"]
+
+
+def test_the_new_paper_shows_in_paperops_list_and_gets_a_deployment(new_paper_run, monkeypatch):
+    from paperops.cli import app
+    from recipes import get_recipe
+
+    recipe = get_recipe(PAPER)
+    listed = CliRunner().invoke(app, ["list"])
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.output.splitlines() if f" {PAPER} " in line)
+    assert recipe.primary_metric in row and "tiny" in row
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    printed = CliRunner().invoke(app, ["deploy", "--print"])
+    assert printed.exit_code == 0, printed.output
+    deployment = next(d for d in yaml.safe_load(printed.output)["deployments"] if d["name"] == PAPER)
+    assert deployment["parameters"]["paper"] == PAPER and deployment["work_pool"] == {"name": "gpu"}
+    assert deployment["description"] == recipe.deployment_description
