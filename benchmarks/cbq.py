@@ -25,9 +25,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from safetensors.torch import load_model, save_model
 
-from recipes import get_recipe
+from recipes import built_dataset_paths, get_recipe, load_config
+from recipes.base import RunModels
 from models.common.reporting import RecordingReporter
-from recipes import built_dataset_paths, load_config
 from settings.config import ConfigError
 from settings import state_dir
 
@@ -46,7 +46,7 @@ def trained_model(recipe, cfg, data, cache: Path):  # type: ignore[no-untyped-de
         load_model(model, str(weights))
         return model.eval(), json.loads(files.read_text()).get("_train_metrics", {})
     model = recipe.build_model(cfg)
-    metrics = recipe.train(model, data, cfg, RecordingReporter())
+    metrics = recipe.train(model, data, cfg, RecordingReporter()).metrics
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, str(weights))
     files.write_text(json.dumps(recipe.model_files(model) | {"_train_metrics": metrics}))
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = time.perf_counter()
     reporter = RecordingReporter()
     compressed = recipe.compress(copy.deepcopy(dense), data, cfg, reporter).model
-    evaluation = recipe.evaluate(dense, compressed, data, cfg, reporter, trained_metrics={})
+    evaluation = recipe.evaluate(RunModels(dense, compressed, {}, train_metrics), data, cfg, reporter)
     finished = time.perf_counter()
 
     fp = next(v.metrics for v in evaluation.variants if v.role == "parent")

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     on_val = dataclasses.replace(data, novel=data.val)
     started = time.perf_counter()
-    metrics = recipe.train(recipe.build_model(cfg), on_val, cfg, RecordingReporter())
+    metrics = recipe.train(recipe.build_model(cfg), on_val, cfg, RecordingReporter()).metrics
     seconds = time.perf_counter() - started
 
     way = cfg.evaluate.way

@@ -112,11 +112,43 @@ class Headline:
 
 
 @dataclass
+class Companion:
+    """A model a step trains or compresses besides the one it registers (a trained baseline, an ablation, the weak
+    teacher, "dense + the same fine-tune"). The step saves it with its run and the evaluate step rebuilds it
+    (`Recipe.companion_module`), so every model of a comparison is scored there, on the test split, in one place."""
+
+    module: nn.Module
+    knobs: dict[str, Any] | None = None  # a compression `restore_compression` re-applies when it is rebuilt
+
+
+@dataclass
+class TrainResult:
+    """What `train` hands on besides the model it trained in place (the parent): its metrics (training statistics
+    and validation figures) and the run's other trained models."""
+
+    metrics: dict[str, float]
+    companions: dict[str, Companion] = field(default_factory=dict)
+
+
+@dataclass
 class CompressionResult:
     model: nn.Module
     method: str
     knobs: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
+    companions: dict[str, Companion] = field(default_factory=dict)
+
+
+@dataclass
+class RunModels:
+    """What `evaluate` compares, rebuilt from the train and compress steps' runs: the registered parent, its
+    compressed child (None when the recipe does not compress), the steps' companions by name, and what `train`
+    returned as metrics."""
+
+    dense: nn.Module
+    compressed: nn.Module | None
+    companions: dict[str, nn.Module]
+    train_metrics: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -194,8 +226,8 @@ class Recipe(ABC):
     def build_model(self, cfg: RecipeConfig) -> nn.Module: ...
 
     @abstractmethod
-    def train(self, model: nn.Module, data: Any, cfg: RecipeConfig, reporter: Reporter) -> dict[str, float]:
-        """Trains `model` in place; returns its final metrics."""
+    def train(self, model: nn.Module, data: Any, cfg: RecipeConfig, reporter: Reporter) -> TrainResult:
+        """Trains `model` in place, and the paper's trained baselines and ablations beside it (as companions)."""
 
     @abstractmethod
     def compress(self, model: nn.Module, data: Any, cfg: RecipeConfig, reporter: Reporter) -> CompressionResult:
@@ -206,11 +238,9 @@ class Recipe(ABC):
         """Re-applies a recorded compression to a freshly built model whose weights were loaded."""
 
     @abstractmethod
-    def evaluate(self, dense: nn.Module, compressed: nn.Module | None, data: Any, cfg: RecipeConfig,
-                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
-        """Measures dense, compressed (None when the recipe has no compression) and the paper's baselines side by
-        side in one run. `trained_metrics` is what `train` returned: a paper whose baselines are trained models
-        (ProtoNet beside FEAT, KD beside AdaptConf) trains and scores them there, in the same run."""
+    def evaluate(self, models: RunModels, data: Any, cfg: RecipeConfig, reporter: Reporter) -> Evaluation:
+        """Measures the parent, the compressed model and every companion (the paper's baselines and ablations)
+        side by side, in one run, on the same test items."""
 
     def our_figures(self, evaluation: Evaluation) -> dict[str, float]:
         """Our values of the paper's headline figures (same names as `paper_figures`), from one evaluation."""
@@ -239,6 +269,12 @@ class Recipe(ABC):
         """An architecture-only module, compression re-applied, whose state dict the saved tensors fill."""
         module = self.build_model(cfg)
         return self.restore_compression(module, knobs) if knobs else module
+
+    def companion_module(self, name: str, cfg: RecipeConfig, knobs: dict[str, Any] | None) -> nn.Module:
+        """The architecture of companion `name`, whose saved tensors the platform loads into it: by default the
+        recipe's own model with the companion's compression re-applied. A recipe whose companions have another
+        architecture (a weak teacher) says so here."""
+        return self.module_for_loading(cfg, {}, knobs)
 
     @abstractmethod
     def input_example(self, data: Any, n: int = 2) -> Any:

@@ -33,8 +33,8 @@ from models.common.lm import (
 )
 from models.common.profiling import measure_latency, size_on_disk
 from recipes.base import (
-    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, Section, VariantResult, compare_to_parent,
-    register_recipe, seed_everything,
+    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, RunModels, Section, VariantResult,
+    compare_to_parent, TrainResult, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.equivalent_transforms import inject_activation_outliers
@@ -169,7 +169,7 @@ class CBQRecipe(Recipe):
         return build_lm(cfg.model)
 
     def train(self, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
-              reporter: Reporter) -> dict[str, float]:
+              reporter: Reporter) -> TrainResult:
         generator = seed_everything(cfg.seed)
         metrics: dict[str, float] = {}
         if cfg.model.source == "tiny":
@@ -183,7 +183,7 @@ class CBQRecipe(Recipe):
             after = self._perplexities(model.lm, model, data, cfg)
             metrics["outlier_injection_ppl_change"] = max(abs(after[k] - metrics[k]) for k in after)
             metrics |= after
-        return metrics
+        return TrainResult(metrics)
 
     def _perplexities(self, lm: nn.Module, model: TokenizedLM, data: TextSplits,
                       cfg: CBQRecipeConfig) -> dict[str, float]:
@@ -244,8 +244,8 @@ class CBQRecipe(Recipe):
         metrics |= timing | {"tokens_per_s": timing["throughput_per_s"] * ev.seq_len}
         return metrics
 
-    def evaluate(self, dense: TokenizedLM, compressed: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
-                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
+    def evaluate(self, models: RunModels, data: TextSplits, cfg: CBQRecipeConfig, reporter: Reporter) -> Evaluation:
+        dense, compressed = models.dense, models.compressed
         ev = cfg.evaluate
         setting = cfg.compress.setting
         calib = self._calibration(dense, data, cfg)

@@ -30,8 +30,8 @@ from torch import nn
 
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from recipes.base import (
-    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
-    compare_to_parent, register_recipe, seed_everything,
+    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, RunModels, Section, VariantResult,
+    compare_to_parent, TrainResult, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.feat.model import QUERY_LABEL, FEATConfig, FewShotModel, images_to_input
@@ -177,7 +177,7 @@ class FEATRecipe(Recipe):
         return metrics
 
     def train(self, model: nn.Module, data: FewShotData, cfg: FEATRecipeConfig,
-              reporter: Reporter) -> dict[str, float]:
+              reporter: Reporter) -> TrainResult:
         """Pre-trains, meta-trains FEAT in place, and trains + tests every baseline/ablation; one flat dict."""
         assert isinstance(model, FewShotModel)
         generator = seed_everything(cfg.seed)
@@ -207,7 +207,7 @@ class FEATRecipe(Recipe):
                 metrics[f"feat_minus_{other}.{_ci_key(ev.way, shot)}"] = ci
         metrics |= _decisive(metrics, ev.way)
         reporter.log_table("per_setting", per_setting_rows(metrics, cfg))
-        return metrics
+        return TrainResult(metrics)
 
     # ---------------------------------------------------------------------------------------- compression
 
@@ -219,10 +219,10 @@ class FEATRecipe(Recipe):
 
     # -------------------------------------------------------------------------------------------- evaluate
 
-    def evaluate(self, dense: nn.Module, compressed: nn.Module | None, data: FewShotData, cfg: FEATRecipeConfig,
-                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
+    def evaluate(self, models: RunModels, data: FewShotData, cfg: FEATRecipeConfig, reporter: Reporter) -> Evaluation:
         """Re-tests the registered FEAT model (it must reproduce train's figures: same episodes, frozen encoder),
         measures its cost, and reports every baseline/ablation from what train measured."""
+        dense, trained_metrics = models.dense, models.train_metrics
         assert isinstance(dense, FewShotModel)
         ev = cfg.evaluate
         measured = {k: v for k, v in self._test(dense, data, cfg).items() if not k.startswith("_")}

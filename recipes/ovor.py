@@ -27,8 +27,8 @@ from models import ppt
 from models.common.classifier import TrainConfig, predict_logits, top1_accuracy, train_classifier
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from recipes.base import (
-    CompressionResult, DataSection, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, Section,
-    VariantResult, compare_to_parent, register_recipe, seed_everything,
+    CompressionResult, DataSection, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig,
+    RunModels, Section, VariantResult, compare_to_parent, TrainResult, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.ovor.cil import (
@@ -192,7 +192,7 @@ class OVORRecipe(Recipe):
                                                 "characters": "".join(meta["class_names"])}])
         return metrics
 
-    def train(self, model: nn.Module, data: OVORData, cfg: OVORRecipeConfig, reporter: Reporter) -> dict[str, float]:
+    def train(self, model: nn.Module, data: OVORData, cfg: OVORRecipeConfig, reporter: Reporter) -> TrainResult:
         assert isinstance(model, OnePromptViT)
         metrics = self.pretrain(model, data, cfg, reporter)
         device = next(model.parameters()).device
@@ -244,7 +244,7 @@ class OVORRecipe(Recipe):
         reporter.log_table("accuracy_matrices", [
             {"variant": p, "after_task": t, **{f"task{j}": round(float(m[t, j]), 3) for j in range(t + 1)}}
             for p, ms in matrices.items() for m in [_mean_matrix(ms)] for t in range(m.shape[0])])
-        return metrics
+        return TrainResult(metrics)
 
     # ---------------------------------------------------------------------------------------- compress
 
@@ -265,9 +265,8 @@ class OVORRecipe(Recipe):
 
     # ---------------------------------------------------------------------------------------- evaluate
 
-    def evaluate(self, dense: nn.Module, compressed: nn.Module | None, data: OVORData, cfg: OVORRecipeConfig,
-                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
-        trained = dict(trained_metrics)
+    def evaluate(self, models: RunModels, data: OVORData, cfg: OVORRecipeConfig, reporter: Reporter) -> Evaluation:
+        dense, compressed, trained = models.dense, models.compressed, dict(models.train_metrics)
         tasks = self.tasks(cfg, cfg.stream.seeds[0])
         batch = data.x_test[: cfg.evaluate.latency_batch].to(next(dense.parameters()).device)
         dense_macs = count_macs(dense, batch) / len(batch)

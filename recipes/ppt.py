@@ -23,8 +23,8 @@ from models import ppt
 from models.common.classifier import TrainConfig, predict_logits, top1_accuracy, train_classifier
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from recipes.base import (
-    CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, VariantResult,
-    compare_to_parent, register_recipe, seed_everything,
+    CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, RunModels,
+    VariantResult, compare_to_parent, TrainResult, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.common.vit import ViTConfig, build_vit, images_to_input, random_translate
@@ -104,12 +104,12 @@ class PPTRecipe(Recipe):
         seed_everything(cfg.seed)
         return build_vit(cfg.model).eval()
 
-    def train(self, model: nn.Module, data: TensorSplits, cfg: PPTRecipeConfig, reporter: Reporter) -> dict[str, float]:
+    def train(self, model: nn.Module, data: TensorSplits, cfg: PPTRecipeConfig, reporter: Reporter) -> TrainResult:
         generator = seed_everything(cfg.seed)
         metrics = train_classifier(model, data.x_train, data.y_train, cfg.train, reporter, generator,
                                    augment=random_translate)
         metrics["top1"] = top1_accuracy(predict_logits(model, data.x_test), data.y_test)
-        return metrics
+        return TrainResult(metrics)
 
     def _num_patches(self, model: nn.Module) -> int:
         return int(model.patch_embed.num_patches)
@@ -130,8 +130,8 @@ class PPTRecipe(Recipe):
     def restore_compression(self, model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
         return ppt.compress(model, ppt.TokenReductionConfig(**knobs))
 
-    def evaluate(self, dense: nn.Module, compressed: nn.Module, data: TensorSplits, cfg: PPTRecipeConfig,
-                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
+    def evaluate(self, models: RunModels, data: TensorSplits, cfg: PPTRecipeConfig, reporter: Reporter) -> Evaluation:
+        dense, compressed = models.dense, models.compressed
         num_patches = self._num_patches(dense)
         candidates: list[tuple[str, str, nn.Module, ppt.TokenReductionConfig | None]] = [
             ("dense", "parent", dense, None)]

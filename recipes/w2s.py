@@ -30,8 +30,8 @@ from models import ppt
 from models.common.classifier import predict_logits, top1_accuracy
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from recipes.base import (
-    CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, Section, VariantResult,
-    compare_to_parent, register_recipe, seed_everything,
+    CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, RunModels, Section,
+    VariantResult, compare_to_parent, TrainResult, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.common.vit import ViTConfig, build_vit, images_to_input, random_translate
@@ -208,7 +208,7 @@ class W2SRecipe(Recipe):
 
     # ----------------------------------------------------------------------------------------------- train
 
-    def train(self, model: nn.Module, data: W2SData, cfg: W2SRecipeConfig, reporter: Reporter) -> dict[str, float]:
+    def train(self, model: nn.Module, data: W2SData, cfg: W2SRecipeConfig, reporter: Reporter) -> TrainResult:
         """Trains `model` as the AdaptConf student (primary protocol, first seed) and, in the same call, the weak
         teachers, the ceilings and every other student; returns their test top-1 and PGR, per seed and as
         mean/std over seeds, under prefixes weak., ceiling., kd., augconf., adaptconf., A_*., and
@@ -287,7 +287,7 @@ class W2SRecipe(Recipe):
         reporter.log_table("w2s_results", results_table(metrics, cfg))
         reporter.log_table("corrected_share_by_epoch", corrected_rows)
         reporter.log_figure("alpha_histogram", alpha_histogram_figure(metrics, ex.histogram_bins))
-        return metrics
+        return TrainResult(metrics)
 
     # -------------------------------------------------------------------------------------------- compress
 
@@ -321,12 +321,11 @@ class W2SRecipe(Recipe):
 
     # -------------------------------------------------------------------------------------------- evaluate
 
-    def evaluate(self, dense: nn.Module, compressed: nn.Module | None, data: W2SData, cfg: W2SRecipeConfig,
-                 reporter: Reporter, trained_metrics: dict[str, float]) -> Evaluation:
+    def evaluate(self, models: RunModels, data: W2SData, cfg: W2SRecipeConfig, reporter: Reporter) -> Evaluation:
         """Re-measures the registered dense AdaptConf student (parent) and its PPT copy (method) on the test
         split (top-1, MACs, latency, size); the weak teacher, the ceiling, KD, AugConf, protocol A and the α
         ablation come from train()'s metrics as the mean over seeds (top1, top1_std, pgr, pgr_std)."""
-        tm = trained_metrics or {}
+        dense, compressed, tm = models.dense, models.compressed, models.train_metrics
         latency_batch = data.x_test[: cfg.evaluate.latency_batch]
         dense_macs = count_macs(dense, latency_batch) / len(latency_batch)
         variants: list[VariantResult] = []

@@ -9,8 +9,8 @@ from tasks.data import DatasetRef, dataset_paths
 from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import ModelRef
 from tasks.tracking import (
-    child_run, compute_device, configure_tracking, load_paper_model, log_paper_model, log_params_flat,
-    recipe_and_config,
+    child_run, compute_device, configure_tracking, load_paper_model, log_companions, log_paper_model,
+    log_params_flat, recipe_and_config,
 )
 
 
@@ -30,8 +30,9 @@ def compress_model(paper: str, config: dict[str, Any], step_key: str, datasets: 
             result = recipe.compress(module, data, cfg, reporter)
             reporter.log_metrics(result.metrics)
             client.log_dict(reporter.run_id, result.knobs, "compression/knobs.json")
+            companions = log_companions(client, reporter.run_id, result.companions)
             compressed = result.model.cpu().eval()
             model_uri = log_paper_model(recipe, cfg, compressed, recipe.input_example(data), result.knobs,
                                         reporter.run_id)
         return ModelRef(run_id=reporter.run_id, model_uri=model_uri, role="method", metrics=result.metrics,
-                        knobs=result.knobs)
+                        knobs=result.knobs, companions=companions)

@@ -7,17 +7,20 @@ from typing import Any
 from prefect import task
 
 from models.common.profiling import device_fingerprint
+from recipes.base import Recipe, RecipeConfig, RunModels
 from tasks.data import DatasetRef, dataset_paths
 from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import EvaluationRef, ModelRef, VariantRef
-from tasks.tracking import child_run, compute_device, configure_tracking, load_paper_model, recipe_and_config
+from tasks.tracking import (
+    child_run, compute_device, configure_tracking, load_companions, load_paper_model, recipe_and_config,
+)
 
 
 @task(name="evaluate", **HEAVY_STEP_OPTIONS)
 def evaluate_models(paper: str, config: dict[str, Any], step_key: str, datasets: dict[str, DatasetRef],
                     dense: ModelRef, compressed: ModelRef | None, parent_run_id: str) -> EvaluationRef:
-    """`compressed` is None for a recipe without compression; `dense.metrics` (what training returned, with the
-    baselines it trained in the same run) go to the recipe's evaluate."""
+    """`compressed` is None for a recipe without compression. The train and compress steps' companions (the
+    paper's trained baselines and ablations) are rebuilt from their runs and measured beside them."""
     with gpu_slot():
         client = configure_tracking()
         recipe, cfg = recipe_and_config(paper, config)
@@ -27,9 +30,12 @@ def evaluate_models(paper: str, config: dict[str, Any], step_key: str, datasets:
                      "paperops.device": fingerprint["device_name"]}
         with child_run(client, parent_run_id, "evaluate", {"paperops.step": "evaluate", **base_tags}) as reporter:
             data = recipe.load_data(dataset_paths(datasets), cfg)
-            dense_module = load_paper_model(dense.model_uri).to(device)
-            compressed_module = load_paper_model(compressed.model_uri).to(device) if compressed else None
-            evaluation = recipe.evaluate(dense_module, compressed_module, data, cfg, reporter, dense.metrics)
+            models = RunModels(
+                dense=load_paper_model(dense.model_uri).to(device),
+                compressed=load_paper_model(compressed.model_uri).to(device) if compressed else None,
+                companions=_companions([s for s in (dense, compressed) if s is not None], recipe, cfg, device),
+                train_metrics=dense.metrics)
+            evaluation = recipe.evaluate(models, data, cfg, reporter)
             for name, rows in evaluation.tables.items():
                 reporter.log_table(name, rows)
             for name, figure in evaluation.figures.items():
@@ -54,3 +60,15 @@ def evaluate_models(paper: str, config: dict[str, Any], step_key: str, datasets:
                                               knobs=v.knobs, metrics=v.metrics)
                 reporter.log_metrics({f"{v.name}.{k}": m for k, m in v.metrics.items()})
         return EvaluationRef(run_id=reporter.run_id, variants=variants, device=fingerprint)
+
+
+def _companions(steps: list[ModelRef], recipe: Recipe, cfg: RecipeConfig, device: str) -> dict[str, Any]:
+    """Every step's companions by name; a name two steps both use would hide one model behind the other."""
+    modules: dict[str, Any] = {}
+    for step in steps:
+        for name, module in load_companions(step.run_id, step.companions, recipe, cfg).items():
+            if name in modules:
+                raise ValueError(f"companion {name!r} is saved by both the train and the compress step of "
+                                 f"{recipe.name}: give each model of the run its own name")
+            modules[name] = module.to(device)
+    return modules

@@ -13,6 +13,7 @@ class ModelRef:
     role: str  # "parent" (dense) | "method" (compressed)
     metrics: dict[str, float] = field(default_factory=dict)
     knobs: dict[str, Any] | None = None
+    companions: dict[str, Any] = field(default_factory=dict)  # name -> knobs of the models saved beside it
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from recipes import get_recipe
-from recipes.base import Recipe, RecipeConfig
+from recipes.base import Companion, Recipe, RecipeConfig
 from settings import project_root, state_dir, tracking_uri
 from tasks.progress import report_progress
 
@@ -193,6 +193,35 @@ def log_paper_model(recipe: Recipe, config: RecipeConfig, module: Any, example: 
                 pip_requirements=SERVING_REQUIREMENTS,
             )
     return info.model_uri
+
+
+COMPANIONS_DIR = "companions"
+
+
+def log_companions(client: MlflowClient, run_id: str, companions: dict[str, Companion]) -> dict[str, Any]:
+    """Saves each companion's tensors (safetensors, tied weights once) under `companions/` of `run_id`; returns
+    name -> knobs, what `load_companions` needs to rebuild them."""
+    from safetensors.torch import save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, companion in companions.items():
+            save_model(companion.module.cpu().eval(), str(Path(tmp) / f"{name}.safetensors"))
+        if companions:
+            client.log_artifacts(run_id, tmp, COMPANIONS_DIR)
+    return {name: companion.knobs for name, companion in companions.items()}
+
+
+def load_companions(run_id: str, index: dict[str, Any], recipe: Recipe, config: RecipeConfig) -> dict[str, Any]:
+    """The companions `log_companions` saved in `run_id`, rebuilt by the recipe and filled strictly."""
+    from safetensors.torch import load_model
+
+    modules = {}
+    for name, knobs in index.items():
+        module = recipe.companion_module(name, config, knobs)
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{COMPANIONS_DIR}/{name}.safetensors")
+        load_model(module, path, strict=True)
+        modules[name] = module.eval()
+    return modules
 
 
 def load_paper_model(model_uri: str) -> Any:

@@ -10,7 +10,8 @@ from tasks.record import data_tag
 from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import ModelRef
 from tasks.tracking import (
-    child_run, compute_device, configure_tracking, log_paper_model, log_params_flat, recipe_and_config,
+    child_run, compute_device, configure_tracking, log_companions, log_paper_model, log_params_flat,
+    recipe_and_config,
 )
 
 
@@ -29,8 +30,10 @@ def train_model(paper: str, config: dict[str, Any], step_key: str, datasets: dic
             log_params_flat(client, reporter.run_id, config)
             data = recipe.load_data(dataset_paths(datasets), cfg)
             module = recipe.build_model(cfg).to(compute_device())
-            metrics = recipe.train(module, data, cfg, reporter)
-            reporter.log_metrics(metrics)
+            result = recipe.train(module, data, cfg, reporter)
+            reporter.log_metrics(result.metrics)
+            companions = log_companions(client, reporter.run_id, result.companions)
             module = module.cpu().eval()
             model_uri = log_paper_model(recipe, cfg, module, recipe.input_example(data), None, reporter.run_id)
-        return ModelRef(run_id=reporter.run_id, model_uri=model_uri, role="parent", metrics=metrics)
+        return ModelRef(run_id=reporter.run_id, model_uri=model_uri, role="parent", metrics=result.metrics,
+                        companions=companions)

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recipes import available_recipes, get_recipe
+from recipes import available_recipes, get_recipe, load_config
+from recipes.base import RunModels
 from models.common.reporting import RecordingReporter
 from models.w2s.losses import adapt_conf_alpha, aug_conf_alpha, kd_loss, kd_per_sample, self_ce_per_sample, w2s_loss
 from models.w2s.model import WeakConfig, noisy_labels, w2s_split
 from models.w2s.train import LossConfig, StudentTrainConfig
 from recipes.w2s import alpha_histogram, decisive_checks, pgr
-from recipes import load_config
 from data import build, image_digests
 
 LN3, LN43 = math.log(3.0), math.log(4.0 / 3.0)
@@ -216,7 +216,7 @@ def test_recipe_trains_every_variant_and_evaluates_them(mnist_dir: Path):
     model = recipe.build_model(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     reporter = RecordingReporter()
-    metrics = recipe.train(model, data, cfg, reporter)
+    metrics = recipe.train(model, data, cfg, reporter).metrics
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # trained in place
     for name in ("weak", "ceiling", "kd", "augconf", "adaptconf", "A_kd", "A_augconf", "A_adaptconf",
                  "adaptconf_teacher_conf"):
@@ -233,7 +233,7 @@ def test_recipe_trains_every_variant_and_evaluates_them(mnist_dir: Path):
     dense = model
     compressed = recipe.compress(__import__("copy").deepcopy(model), data, cfg, reporter)
     assert compressed.method == "ppt" and compressed.knobs["r"] == cfg.compress.r
-    evaluation = recipe.evaluate(dense, compressed.model, data, cfg, reporter, metrics)
+    evaluation = recipe.evaluate(RunModels(dense, compressed.model, {}, metrics), data, cfg, reporter)
     roles = {v.name: v.role for v in evaluation.variants}
     assert roles["adaptconf_dense"] == "parent" and roles["adaptconf_ppt"] == "method"
     assert {"weak_teacher", "ceiling_gt", "kd", "augconf", "adaptconf_seed_mean", "A_kd",
