@@ -501,7 +501,7 @@ def _cell(row: dict[str, Any], metric: str, scale: float) -> str:
 def judgements_table(criteria: list[dict[str, Any]], headline: dict[str, Any] | None, title: str) -> Table:
     """Each decisive criterion (and the headline) as it came out: the claim, method − baseline with its 95 %
     interval and how it was computed, and holds / does not hold / not measured."""
-    from tasks.evidence import judgement_text
+    from tasks.evidence import interval_text
 
     table = Table(title=title)
     for column in ("criterion", "claim", "method − baseline [95 %]", "outcome"):
@@ -513,7 +513,7 @@ def judgements_table(criteria: list[dict[str, Any]], headline: dict[str, Any] | 
                  + (f" (margin {row['margin']:g})" if row["claim"] == "not_worse" else ""))
         outcome = row["outcome"]
         colour = "green" if row["holds"] else ("yellow" if row["holds"] is None else "red")
-        table.add_row(row["name"], claim, judgement_text(row) if row["interval"] else "", f"[{colour}]{outcome}[/]")
+        table.add_row(row["name"], claim, interval_text(row), f"[{colour}]{outcome}[/]")
     return table
 
 

@@ -101,6 +101,16 @@ def judgement_text(row: dict[str, Any] | None) -> str:
     return row["outcome"] if row["interval"] is None else row["verdict"]
 
 
+def interval_text(row: dict[str, Any]) -> str:
+    """A judgement row's method − baseline with its interval and how it was computed, McNemar's count beside it:
+    "+1.2 [+0.4, +2.0] (paired bootstrap over 1000 items (10000 resamples); McNemar: ...)"; "" when not measured."""
+    i = row["interval"]
+    if i is None:
+        return ""
+    how = "; ".join(filter(None, [i["method"], row["note"]]))
+    return f"{i['estimate']:+.4g} [{i['low']:+.4g}, {i['high']:+.4g}] ({how})"
+
+
 def not_measured(comparison: Comparison, why: str) -> Judgement:
     return Judgement(comparison, None, None, why)
 

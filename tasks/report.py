@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from recipes import available_recipes
 from recipes.base import Headline, PaperFigure
-from tasks.evidence import judgement_text
+from tasks.evidence import interval_text, judgement_text
 from tasks.record import delta_interval_from_tags
 from tasks.reproduce import REPRODUCTION_ARTIFACT, REPRODUCTION_STEP
 from tasks.tracking import configure_tracking, experiment_name, registered_model_name
@@ -167,7 +167,7 @@ def paper_section(r: PaperResults) -> list[str]:
                       "runs, as they came out:", ""]
             lines += table(["criterion", "claim", "method − baseline [95 % interval]", "per seed (method / baseline)",
                             "outcome"],
-                           [[c["name"], _claim(c), judgement_text(c), _per_seed(c), c["outcome"]]
+                           [[c["name"], _claim(c), interval_text(c), _per_seed(c), c["outcome"]]
                             for c in rep["criteria"]])
     if r.paper_figures:
         ours = rep["ours"] if rep is not None else {}

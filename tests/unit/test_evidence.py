@@ -14,7 +14,7 @@ from recipes.base import DecisiveCriterion, VariantResult
 from settings.config import ConfigError
 from tasks.evidence import (
     Comparison, comparisons, delta_intervals, headline_comparison, judge_items, judge_seeds, judgement_metrics,
-    judgement_text,
+    interval_text, judgement_text,
 )
 
 BETTER = Comparison("gain", "top1", "method", "baseline", "better", 0.0, True)
@@ -38,6 +38,15 @@ def test_a_clear_gain_holds_and_mcnemar_counts_the_discordant_items():
     assert judgement.mcnemar_p == pytest.approx(2 * 0.5 ** 30)  # exact: 30 vs 0 discordant items
     assert "30 items only method got right, 0 only baseline" in judgement.note
     assert judgement_text(judgement.as_dict()).startswith("beats baseline (+30 [")
+
+
+def test_the_summary_line_of_a_criterion_carries_its_interval_and_mcnemar_beside_it():
+    row = judge_items(BETTER, scores(correct("1" * 90 + "0" * 10), correct("1" * 60 + "0" * 40))).as_dict()
+    i = row["interval"]
+    assert interval_text(row) == (f"+30 [{i['low']:+.4g}, {i['high']:+.4g}] (paired bootstrap over 100 items (10000 "
+                                  f"resamples); McNemar: 30 items only method got right, 0 only baseline, exact p = "
+                                  f"{2 * 0.5 ** 30:.3g})")
+    assert interval_text(judge_items(BETTER, {}).as_dict()) == ""
 
 
 def test_a_tie_does_not_hold_however_the_point_estimate_leans():

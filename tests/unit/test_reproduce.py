@@ -135,7 +135,9 @@ def test_the_results_page_says_what_the_reproduction_says():
     lo, hi = t95(TOME)
     assert f"| baseline in the same runs: tome_equal_budget | {np.mean(TOME):.4g} [{lo:.4g}, {hi:.4g}] |" in page
     assert "| verdict (paired per-seed differences) | beats tome_equal_budget (+0.62 [" in page
-    assert "| ppt_beats_tome_equal_budget | ppt better than tome_equal_budget on top1 |" in page
+    lo, hi = t95(list(np.subtract(PPT, TOME)))
+    assert (f"| ppt_beats_tome_equal_budget | ppt better than tome_equal_budget on top1 | +0.62 [{lo:+.4g}, {hi:+.4g}] "
+            "(Student t of paired differences over 5 seeds (df 4)) |") in page
     assert "| 94 / 93.5, 94.6 / 93.9, 93.8 / 93.6, 94.9 / 94, 94.2 / 93.4 | holds |" in page
     assert "Reproduction run `reprorun`, 2030-01-02 03:04 UTC: profile `tiny`, seeds 5 (0, 1, 2, 3, 4)" in page
     assert "config digest `0123456789abcdef`" in page and "`train.epochs=1`" in page
