@@ -118,8 +118,12 @@ def ensure_mlflow_user(tracking_uri: str, admin_username: str, admin_password: s
                                    f"{exc.code}: {exc.read()[:300]!r}") from exc
     except urllib.error.URLError as exc:
         raise StackConfigError(f"MLFLOW_TRACKING_URI={base} does not answer: {exc.reason}") from exc
-    _basic_auth_request(f"{base}/api/2.0/mlflow/users/create", admin_username, admin_password,
-                        {"username": username, "password": password}, method="POST")
+    try:
+        _basic_auth_request(f"{base}/api/2.0/mlflow/users/create", admin_username, admin_password,
+                            {"username": username, "password": password}, method="POST")
+    except urllib.error.HTTPError as exc:  # e.g. MLflow's password rule: 12 characters at least
+        raise StackConfigError(f"{base}: creating user {username!r} failed with HTTP {exc.code}: "
+                               f"{exc.read()[:300]!r}") from exc
     return True
 
 

@@ -61,8 +61,9 @@ def test_server_runs_basic_auth_with_proxied_artifacts_and_the_admin_from_the_en
 
 
 class UsersApi(BaseHTTPRequestHandler):
-    """MLflow's users endpoints as the job calls them: `users` holds name -> password, `admin` the credentials
-    that may call them; every request is recorded as (method, path, user, payload)."""
+    """MLflow's users endpoints as the job calls them, with MLflow's password rule: `users` holds name ->
+    password, `admin` the credentials that may call them; every request is recorded as (method, path, user,
+    payload)."""
 
     users: dict[str, str] = {}
     admin = ("admin", "s3cret-admin")
@@ -90,6 +91,9 @@ class UsersApi(BaseHTTPRequestHandler):
             name = self.path.split("username=", 1)[1]
             return self._answer(200, {"user": {"username": name}}) if name in self.users else \
                 self._answer(404, {"error_code": "RESOURCE_DOES_NOT_EXIST"})
+        if len(payload["password"]) < 12:
+            return self._answer(400, {"error_code": "INVALID_PARAMETER_VALUE",
+                                      "message": "Password must be at least 12 characters."})
         self.users[payload["username"]] = payload["password"]
         return self._answer(200, {})
 
@@ -115,21 +119,23 @@ def users_api():
 
 
 def test_creates_the_service_user_once_with_the_admin_credentials(users_api):
-    assert server.ensure_mlflow_user(users_api, "admin", "s3cret-admin", "pipeline", "pw-1") is True
-    assert server.ensure_mlflow_user(users_api, "admin", "s3cret-admin", "pipeline", "pw-2") is False
-    assert UsersApi.users == {"pipeline": "pw-1"}
+    assert server.ensure_mlflow_user(users_api, "admin", "s3cret-admin", "pipeline", "pipeline-pw-1") is True
+    assert server.ensure_mlflow_user(users_api, "admin", "s3cret-admin", "pipeline", "pipeline-pw-2") is False
+    assert UsersApi.users == {"pipeline": "pipeline-pw-1"}
     assert [(method, path.split("?")[0], caller) for method, path, caller, _ in UsersApi.requests] == [
         ("GET", "/api/2.0/mlflow/users/get", "admin"), ("POST", "/api/2.0/mlflow/users/create", "admin"),
         ("GET", "/api/2.0/mlflow/users/get", "admin")]
 
 
-def test_wrong_admin_password_or_no_server_is_a_clear_error(users_api, monkeypatch, capsys):
+def test_wrong_admin_password_short_password_or_no_server_is_a_clear_error(users_api, monkeypatch, capsys):
     with pytest.raises(server.StackConfigError, match="reading user 'pipeline' as 'admin' failed with HTTP 401"):
-        server.ensure_mlflow_user(users_api, "admin", "wrong-password", "pipeline", "pw-1")
+        server.ensure_mlflow_user(users_api, "admin", "wrong-password", "pipeline", "pipeline-pw-1")
+    with pytest.raises(server.StackConfigError, match="creating user 'pipeline' failed with HTTP 400: .*12 char"):
+        server.ensure_mlflow_user(users_api, "admin", "s3cret-admin", "pipeline", "short-pw")
     assert UsersApi.users == {}
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "pipeline")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-1")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pipeline-pw-1")
     monkeypatch.setenv("MLFLOW_ADMIN_PASSWORD", "s3cret-admin")
     assert server.main(["create-user"]) == 2
     assert "cannot create the MLflow user: MLFLOW_TRACKING_URI=http://127.0.0.1:9 does not answer" in \
