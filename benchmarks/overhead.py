@@ -72,27 +72,30 @@ def run_direct(paper: str, profile: str, overrides: list[str]) -> dict[str, Any]
     import matplotlib.pyplot as plt
 
     from models.common.reporting import RecordingReporter
-    from recipes import built_dataset_path, get_recipe, load_config
+    from recipes import built_dataset_paths, get_recipe, load_config
+    from recipes.base import RunModels
     from tasks.tracking import compute_device
 
     recipe, cfg = get_recipe(paper), load_config(paper, profile, overrides).config
     device, reporter, seconds = compute_device(), RecordingReporter(), {}
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    data = recipe.load_data(str(built_dataset_path(cfg)), cfg)
+    data = recipe.load_data(built_dataset_paths(recipe, cfg), cfg)
     seconds["load_data"] = time.perf_counter() - started
     mark = time.perf_counter()
     dense = recipe.build_model(cfg).to(device)
-    trained_metrics = recipe.train(dense, data, cfg, reporter)
+    trained = recipe.train(dense, data, cfg, reporter)
     dense = dense.cpu().eval()
     seconds["train"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    compressed = None
+    compressed, companions = None, dict(trained.companions)
     if recipe.compression is not None:
-        compressed = recipe.compress(copy.deepcopy(dense).to(device), data, cfg, reporter).model.cpu().eval()
+        result = recipe.compress(copy.deepcopy(dense).to(device), data, cfg, reporter)
+        compressed, companions = result.model.cpu().eval(), companions | result.companions
     seconds["compress"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    evaluation = recipe.evaluate(dense.to(device), compressed.to(device) if compressed is not None else None, data,
-                                 cfg, reporter, trained_metrics)
+    models = RunModels(dense.to(device), compressed.to(device) if compressed is not None else None,
+                       {name: c.module.to(device).eval() for name, c in companions.items()}, trained.metrics)
+    evaluation = recipe.evaluate(models, data, cfg, reporter)
     recipe.our_figures(evaluation)
     seconds["evaluate"] = time.perf_counter() - mark
     seconds["total"], seconds["cpu"] = time.perf_counter() - started, cpu_seconds() - cpu_started
