@@ -20,7 +20,7 @@ class NarrowingRecipe(Recipe):
 
     name = "narrowing"
 
-    def load_data(self, paths: dict[str, str], cfg: RecipeConfig) -> Any: ...
+    def load_data(self, datasets: Any, cfg: RecipeConfig) -> Any: ...
 
     def build_model(self, cfg: RecipeConfig) -> nn.Module:
         return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
