@@ -1,8 +1,10 @@
 """CBQ — Cross-Block Quantization for LLMs (arXiv 2312.07950, ICLR 2025), as a paperops recipe.
 
-Train (tiny) or load (small: SmolLM2-135M, full: a local checkpoint) a LLaMA decoder, quantize it with CBQ at the
-configured setting, and compare — in one run, on the same held-out text — every method × setting of the paper's
-tables: RTN, GPTQ, SmoothQuant, CBQ and CBQ without its outlier preprocessing, at W4A16 / W2A16 / W4A8 / W4A4.
+Train (tiny) or load (small: SmolLM2-135M, full: a local checkpoint) a LLaMA decoder and quantize it with CBQ at the
+registered setting. The compress step also quantizes, from the same calibration segments, every compared method
+(RTN, GPTQ, SmoothQuant, CBQ and CBQ without its outlier preprocessing) at every compared setting: they are the
+step's companions, saved with its run. The evaluate step scores every variant on the same held-out windows and
+reports the mean NLL per window, so every comparison is paired window by window.
 The registered compressed model stores bit-packed integer weights + scales (quant.PackedQuantLinear), so its size
 on disk is the real quantized size and loading it needs none of the calibration code.
 """
@@ -12,6 +14,8 @@ import copy
 import functools
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -21,7 +25,7 @@ matplotlib.use("Agg")  # figures are files for MLflow, never windows
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from tokenizers import Tokenizer
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -29,12 +33,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from models.cbq import CBQConfig
 from models.common.lm import (
     LMConfig, LMTrainConfig, TokenizedLM, build_lm, calibration_segments, eval_windows, generate, perplexity,
-    train_bpe_tokenizer, train_lm,
+    train_bpe_tokenizer, train_lm, window_nll,
 )
 from models.common.profiling import measure_latency, size_on_disk
 from recipes.base import (
-    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, RunModels, Section, VariantResult,
-    compare_to_parent, TrainResult, register_recipe, seed_everything,
+    Companion, CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, RunModels, Section,
+    VariantResult, compare_to_parent, TrainResult, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.equivalent_transforms import inject_activation_outliers
@@ -49,38 +53,55 @@ VAL_SETS = {"val": "val"}  # held-out documents of the training works: what trai
 RECORDED_CBQ_KNOBS = ("rank", "window", "overlap", "epochs", "calib_segments", "calib_seq_len", "cfp")
 
 
-class LMEvaluateSection(Section):
-    seq_len: int = Field(256, ge=8, description="perplexity context (non-overlapping windows)")
-    max_windows: int | None = Field(40, ge=1, description="windows per held-out set; None = all of it")
-    methods: tuple[str, ...] = Field(METHODS, description="every method runs at every setting in one run")
-    settings: tuple[QuantSetting, ...] = (
+@dataclass(frozen=True)
+class CBQCompressSection(CBQConfig):
+    """CBQ at `setting` (the model the run registers), and the comparison the compress step quantizes beside it from
+    the same calibration segments: every method of `comparison_methods` at every setting of `comparison_settings`
+    (and at `setting`). CBQ's own knobs are the fields of CBQConfig; the baselines read only the setting."""
+
+    comparison_methods: tuple[str, ...] = METHODS
+    comparison_settings: tuple[QuantSetting, ...] = (
         QuantSetting("W4A16", w_bits=4),
         QuantSetting("W2A16g64", w_bits=2, w_granularity="per_group", group_size=64),
         QuantSetting("W4A8", w_bits=4, a_bits=8),
         QuantSetting("W4A4", w_bits=4, a_bits=4),
     )
-    smoothquant_alpha: float = Field(0.5, ge=0, le=1)
+    smoothquant_alpha: float = 0.5   # SmoothQuant's migration strength (its paper's default)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = sorted(set(self.comparison_methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"comparison_methods: unknown methods {unknown}; known: {list(METHODS)}")
+        names = [s.name for s in self.comparison_settings]
+        if len(set(names)) != len(names):
+            raise ValueError(f"comparison_settings: setting names must be distinct, got {names}")
+        clash = [s.name for s in self.comparison_settings if s.name == self.setting.name and s != self.setting]
+        if clash:
+            raise ValueError(f"comparison_settings: {clash[0]!r} names the registered setting but differs from it")
+        if not 0.0 <= self.smoothquant_alpha <= 1.0:
+            raise ValueError(f"smoothquant_alpha must be in [0, 1], got {self.smoothquant_alpha}")
+
+    def compared_settings(self) -> tuple[QuantSetting, ...]:
+        """The comparison's settings, the registered one included, in order."""
+        by_name = {s.name: s for s in self.comparison_settings} | {self.setting.name: self.setting}
+        return tuple(by_name.values())
+
+
+class LMEvaluateSection(Section):
+    seq_len: int = Field(256, ge=8, description="perplexity context (non-overlapping windows)")
+    max_windows: int | None = Field(40, ge=1, description="windows per held-out set; None = all of it")
     latency_batch: int = Field(4, ge=1)
     latency_runs: int = Field(5, ge=1)
     latency_warmup: int = Field(1, ge=0)
     prompts: tuple[str, ...] = ("ROMEO:\n", "To be, or not to be,")
     max_new_tokens: int = Field(24, ge=1)
 
-    @model_validator(mode="after")
-    def _check_methods(self) -> LMEvaluateSection:
-        unknown = sorted(set(self.methods) - set(METHODS))
-        if unknown:
-            raise ValueError(f"unknown methods {unknown}; known: {list(METHODS)}")
-        names = [s.name for s in self.settings]
-        if len(set(names)) != len(names):
-            raise ValueError(f"setting names must be distinct, got {names}")
-        return self
-
 
 class CBQRecipeConfig(RecipeConfig):
     model: LMConfig = LMConfig()
     train: LMTrainConfig = LMTrainConfig()
-    compress: CBQConfig = CBQConfig()
+    compress: CBQCompressSection = CBQCompressSection()
     evaluate: LMEvaluateSection = LMEvaluateSection()
 
 
@@ -101,15 +122,19 @@ class TextSplits:
         return ids
 
 
+def variant_name(method: str, setting: QuantSetting) -> str:
+    return f"{method}_{setting.name}"
+
+
 def _ptq_methods(cfg: CBQRecipeConfig) -> dict[str, Compress]:
-    """The compared methods by name, SmoothQuant at the migration strength the evaluate section sets."""
-    return PTQ_METHODS | {"smoothquant": functools.partial(smoothquant, alpha=cfg.evaluate.smoothquant_alpha)}
+    """The compared methods by name, SmoothQuant at the migration strength the compress section sets."""
+    return PTQ_METHODS | {"smoothquant": functools.partial(smoothquant, alpha=cfg.compress.smoothquant_alpha)}
 
 
 def _knobs(cfg: CBQRecipeConfig) -> dict[str, Any]:
     """What made the registered model: its setting (as restore_compression reads it), the rest of the CBQ config,
     and the seed that drew its calibration segments and LoRA factors."""
-    cbq = {f.name: getattr(cfg.compress, f.name) for f in fields(cfg.compress) if f.name != "setting"}
+    cbq = {f.name: getattr(cfg.compress, f.name) for f in fields(CBQConfig) if f.name != "setting"}
     return {"method": "cbq", **cfg.compress.setting.knobs(), **cbq, "seed": cfg.seed}
 
 
@@ -125,6 +150,26 @@ def _prompts(model_input: Any) -> list[str]:
     return prompts
 
 
+@contextmanager
+def decoder_layers(model: TokenizedLM, layers: nn.ModuleList) -> Iterator[TokenizedLM]:
+    """`model` with its decoder blocks replaced by `layers` (a companion's quantized blocks) until the block exits:
+    a compared method changes the decoder blocks only, so a companion is stored and scored as just those."""
+    original = model.lm.model.layers
+    if len(layers) != len(original):
+        raise ValueError(f"the companion has {len(layers)} decoder layers, the model {len(original)}")
+    model.lm.model.layers = layers
+    try:
+        yield model
+    finally:
+        model.lm.model.layers = original
+
+
+@dataclass(frozen=True)
+class Measured:
+    metrics: dict[str, float]
+    per_item: dict[str, np.ndarray]
+
+
 @register_recipe
 class CBQRecipe(Recipe):
     name = "cbq"
@@ -134,9 +179,10 @@ class CBQRecipe(Recipe):
     primary_metric = "ppl_shakespeare"
     higher_is_better = False
     cost_metric = "size_ratio"
+    # per_item holds each window's mean NLL; a perplexity is exp of their mean
+    per_item_transforms = {f"ppl_{name}": np.exp for name in EVAL_SETS}
     serving_params = {"max_new_tokens": 32}
-    # The registered setting (compress.setting, W4A16 in every profile): its variants are the ones a pipeline run
-    # evaluates side by side; the other settings live in the method_by_setting table.
+    # The registered setting (compress.setting, W4A16 in every profile) against GPTQ at the same setting.
     headline = Headline("ppl_shakespeare", "cbq_W4A16", "gptq_W4A16", None,
                         "W4A16: 0.1-0.3 perplexity below GPTQ on LLaMA/OPT, WikiText2 (arXiv 2312.07950)")
     paper_figures = (
@@ -155,9 +201,9 @@ class CBQRecipe(Recipe):
         "model.num_attention_heads=2", "model.num_key_value_heads=2", "model.inject_outliers.channels=2",
         "train.steps=30", "train.batch_size=8", "train.seq_len=64", "train.warmup_steps=5",
         "compress.calib_segments=8", "compress.calib_seq_len=64", "compress.epochs=1",
+        "compress.comparison_settings=[{name: W4A16, w_bits: 4}, {name: W4A4, w_bits: 4, a_bits: 4}]",
         "evaluate.seq_len=64", "evaluate.max_windows=4", "evaluate.latency_batch=2", "evaluate.latency_runs=1",
         "evaluate.latency_warmup=0", "evaluate.max_new_tokens=4",
-        "evaluate.settings=[{name: W4A16, w_bits: 4}, {name: W4A4, w_bits: 4, a_bits: 4}]",
         "promote.max_metric_drop=1000",
     )
     deployment_description = "CBQ (cross-block quantization) of a LLaMA decoder, with RTN/GPTQ/SmoothQuant baselines"
@@ -178,44 +224,64 @@ class CBQRecipe(Recipe):
             model.tokenizer = train_bpe_tokenizer(data.raw.train, cfg.model.vocab_size)
         if cfg.train.steps:
             metrics |= train_lm(model, data.ids(model, "train"), cfg.train, reporter, generator)
-        metrics |= self._perplexities(model.lm, model, data, cfg, VAL_SETS)  # val, not test: CONTRACT19 §1
+        metrics |= self._val_perplexity(model, data, cfg)
         if cfg.model.inject_outliers is not None:
             inject = cfg.model.inject_outliers
             inject_activation_outliers(model.lm, inject.channels, inject.factor, cfg.seed)
-            after = self._perplexities(model.lm, model, data, cfg, VAL_SETS)  # val, not test: CONTRACT19 §1
-            metrics["outlier_injection_ppl_change"] = max(abs(after[k] - metrics[k]) for k in after)
+            after = self._val_perplexity(model, data, cfg)
+            metrics["outlier_injection_ppl_change"] = abs(after["ppl_val"] - metrics["ppl_val"])
             metrics |= after
         return TrainResult(metrics)
 
-    def _perplexities(self, lm: nn.Module, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
-                      sets: dict[str, str] = EVAL_SETS) -> dict[str, float]:
-        """ppl_<name> on the split of every (name, split) of `sets`: the test sets unless a step says otherwise."""
-        return {f"ppl_{name}": perplexity(lm, eval_windows(data.ids(model, split), cfg.evaluate.seq_len,
-                                                           cfg.evaluate.max_windows))
-                for name, split in sets.items()}
+    def _val_perplexity(self, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig) -> dict[str, float]:
+        """ppl_val: what train and compress may measure (the test splits are evaluate's)."""
+        windows = eval_windows(data.ids(model, "val"), cfg.evaluate.seq_len, cfg.evaluate.max_windows)
+        return {"ppl_val": perplexity(model.lm, windows)}
 
     def _calibration(self, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig) -> torch.Tensor:
         generator = torch.Generator().manual_seed(cfg.seed + 1)
         return calibration_segments(data.ids(model, "calib"), cfg.compress.calib_segments,
                                     cfg.compress.calib_seq_len, generator)
 
-    def _quantize(self, model: TokenizedLM, method: str, setting: QuantSetting, calib: torch.Tensor,
-                  cfg: CBQRecipeConfig, reporter: Reporter | None) -> TokenizedLM:
+    def _quantize(self, lm: LlamaForCausalLM, method: str, setting: QuantSetting, calib: torch.Tensor,
+                  cfg: CBQRecipeConfig, reporter: Reporter | None) -> LlamaForCausalLM:
         quantize = _ptq_methods(cfg)[method]
-        quantize(model.lm, replace(cfg.compress, setting=setting), calib, seed=cfg.seed, reporter=reporter)
-        pack_quantized_linears(model.lm)
-        return model
+        quantize(lm, replace(cfg.compress, setting=setting), calib, seed=cfg.seed, reporter=reporter)
+        return pack_quantized_linears(lm)
 
     def compress(self, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
                  reporter: Reporter) -> CompressionResult:
-        self._quantize(model, "cbq", cfg.compress.setting, self._calibration(model, data, cfg), cfg, reporter)
-        metrics = self._perplexities(model.lm, model, data, cfg, VAL_SETS)  # val, not test: CONTRACT19 §1
-        return CompressionResult(model=model, method="cbq", knobs=_knobs(cfg), metrics=metrics)
+        """CBQ at compress.setting, in place; every other method x setting of the comparison quantized from a copy of
+        the parent on the same calibration segments, kept as a companion (its decoder blocks: nothing else changes)."""
+        calib = self._calibration(model, data, cfg)
+        parent = copy.deepcopy(model.lm)
+        self._quantize(model.lm, "cbq", cfg.compress.setting, calib, cfg, reporter)
+        lm_config = json.loads(parent.config.to_json_string())
+        grid = [(method, setting) for setting in cfg.compress.compared_settings()
+                for method in cfg.compress.comparison_methods
+                if (method, setting.name) != ("cbq", cfg.compress.setting.name)]
+        companions = {}
+        for index, (method, setting) in enumerate(grid):
+            quantized = self._quantize(copy.deepcopy(parent), method, setting, calib, cfg, None)
+            companions[variant_name(method, setting)] = Companion(
+                quantized.model.layers, {"method": method, **setting.knobs(), "lm_config": lm_config})
+            reporter.progress(index + 1, len(grid), "quantize the compared methods x settings")
+        return CompressionResult(model=model, method="cbq", knobs=_knobs(cfg),
+                                 metrics=self._val_perplexity(model, data, cfg), companions=companions)
 
     def restore_compression(self, model: TokenizedLM, knobs: dict[str, Any]) -> nn.Module:
         setting = QuantSetting.from_knobs(knobs)
         install_packed_linears(model.lm, setting.weight, setting.act, skip=keeps_full_precision)
         return model
+
+    def companion_module(self, name: str, cfg: CBQRecipeConfig, knobs: dict[str, Any] | None) -> nn.Module:
+        """A companion's decoder blocks, as empty packed shells of its setting, on the saved architecture."""
+        if not knobs or "lm_config" not in knobs:
+            raise ValueError(f"companion {name!r} was saved without its lm_config and setting knobs")
+        setting = QuantSetting.from_knobs(knobs)
+        # the whole model is built, not bare decoder layers, so the layers' config is set up as the parent's is
+        layers = LlamaForCausalLM(LlamaConfig.from_dict(knobs["lm_config"])).model.layers
+        return install_packed_linears(layers, setting.weight, setting.act)
 
     def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
         setting = QuantSetting.from_knobs(knobs)
@@ -238,57 +304,63 @@ class CBQRecipe(Recipe):
         model = TokenizedLM(lm, Tokenizer.from_str(files["tokenizer.json"]), json.loads(files["eos_token_id.json"]))
         return self.restore_compression(model, knobs) if knobs else model
 
-    def _measure(self, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig) -> dict[str, float]:
+    def _measure(self, model: TokenizedLM, windows: dict[str, torch.Tensor], cfg: CBQRecipeConfig,
+                 timed: bool) -> Measured:
+        """Mean NLL per window of every held-out set (the per-item scores), the perplexities they give, the size on
+        disk and, when `timed`, latency and tokens/s."""
         ev = cfg.evaluate
-        metrics = self._perplexities(model.lm, model, data, cfg)
+        nll = {f"ppl_{name}": window_nll(model.lm, w).numpy() for name, w in windows.items()}
+        metrics = {metric: float(np.exp(scores.mean())) for metric, scores in nll.items()}
         metrics["size_bytes"] = float(size_on_disk(model))
-        batch = eval_windows(data.ids(model, "eval_shakespeare"), ev.seq_len, ev.latency_batch)
-        timing = measure_latency(model, batch, runs=ev.latency_runs, warmup=ev.latency_warmup)
-        metrics |= timing | {"tokens_per_s": timing["throughput_per_s"] * ev.seq_len}
-        return metrics
+        if timed:
+            batch = windows["shakespeare"][:ev.latency_batch]
+            timing = measure_latency(model, batch, runs=ev.latency_runs, warmup=ev.latency_warmup)
+            metrics |= timing | {"tokens_per_s": timing["throughput_per_s"] * ev.seq_len}
+        return Measured(metrics, nll)
 
     def evaluate(self, models: RunModels, data: TextSplits, cfg: CBQRecipeConfig, reporter: Reporter) -> Evaluation:
+        """Every variant on the same windows of every held-out set, in the same order: the FP parent, CBQ at the
+        registered setting (the registered model itself) and the compress step's companions."""
         dense, compressed = models.dense, models.compressed
-        ev = cfg.evaluate
-        setting = cfg.compress.setting
-        calib = self._calibration(dense, data, cfg)
-        parent = self._measure(dense, data, cfg)
-        variants = [VariantResult("fp", "parent", "fp", {}, parent)]
-        grid: list[dict[str, Any]] = []
-        settings = {s.name: s for s in ev.settings} | {setting.name: setting}
-        total = len(settings) * len(ev.methods)
-        for s_index, current in enumerate(settings.values()):
-            for m_index, method in enumerate(ev.methods):
-                at_compress_setting = current.name == setting.name
-                if method == "cbq" and at_compress_setting:
-                    model = compressed          # the registered model itself, not a re-run
-                else:
-                    copied = TokenizedLM(copy.deepcopy(dense.lm), dense.tokenizer, dense.eos_token_id)
-                    model = self._quantize(copied, method, current, calib, cfg, None)
-                metrics = (self._measure(model, data, cfg) if at_compress_setting
-                           else self._perplexities(model.lm, model, data, cfg)
-                           | {"size_bytes": float(size_on_disk(model))})
-                metrics["size_ratio"] = metrics["size_bytes"] / parent["size_bytes"]
-                metrics["w_bits"] = float(current.weight.bits)
-                grid.append({"setting": current.name, "method": method,
-                             **{k: metrics[k] for k in ("ppl_shakespeare", "ppl_milton", "size_bytes", "size_ratio")}})
-                if at_compress_setting:
-                    role = {"cbq": "method", "cbq_no_cfp": "ablation"}.get(method, "baseline")
-                    variants.append(VariantResult(f"{method}_{current.name}", role, method,
-                                                  {"method": method, **current.knobs()}, metrics))
-                reporter.progress(s_index * len(ev.methods) + m_index + 1, total, "quantize method x setting")
+        ev, registered = cfg.evaluate, cfg.compress.setting
+        windows = {name: eval_windows(data.ids(dense, split), ev.seq_len, ev.max_windows)
+                   for name, split in EVAL_SETS.items()}
+        fp = self._measure(dense, windows, cfg, timed=True)
+        variants = [VariantResult("fp", "parent", "fp", {}, fp.metrics, fp.per_item)]
+        grid = [(method, setting) for setting in cfg.compress.compared_settings()
+                for method in cfg.compress.comparison_methods]
+        for index, (method, setting) in enumerate(grid):
+            name = variant_name(method, setting)
+            at_registered = setting.name == registered.name
+            if method == "cbq" and at_registered:
+                measured = self._measure(compressed, windows, cfg, timed=True)
+            else:
+                if name not in models.companions:
+                    raise ValueError(f"variant {name!r} has no companion: the compress step saved "
+                                     f"{sorted(models.companions)}")
+                with decoder_layers(dense, models.companions[name]) as variant:
+                    measured = self._measure(variant, windows, cfg, timed=at_registered)
+            measured.metrics["size_ratio"] = measured.metrics["size_bytes"] / fp.metrics["size_bytes"]
+            measured.metrics["w_bits"] = float(setting.weight.bits)
+            role = ("method" if method == "cbq" and at_registered else "ablation" if method == "cbq_no_cfp"
+                    else "other_setting" if method == "cbq" else "baseline")
+            variants.append(VariantResult(name, role, method, {"method": method, **setting.knobs()},
+                                          measured.metrics, measured.per_item))
+            reporter.progress(index + 1, len(grid), "score the compared methods x settings")
         compare_to_parent(variants, self.primary_metric)
-        for row in grid:
-            for name in EVAL_SETS:
-                row[f"ppl_{name}_ratio_vs_fp"] = row[f"ppl_{name}"] / parent[f"ppl_{name}"]
+        grid_rows = [{"setting": v.knobs["setting"], "method": v.method,
+                      **{k: v.metrics[k] for k in ("ppl_shakespeare", "ppl_milton", "size_bytes", "size_ratio")},
+                      **{f"ppl_{name}_ratio_vs_fp": v.metrics[f"ppl_{name}"] / fp.metrics[f"ppl_{name}"]
+                         for name in EVAL_SETS}}
+                     for v in variants if v.role != "parent"]
         samples = [{"variant": label, "prompt": prompt, "completion": completion}
-                   for label, model in (("fp", dense), (f"cbq_{setting.name}", compressed))
+                   for label, model in (("fp", dense), (variant_name("cbq", registered), compressed))
                    for prompt, completion in zip(ev.prompts, generate(model, list(ev.prompts), ev.max_new_tokens))]
         table = [{"variant": v.name, "role": v.role, **{k: round(float(m), 6) for k, m in v.metrics.items()}}
                  for v in variants]
         return Evaluation(variants=variants,
-                          tables={"comparison": table, "method_by_setting": grid, "samples": samples},
-                          figures={"ppl_by_setting": _ppl_by_setting_figure(grid, parent)})
+                          tables={"comparison": table, "method_by_setting": grid_rows, "samples": samples},
+                          figures={"ppl_by_setting": _ppl_by_setting_figure(grid_rows, fp.metrics)})
 
     def our_figures(self, evaluation: Evaluation) -> dict[str, float]:
         grid = {(r["setting"], r["method"]): r for r in evaluation.tables["method_by_setting"]}
@@ -302,7 +374,11 @@ class CBQRecipe(Recipe):
         return figures
 
     def input_example(self, data: TextSplits, n: int = 2) -> list[str]:
-        return ["ROMEO:\n", "To be, or not to be,"][:n]
+        """The first lines of the val split (never a test split): prompts as a client sends them."""
+        lines = [line.strip() for line in data.raw.split("val").splitlines() if line.strip()]
+        if len(lines) < n:
+            raise ValueError(f"the val split has {len(lines)} non-empty lines, fewer than the {n} prompts asked for")
+        return lines[:n]
 
     def predict(self, model: TokenizedLM, batch: Any, params: dict[str, Any] | None = None) -> list[str]:
         max_new_tokens = int((params or {}).get("max_new_tokens", self.serving_params["max_new_tokens"]))

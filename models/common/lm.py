@@ -245,18 +245,23 @@ def eval_windows(ids: torch.Tensor, seq_len: int, max_windows: int | None = None
 
 
 @torch.no_grad()
-def perplexity(lm: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> float:
-    """exp(mean next-token NLL) over every predicted position of every window (n, T); `lm` is a
+def window_nll(lm: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Mean next-token NLL of each window (n, T) -> (n,): the per-item score of a perplexity comparison. `lm` is a
     LlamaForCausalLM (or any module whose output has .logits) in eval mode."""
     device = next(lm.parameters()).device
-    total_nll, total_tokens = 0.0, 0
+    nll = []
     for start in range(0, windows.shape[0], batch_size):
         batch = windows[start:start + batch_size].to(device)                             # (b, T)
         logits = lm(input_ids=batch, use_cache=False).logits[:, :-1].float()             # (b, T - 1, vocab)
-        nll = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
-        total_nll += nll.item()
-        total_tokens += batch[:, 1:].numel()
-    return math.exp(total_nll / total_tokens)
+        per_token = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # (b, T - 1)
+        nll.append(per_token.double().mean(dim=1).cpu())
+    return torch.cat(nll)
+
+
+def perplexity(lm: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> float:
+    """exp(mean next-token NLL) over every predicted position of every window (n, T): every window predicts T - 1
+    tokens, so this is exp of the mean of `window_nll`."""
+    return math.exp(window_nll(lm, windows, batch_size).mean().item())
 
 
 def calibration_segments(ids: torch.Tensor, n_segments: int, seq_len: int,
