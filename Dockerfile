@@ -28,6 +28,12 @@ RUN groupadd --system --gid 10001 paperops \
  && mkdir -p /app "$PAPEROPS_HOME" \
  && chown paperops:paperops /app "$PAPEROPS_HOME"
 
+# Fashion-MNIST for the fashion_mnist data stage, from Debian's package as `make fashion-mnist` installs it on a
+# workstation: a worker that finds the stage in no DVC remote builds it from these files.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 
 # The whole lock in a layer of its own: torch and the CUDA wheels (several GB) are downloaded again only when

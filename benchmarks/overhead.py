@@ -8,8 +8,9 @@ Each round runs both, the one first that went second in the round before:
 - pipeline: `flows/pipeline.py:paper_pipeline(paper, profile, overrides)`, in a fresh PAPEROPS_HOME and a fresh
   Prefect result store, so no step is a cache hit. The fresh MLflow database is created before the clock starts
   (an installation has one already), and so is the Prefect API (ephemeral, started once per process).
-- direct: the recipe's `load_data` (once), `build_model` + `train`, `compress` (of a copy) and `evaluate` on the
-  same built dataset, reporting to an in-memory RecordingReporter.
+- direct: the recipe's `load_data` (once through training's view, which withholds the test split, once more for
+  `evaluate` through the full view), `build_model` + `train`, `compress` (of a copy) and `evaluate` on the same
+  built dataset, reporting to an in-memory RecordingReporter.
 An untimed warm-up pair runs first (--warmup), so one-time imports and initialisation fall on neither side. The
 ratio is the median over rounds of each round's pipeline / direct wall time (a slow spell of a shared machine
 falls on one round's pair); the CPU-time ratio beside it (this process and the subprocesses it waited for, so
@@ -72,14 +73,14 @@ def run_direct(paper: str, profile: str, overrides: list[str]) -> dict[str, Any]
     import matplotlib.pyplot as plt
 
     from models.common.reporting import RecordingReporter
-    from recipes import built_dataset_paths, get_recipe, load_config
+    from recipes import built_dataset_views, get_recipe, load_config
     from recipes.base import RunModels
     from tasks.tracking import compute_device
 
     recipe, cfg = get_recipe(paper), load_config(paper, profile, overrides).config
     device, reporter, seconds = compute_device(), RecordingReporter(), {}
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    data = recipe.load_data(built_dataset_paths(recipe, cfg), cfg)
+    data = recipe.load_data(built_dataset_views(recipe, cfg, "train"), cfg)
     seconds["load_data"] = time.perf_counter() - started
     mark = time.perf_counter()
     dense = recipe.build_model(cfg).to(device)
@@ -95,7 +96,8 @@ def run_direct(paper: str, profile: str, overrides: list[str]) -> dict[str, Any]
     mark = time.perf_counter()
     models = RunModels(dense.to(device), compressed.to(device) if compressed is not None else None,
                        {name: c.module.to(device).eval() for name, c in companions.items()}, trained.metrics)
-    evaluation = recipe.evaluate(models, data, cfg, reporter)
+    evaluation = recipe.evaluate(models, recipe.load_data(built_dataset_views(recipe, cfg, "evaluate"), cfg), cfg,
+                                 reporter)
     recipe.our_figures(evaluation)
     seconds["evaluate"] = time.perf_counter() - mark
     seconds["total"], seconds["cpu"] = time.perf_counter() - started, cpu_seconds() - cpu_started

@@ -7,6 +7,7 @@ import pkgutil
 from pathlib import Path
 from typing import Sequence
 
+from data.views import DatasetViews, step_views
 from recipes.base import Recipe, RecipeConfig, registered_recipes
 from settings import project_root
 from settings.config import ConfigError, ResolvedConfig, read_profile, validate
@@ -45,14 +46,14 @@ def load_config(paper: str, profile: str = "tiny", overrides: Sequence[str] = ()
     return ResolvedConfig(paper=paper, profile=profile, source=str(path), config=config)
 
 
-def built_dataset_paths(recipe: Recipe, config: RecipeConfig) -> dict[str, str]:
-    """The recipe's datasets as their DVC stages left them in the working tree, by Recipe.datasets name (what
-    `load_data` takes), for scripts that run a recipe without the pipeline (benchmarks/); the pipeline itself
-    prepares and validates them."""
+def built_dataset_views(recipe: Recipe, config: RecipeConfig, step: str) -> DatasetViews:
+    """The recipe's datasets as their DVC stages left them in the working tree, by Recipe.datasets name, as pipeline
+    step `step` may read them (what `load_data` takes), for scripts that run a recipe without the pipeline
+    (benchmarks/); the pipeline itself prepares and validates them."""
     paths = {}
     for key, section in recipe.datasets(config).items():
         path = project_root() / "data" / section.stage
         if not path.is_dir():
             raise ConfigError(f"{path} is not built: run `make data` (or `dvc repro {section.stage}`) first")
-        paths[key] = str(path)
-    return paths
+        paths[key] = path
+    return step_views(paths, step)
