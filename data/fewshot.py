@@ -425,7 +425,7 @@ def load_fewshot_dataset(path: str | Path) -> FewShotDataset:
         with np.load(archive_path, allow_pickle=False) as archive:
             found = list(archive.files)
             arrays = {key: archive[key] for key in found}
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
         raise DatasetFormatError(f"{archive_path} is not a readable .npz archive: {exc}") from exc
     missing = [f"{p}_{s}" for s in SPLITS for p in ("x", "y") if f"{p}_{s}" not in arrays]
     if missing:

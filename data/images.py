@@ -287,7 +287,7 @@ def load_image_dataset(path: str | Path) -> ImageDataset:
         with np.load(images_path, allow_pickle=False) as archive:
             found = list(archive.files)
             arrays = {key: archive[key] for key in ARRAY_KEYS if key in found}
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
         raise DatasetFormatError(f"{images_path} is not a readable .npz archive: {exc}") from exc
     missing = [key for key in ARRAY_KEYS if key not in arrays]
     if missing:

@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from recipes import get_recipe
+from recipes import check_config, get_recipe
 from recipes import load_config
 from recipes.base import MAIN_DATASET
 from tasks.compress import compress_model
@@ -51,6 +51,7 @@ def _run(summary: PipelineSummary, step: str, task_fn: Any, *args: Any, **kwargs
 def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | None = None) -> dict[str, Any]:
     overrides = list(overrides or [])
     resolved = load_config(paper, profile, overrides)
+    check_config(resolved)  # knobs that depend on the model, before anything is prepared or trained
     cfg, config, keys = resolved.config, resolved.as_dict(), step_keys(resolved)
     parent = open_pipeline_run(resolved, overrides, flow_run.get_id())
     close_abandoned_steps(parent)

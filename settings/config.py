@@ -41,14 +41,42 @@ class ResolvedConfig:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# What PyYAML raises on text it cannot read: its own errors, and what its constructors let through on a malformed
+# tagged or implicit scalar (`!!float abc`, `2001-13-45`, `!!timestamp x`) or on nesting deeper than the stack.
+_YAML_ERRORS = (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError, RecursionError)
+# The values a config holds: what JSON has. YAML's dates, bytes and sets would pass a free-form section and fail later.
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+MAX_VALUE_DEPTH = 32
+
+
+def _check_plain(value: Any, where: str, depth: int = 0) -> None:
+    if depth > MAX_VALUE_DEPTH:
+        raise ConfigError(f"{where}: the value nests deeper than {MAX_VALUE_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, where, depth + 1)
+            _check_plain(item, where, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_plain(item, where, depth + 1)
+    elif not isinstance(value, _PLAIN_SCALARS):
+        raise ConfigError(f"{where}: YAML reads a {type(value).__name__} here; a value is a number, string, boolean, "
+                          "null, list or mapping (quote it for a string)")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
+    """`key=value` as (the dotted key's parts, the value read as YAML); ConfigError names the override."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.epochs=2")
+    where = f"--set {key.strip()}"
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{where}: the value nests deeper than {MAX_VALUE_DEPTH} levels") from exc
+    except _YAML_ERRORS as exc:
+        raise ConfigError(f"{where}: value is not valid YAML: {exc}") from exc
+    _check_plain(value, where)
     return key.strip().split("."), value
 
 
@@ -68,7 +96,7 @@ def profiles(path: Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"{path} does not exist")
     try:
         document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+    except _YAML_ERRORS as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     return {k: v for k, v in document.items() if isinstance(v, dict)}
 

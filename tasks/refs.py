@@ -55,3 +55,11 @@ class PromotionDecision:
     promoted: bool
     reasons: list[str]
     previous_version: str | None
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    model_name: str
+    alias: str
+    version: str
+    model_uri: str          # models:/<name>/<version>: pinned, not the moving alias
