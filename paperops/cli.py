@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -102,7 +103,7 @@ def run(
         print_headlines(summaries)
     rejected = [s["paper"] for s in summaries if s["promotion"] and not s["promotion"]["promoted"]]
     if rejected:
-        print_verbatim(f"the promotion gate rejected the candidate of {', '.join(rejected)} (exit 6)", "yellow")
+        print_verbatim(f"the promotion gate rejected the candidate of {', '.join(rejected)}", "yellow")
         raise typer.Exit(6)
 
 
@@ -413,16 +414,22 @@ class _HandledFailureFilter(logging.Filter):
     def __init__(self, handled: tuple[type[BaseException], ...]) -> None:
         super().__init__()
         self.handled = handled
+        # the run's final state, e.g. "Finished in state Failed('Task run encountered an exception DataStageError: ...')"
+        names = "|".join(re.escape(error.__name__) for error in handled)
+        self.final_state = re.compile(rf"Finished in state Failed\('(Task|Flow) run encountered an exception:? "
+                                      rf"({names}): ")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], self.handled))
+        if record.exc_info:
+            return not isinstance(record.exc_info[1], self.handled)
+        return not self.final_state.match(record.getMessage())
 
 
 def hide_handled_failures(*handled: type[BaseException]) -> None:
-    """Prefect logs a failed flow or task run with its traceback on the console. For the errors the command reports
-    itself, as a clean message and an exit code, that traceback only buries the message: the console handler drops
-    those records (Prefect's API still gets them, so the UI shows the failure). Any other exception, a crash, keeps
-    its traceback."""
+    """Prefect logs a failed flow or task run on the console: the exception with its traceback, then the run's final
+    state. For the errors the command reports itself, as a clean message and an exit code, both only bury the
+    message: the console handler drops them (Prefect's API still gets them, so the UI shows the failure). Any other
+    exception, a crash, keeps its traceback."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     for handler in logging.getLogger().handlers:

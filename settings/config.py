@@ -44,24 +44,35 @@ class ResolvedConfig:
 # What PyYAML raises on text it cannot read: its own errors, and what its constructors let through on a malformed
 # tagged or implicit scalar (`!!float abc`, `2001-13-45`, `!!timestamp x`) or on nesting deeper than the stack.
 _YAML_ERRORS = (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError, RecursionError)
-# The values a config holds: what JSON has. YAML's dates, bytes and sets would pass a free-form section and fail later.
+# The values a config holds: what JSON has. YAML's dates, bytes and sets would pass a free-form section and fail
+# later; anchors can make a value that refers to itself or expands exponentially, hence the depth and size bounds.
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
 MAX_VALUE_DEPTH = 32
+MAX_VALUE_ITEMS = 10_000
 
 
-def _check_plain(value: Any, where: str, depth: int = 0) -> None:
-    if depth > MAX_VALUE_DEPTH:
-        raise ConfigError(f"{where}: the value nests deeper than {MAX_VALUE_DEPTH} levels")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_plain(key, where, depth + 1)
-            _check_plain(item, where, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_plain(item, where, depth + 1)
-    elif not isinstance(value, _PLAIN_SCALARS):
-        raise ConfigError(f"{where}: YAML reads a {type(value).__name__} here; a value is a number, string, boolean, "
-                          "null, list or mapping (quote it for a string)")
+def _check_plain(value: Any, where: str) -> None:
+    pending, visited = [(value, 0)], 0
+    while pending:
+        item, depth = pending.pop()
+        visited += 1
+        if depth > MAX_VALUE_DEPTH:
+            raise ConfigError(f"{where}: the value nests deeper than {MAX_VALUE_DEPTH} levels")
+        if visited > MAX_VALUE_ITEMS:
+            raise ConfigError(f"{where}: the value holds more than {MAX_VALUE_ITEMS} items")
+        if isinstance(item, dict):
+            pending += [(child, depth + 1) for pair in item.items() for child in pair]
+        elif isinstance(item, list):
+            pending += [(child, depth + 1) for child in item]
+        elif not isinstance(item, _PLAIN_SCALARS):
+            raise ConfigError(f"{where}: YAML reads a {type(item).__name__} here; a value is a number, string, "
+                              "boolean, null, list or mapping (quote it for a string)")
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode()
+            except UnicodeEncodeError as exc:  # YAML's "\ud800" escapes decode to lone surrogates
+                raise ConfigError(f"{where}: a string holds a lone surrogate ({exc.reason}), not a character") \
+                    from exc
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

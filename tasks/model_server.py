@@ -154,6 +154,11 @@ def _tensor(value: Any, spec: InputSpec) -> np.ndarray:
 def _strings(value: Any, spec: InputSpec) -> np.ndarray:
     if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
         raise RequestRejected(400, f"inputs must be {spec.describe()}")
+    try:
+        for item in value:
+            item.encode()
+    except UnicodeEncodeError:  # a "\ud800" escape decodes to a lone surrogate, which no tokenizer takes
+        raise RequestRejected(400, f"inputs must be {spec.describe()}: one holds a lone surrogate") from None
     return np.array(value, dtype=str)
 
 

@@ -111,3 +111,11 @@ def test_wrong_class_count_nan_pixels_and_size_are_rejected(glyph_dir: Path, tmp
     assert ("expect_table_row_count_to_equal", None) in failed
     assert (BETWEEN, "nonfinite_pixel_count") in failed and (BETWEEN, "height") in failed
     assert ("expect_column_values_to_be_in_set", "dtype") in failed
+
+
+def test_an_empty_archive_fails_validation_naming_it(glyph_dir: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(glyph_dir, tmp_path / "empty")
+    (copy / FEWSHOT_FILE).write_bytes(b"")
+    report = validate_dataset(FEW_SHOT_CLASSES, copy, SPEC)
+    assert _failed(report) == {("dataset_files_readable", None)}
+    assert f"{copy / FEWSHOT_FILE} is not a readable .npz archive" in report.failed[0].details
