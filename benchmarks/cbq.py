@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from safetensors.torch import load_model, save_model
 
-from recipes import built_dataset_paths, get_recipe, load_config
+from recipes import built_dataset_views, get_recipe, load_config
 from recipes.base import RunModels
 from models.common.reporting import RecordingReporter
 from settings.config import ConfigError
@@ -90,16 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     resolved = load_config("cbq", args.profile, overrides)
     cfg, recipe = resolved.config, get_recipe("cbq")
     try:
-        data = recipe.load_data(built_dataset_paths(recipe, cfg), cfg)
+        fit = recipe.load_data(built_dataset_views(recipe, cfg, "train"), cfg)  # as the pipeline: no test split
+        data = recipe.load_data(built_dataset_views(recipe, cfg, "evaluate"), cfg)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
     started = time.perf_counter()
     cache = state_dir() / "benchmarks" / f"cbq-{args.profile}-{resolved.digest(excluding=('compress', 'evaluate', 'promote'))}"
-    dense, train_metrics = trained_model(recipe, cfg, data, cache)
+    dense, train_metrics = trained_model(recipe, cfg, fit, cache)
     trained = time.perf_counter()
     reporter = RecordingReporter()
-    compressed = recipe.compress(copy.deepcopy(dense), data, cfg, reporter).model
+    compressed = recipe.compress(copy.deepcopy(dense), fit, cfg, reporter).model
     evaluation = recipe.evaluate(RunModels(dense, compressed, {}, train_metrics), data, cfg, reporter)
     finished = time.perf_counter()
 

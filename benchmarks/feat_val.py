@@ -6,14 +6,14 @@ at the novel (test) classes.
     python benchmarks/feat_val.py --episodes 2000 --out .paperops/benchmarks/feat-val.json
 
 It runs the `feat` recipe's own `train` (pre-training, then FEAT, ProtoNet and FEAT λ = 0 meta-trained from the same
-encoder, on the same episodes) on the built stage (`make data`), with one change: the test episodes are drawn from
-the val classes instead of the novel ones. Val classes also pick each model's best epoch, so both figures are
-optimistic by the same selection; only the paired FEAT − ProtoNet difference is the reading.
+encoder, on the same episodes) on the built stage (`make data`) through the view the pipeline gives training, which
+withholds the novel classes: train draws its episodes from the val classes. Val classes also pick each model's best
+epoch, so both figures are optimistic by the same selection; only the paired FEAT − ProtoNet difference is the
+reading.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from recipes import get_recipe
 from models.common.reporting import RecordingReporter
-from recipes import built_dataset_paths, load_config
+from recipes import built_dataset_views, load_config
 from settings.config import ConfigError
 
 
@@ -39,13 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     resolved = load_config("feat", args.profile, overrides)
     cfg, recipe = resolved.config, get_recipe("feat")
     try:
-        data = recipe.load_data(built_dataset_paths(recipe, cfg), cfg)
+        data = recipe.load_data(built_dataset_views(recipe, cfg, "train"), cfg)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    on_val = dataclasses.replace(data, novel=data.val)
     started = time.perf_counter()
-    metrics = recipe.train(recipe.build_model(cfg), on_val, cfg, RecordingReporter()).metrics
+    metrics = recipe.train(recipe.build_model(cfg), data, cfg, RecordingReporter()).metrics
     seconds = time.perf_counter() - started
 
     way = cfg.evaluate.way

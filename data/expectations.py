@@ -93,8 +93,10 @@ class DeclaredSuite:
 @dataclass(frozen=True)
 class DataSuite:
     """A data family's suite: `spec` is what a config's `data.expect` must satisfy; `declare` reads the dataset
-    directory and returns the frames and expectations for that spec (a directory it cannot read raises)."""
+    directory and returns the frames and expectations for that spec (a directory it cannot read raises);
+    `split_roles` is the family's declaration of the role (data/views.py: fit, val, test) each split plays."""
 
     name: str  # a config's data.suite; recorded on registered versions (gx.suite): never rename
     spec: type[BaseModel]
     declare: Callable[[Path, Any], DeclaredSuite]
+    split_roles: dict[str, str]

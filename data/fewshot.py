@@ -7,6 +7,9 @@ A dataset directory holds two files:
 * ``meta.json``: provenance (source package and version, fonts or character files, licence), the class names of
   every split, image shape, counts, and the builder parameters.
 
+Roles (data/views.py): base classes are fit data (pre-training and meta-training), val classes are val (model
+selection, every setting), novel classes are the test split (read by the evaluate step only).
+
 Two sources render real character classes with per-sample jitter (the Omniglot analogue of vision.md §6.5):
 
 * ``glyphs`` (pip only): characters drawn from the fonts matplotlib ships (DejaVu Sans / Serif / Sans Mono and
@@ -46,20 +49,27 @@ from pydantic import BaseModel, ConfigDict, Field
 from data.dataset_dir import (
     DatasetFormatError, DatasetSourceMissingError, read_dataset_meta, write_dataset_dir,
 )
+from data.views import FIT, TEST, VAL, DatasetView, Withheld, as_view
 
 FEWSHOT_FILE = "fewshot.npz"
 SPLITS = ("base", "val", "novel")
+SPLIT_ROLES = {"base": FIT, "val": VAL, "novel": TEST}
 FORMAT_VERSION = 1
 RENDER_SCALE = 4  # glyphs are drawn at 4x the output size, then downsampled (anti-aliasing)
 
 
 @dataclass(frozen=True)
 class FewShotDataset:
-    """A built few-shot dataset as stored (arrays keep their stored dtype, so validation sees bad data as is)."""
+    """A built few-shot dataset as its view lets a step read it (arrays keep their stored dtype, so validation sees
+    bad data as is). A split the view withholds maps to a `Withheld` stand-in: using it raises TestSplitAccessError."""
 
-    x: dict[str, np.ndarray]  # split -> (N, H, W)
-    y: dict[str, np.ndarray]  # split -> (N,) global class ids
+    x: dict[str, np.ndarray | Withheld]  # split -> (N, H, W)
+    y: dict[str, np.ndarray | Withheld]  # split -> (N,) global class ids
     meta: dict[str, Any] = field(repr=False)
+
+    def readable(self, split: str) -> bool:
+        """Whether this step may read `split` (False: its arrays are withheld)."""
+        return not isinstance(self.x[split], Withheld)
 
     def classes(self, split: str) -> np.ndarray:
         return np.unique(self.y[split])
@@ -412,28 +422,35 @@ def _write(out_dir: str | Path, name: str, names: dict[str, list[str]], instance
 
 
 def image_digests(images: np.ndarray) -> list[str]:
-    flat = np.ascontiguousarray(images).reshape(len(images), -1)
+    flat = np.ascontiguousarray(images).reshape(len(images), int(np.prod(images.shape[1:])))  # N may be 0
     return [hashlib.sha1(row.tobytes()).hexdigest() for row in flat]
 
 
-def load_fewshot_dataset(path: str | Path) -> FewShotDataset:
-    """Load a directory written by build_glyphs / build_hanzi; errors name the file and what is wrong."""
-    root = Path(path)
+def load_fewshot_dataset(source: str | Path | DatasetView) -> FewShotDataset:
+    """Load a directory written by build_glyphs / build_hanzi (a path: every split; a view: the splits its step may
+    read, the others withheld); errors name the file and what is wrong."""
+    view = as_view(source)
+    root = view.path
     meta = read_dataset_meta(root, (FEWSHOT_FILE,))
     archive_path = root / FEWSHOT_FILE
+    readable = [split for split in SPLITS if view.take(split, SPLIT_ROLES[split])]
+    wanted = [f"{p}_{s}" for s in readable for p in ("x", "y")]
     try:
-        with np.load(archive_path, allow_pickle=False) as archive:
+        with np.load(archive_path, allow_pickle=False) as archive:  # lazy: a withheld split is never read
             found = list(archive.files)
-            arrays = {key: archive[key] for key in found}
+            arrays: dict[str, Any] = {key: archive[key] for key in wanted if key in found}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
         raise DatasetFormatError(f"{archive_path} is not a readable .npz archive: {exc}") from exc
-    missing = [f"{p}_{s}" for s in SPLITS for p in ("x", "y") if f"{p}_{s}" not in arrays]
+    missing = [key for key in wanted if key not in arrays]
     if missing:
         raise DatasetFormatError(f"{archive_path} lacks array(s) {', '.join(missing)} (found: {', '.join(found)})")
-    for split in SPLITS:
+    for split in readable:
         if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
             raise DatasetFormatError(f"{archive_path}: x_{split} has {len(arrays[f'x_{split}'])} images but "
                                      f"y_{split} {len(arrays[f'y_{split}'])} labels")
+    for split in SPLITS:
+        if split not in readable:
+            arrays[f"x_{split}"] = arrays[f"y_{split}"] = view.withheld(split)
     return FewShotDataset(x={s: arrays[f"x_{s}"] for s in SPLITS}, y={s: arrays[f"y_{s}"] for s in SPLITS},
                           meta=meta)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from data.expectations import Batch, DataSuite, DeclaredSuite, Expectation, SuitePart, between, unique
-from data.fewshot import SPLITS, FewShotSuiteSpec, image_digests, load_fewshot_dataset
+from data.fewshot import SPLIT_ROLES, SPLITS, FewShotSuiteSpec, image_digests, load_fewshot_dataset
 from data.images_suite import image_frame, pixel_expectations
 
 INK_LEVEL = 63.75  # a quarter of the 0-255 range: 5.3 sigma above black for the builders' noise of sigma 12
@@ -75,4 +75,4 @@ def declare(path: Path, spec: FewShotSuiteSpec) -> DeclaredSuite:
     return DeclaredSuite(parts, tuple(batches))
 
 
-FEW_SHOT_CLASSES = DataSuite("few_shot_classes", FewShotSuiteSpec, declare)
+FEW_SHOT_CLASSES = DataSuite("few_shot_classes", FewShotSuiteSpec, declare, SPLIT_ROLES)

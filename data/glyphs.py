@@ -9,9 +9,11 @@ stroke width, rendered at 4x and downsampled: white on black, uint8, like MNIST.
 
 Pure numpy/Pillow/matplotlib; deterministic for a seed and the matplotlib version (recorded by `glyph_source`).
 
-`build_letters` stores such a set as an image-classification dataset directory (data/images.py's layout: a train
-and a test split of every class, checked by the image_classification suite); the DVC stage ``dejavu_letters``
-runs it: ``python -m data.glyphs build --out data/dejavu_letters --classes 50 --per-class 120 ...``.
+`build_letters` stores such a set as an image-classification dataset directory (data/images.py's layout: a train,
+a val and a test split of every class, checked by the image_classification suite); the DVC stage ``dejavu_letters``
+runs it: ``python -m data.glyphs build --out data/dejavu_letters --classes 50 --per-class 120 ...``. The set only
+feeds OVOR's backbone pre-training, whose choices (and the glyph top-1 it logs) read val; test is read by no step
+today and stays untouched, so an evaluate step can report the backbone's letter accuracy honestly.
 """
 from __future__ import annotations
 
@@ -120,17 +122,23 @@ def render_glyphs(num_classes: int, per_class: int, size: int = 28, seed: int = 
     return GlyphSet(images=images, labels=labels, characters=chars)
 
 
-def build_letters(out_dir: str | Path, num_classes: int, per_class: int, test_per_class: int, size: int = 28,
-                  seed: int = 0) -> Path:
-    """`per_class + test_per_class` renders of each of the first `num_classes` distinct letters (`render_glyphs`),
-    the first `per_class` of every class to train and the rest to test, each split in render order."""
-    if per_class < 1 or test_per_class < 1:
-        raise ValueError(f"per_class and test_per_class must be >= 1, got {per_class} and {test_per_class}")
-    glyphs = render_glyphs(num_classes, per_class + test_per_class, size, seed)
-    held_out = np.arange(len(glyphs.labels)) % (per_class + test_per_class) >= per_class
-    arrays = {"x_train": glyphs.images[~held_out], "y_train": glyphs.labels[~held_out],
-              "x_test": glyphs.images[held_out], "y_test": glyphs.labels[held_out]}
+def build_letters(out_dir: str | Path, num_classes: int, per_class: int, val_per_class: int, test_per_class: int,
+                  size: int = 28, seed: int = 0) -> Path:
+    """`per_class + val_per_class + test_per_class` renders of each of the first `num_classes` distinct letters
+    (`render_glyphs`): of every class's renders the first `per_class` go to train, the next `val_per_class` to val and
+    the rest to test, each split in render order."""
+    if min(per_class, val_per_class, test_per_class) < 1:
+        raise ValueError(f"per_class, val_per_class and test_per_class must be >= 1, got {per_class}, "
+                         f"{val_per_class} and {test_per_class}")
+    renders = per_class + val_per_class + test_per_class
+    glyphs = render_glyphs(num_classes, renders, size, seed)
+    rank = np.arange(len(glyphs.labels)) % renders  # a render's place among its class's renders
+    members = {"train": rank < per_class, "val": (rank >= per_class) & (rank < per_class + val_per_class),
+               "test": rank >= per_class + val_per_class}
+    arrays = {f"{kind}_{split}": (glyphs.images if kind == "x" else glyphs.labels)[mask]
+              for split, mask in members.items() for kind in ("x", "y")}
     classes = list(range(num_classes))
+    per_split = {"train": per_class, "val": val_per_class, "test": test_per_class}
     meta = {
         "format_version": FORMAT_VERSION,
         "name": "dejavu_letters",
@@ -140,11 +148,10 @@ def build_letters(out_dir: str | Path, num_classes: int, per_class: int, test_pe
         "class_names": list(glyphs.characters),
         "image_shape": [size, size],
         "dtype": "uint8",
-        "counts": {"train": int((~held_out).sum()), "test": int(held_out.sum())},
-        "class_counts": {"train": {str(c): per_class for c in classes},
-                         "test": {str(c): test_per_class for c in classes}},
-        "params": {"num_classes": num_classes, "per_class": per_class, "test_per_class": test_per_class, "size": size,
-                   "seed": seed},
+        "counts": {split: int(mask.sum()) for split, mask in members.items()},
+        "class_counts": {split: {str(c): n for c in classes} for split, n in per_split.items()},
+        "params": {"num_classes": num_classes, "per_class": per_class, "val_per_class": val_per_class,
+                   "test_per_class": test_per_class, "size": size, "seed": seed},
     }
     # np.savez stores members uncompressed with a fixed date: the directory's md5 only changes with the renders.
     return write_dataset_dir(Path(out_dir), meta,
@@ -152,24 +159,28 @@ def build_letters(out_dir: str | Path, num_classes: int, per_class: int, test_pe
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m data.glyphs build --out DIR --classes K --per-class N --test-per-class M --size S --seed R`."""
+    """`python -m data.glyphs build --out DIR --classes K --per-class N --val-per-class V --test-per-class M --size S
+    --seed R`."""
     parser = argparse.ArgumentParser(prog="python -m data.glyphs", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser("build", help="render letters into an image dataset (images.npz + meta.json)")
     build_cmd.add_argument("--out", required=True, help="output directory (replaced if it exists)")
     build_cmd.add_argument("--classes", type=int, required=True, help="distinct letters (classes)")
     build_cmd.add_argument("--per-class", type=int, required=True, help="train renders per class")
+    build_cmd.add_argument("--val-per-class", type=int, required=True, help="val renders per class")
     build_cmd.add_argument("--test-per-class", type=int, required=True, help="test renders per class")
     build_cmd.add_argument("--size", type=int, default=28)
     build_cmd.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        out = build_letters(args.out, args.classes, args.per_class, args.test_per_class, args.size, args.seed)
+        out = build_letters(args.out, args.classes, args.per_class, args.val_per_class, args.test_per_class, args.size,
+                            args.seed)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     meta = load_image_dataset(out).meta
-    print(f"dejavu_letters: {meta['counts']['train']} train / {meta['counts']['test']} test images of "
+    print(f"dejavu_letters: {meta['counts']['train']} train / {meta['counts']['val']} val / {meta['counts']['test']} "
+          f"test images of "
           f"{len(meta['classes'])} letters, {args.size}x{args.size} -> {out}")
     return 0
 

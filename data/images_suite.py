@@ -1,14 +1,16 @@
-"""The ``image_classification`` suite: an image dataset with a train and a test split (data/images.py's layout).
+"""The ``image_classification`` suite: an image dataset with a train, a val and a test split (data/images.py's
+layout).
 
 Pixels are summarised into three small frames (MNIST-5k alone would be 3.9 M pixel rows):
 
 * ``images``: one row per image and split - height, width, channels, dtype, min/max over finite pixels,
   number of non-finite pixels, label. Shape, dtype, value range, NaN/inf, label set, "every class present"
-  and the minimum split size are expectations on this frame, run once per split.
+  and the minimum split size are expectations on this frame, run once per split: an empty val split fails here
+  (a dataset stored without one does not load: the loader names the missing arrays).
 * ``class_balance``: one row per declared class and split with the class's share of the split; its
   expectation holds every share within [min_share/K, max_share/K].
 * ``leakage``: the distinct (image sha1, split) pairs; a digest that is unique there occurs in one split
-  only, so the uniqueness expectation fails exactly when a byte-identical image is in train and test.
+  only, so the uniqueness expectation fails exactly when a byte-identical image is in two of train, val and test.
 """
 from __future__ import annotations
 
@@ -18,9 +20,7 @@ import numpy as np
 import pandas as pd
 
 from data.expectations import Batch, DataSuite, DeclaredSuite, Expectation, SuitePart, between, in_set, unique
-from data.images import ImageDataset, ImageSuiteSpec, image_digests, load_image_dataset
-
-SPLITS = ("train", "test")
+from data.images import SPLIT_ROLES, SPLITS, ImageDataset, ImageSuiteSpec, image_digests, load_image_dataset
 
 
 def image_frame(images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
@@ -58,13 +58,14 @@ def class_balance_frame(labels: np.ndarray, classes: list[int]) -> pd.DataFrame:
 
 
 def leakage_frame(dataset: ImageDataset) -> pd.DataFrame:
+    images = {split: dataset.split(split)[0] for split in SPLITS}
     pairs = pd.DataFrame(
         {
-            "image_sha1": image_digests(dataset.x_train) + image_digests(dataset.x_test),
-            "split": ["train"] * len(dataset.x_train) + ["test"] * len(dataset.x_test),
+            "image_sha1": sum((image_digests(images[split]) for split in SPLITS), []),
+            "split": sum(([split] * len(images[split]) for split in SPLITS), []),
         }
     )
-    # Duplicates inside one split are not a leak; only a digest present in both splits survives twice.
+    # Duplicates inside one split are not a leak; only a digest present in two splits survives twice.
     return pairs.drop_duplicates(ignore_index=True)
 
 
@@ -106,19 +107,19 @@ def balance_expectations(spec: ImageSuiteSpec) -> list[Expectation]:
 
 def declare(path: Path, spec: ImageSuiteSpec) -> DeclaredSuite:
     dataset = load_image_dataset(path)
-    splits = {"train": (dataset.x_train, dataset.y_train), "test": (dataset.x_test, dataset.y_test)}
+    splits = {split: dataset.split(split) for split in SPLITS}
     parts = (
         SuitePart("images", tuple(image_expectations(spec))),
         SuitePart("class_balance", tuple(balance_expectations(spec)), unexpected_index_column_names=("label",)),
-        SuitePart("leakage", (unique("image_sha1", description="no byte-identical image in both train and test "
-                                     "(each listed digest is in both)"),)),
+        SuitePart("leakage", (unique("image_sha1", description="no byte-identical image in two of train, val and "
+                                     "test (each listed digest is in two)"),)),
     )
     batches = (
         *(Batch("images", split, image_frame(*splits[split])) for split in SPLITS),
         *(Batch("class_balance", split, class_balance_frame(splits[split][1], list(spec.classes))) for split in SPLITS),
-        Batch("leakage", "train+test", leakage_frame(dataset)),
+        Batch("leakage", "+".join(SPLITS), leakage_frame(dataset)),
     )
     return DeclaredSuite(parts, batches)
 
 
-IMAGE_CLASSIFICATION = DataSuite("image_classification", ImageSuiteSpec, declare)
+IMAGE_CLASSIFICATION = DataSuite("image_classification", ImageSuiteSpec, declare, SPLIT_ROLES)

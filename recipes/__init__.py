@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from data.suites import suite_spec
+from data.views import DatasetViews, step_views
 from recipes.base import MAIN_DATASET, Recipe, RecipeConfig, registered_recipes
 from settings import project_root
 from settings.config import ConfigError, ResolvedConfig, read_profile, validate
@@ -63,14 +64,14 @@ def check_config(resolved: ResolvedConfig) -> None:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def built_dataset_paths(recipe: Recipe, config: RecipeConfig) -> dict[str, str]:
-    """The recipe's datasets as their DVC stages left them in the working tree, by Recipe.datasets name (what
-    `load_data` takes), for scripts that run a recipe without the pipeline (benchmarks/); the pipeline itself
-    prepares and validates them."""
+def built_dataset_views(recipe: Recipe, config: RecipeConfig, step: str) -> DatasetViews:
+    """The recipe's datasets as their DVC stages left them in the working tree, by Recipe.datasets name, as pipeline
+    step `step` may read them (what `load_data` takes), for scripts that run a recipe without the pipeline
+    (benchmarks/); the pipeline itself prepares and validates them."""
     paths = {}
     for key, section in recipe.datasets(config).items():
         path = project_root() / "data" / section.stage
         if not path.is_dir():
             raise ConfigError(f"{path} is not built: run `make data` (or `dvc repro {section.stage}`) first")
-        paths[key] = str(path)
-    return paths
+        paths[key] = path
+    return step_views(paths, step)

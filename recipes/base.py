@@ -2,8 +2,9 @@
 
 A recipe adapts pure method code (models/) to the platform: its config schema, how it reads its datasets, its
 experiment protocol (method, baselines, ablations), its report figures and its serving I/O. It builds, trains,
-compresses and evaluates torch modules and reads its datasets from paths; tasks/ moves the results between steps as
-files (safetensors + JSON) and logs them; flows/ wires the steps. Adding a paper = one recipes/<paper>.py with a
+compresses and evaluates torch modules and reads its datasets through the views the platform hands each step
+(data/views.py: train and compress never see a test split); tasks/ moves the results between steps as files
+(safetensors + JSON) and logs them; flows/ wires the steps. Adding a paper = one recipes/<paper>.py with a
 Recipe subclass decorated with @register_recipe, plus one configs/<paper>.yaml.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from data.views import DatasetViews
 from models.common.reporting import Reporter
 
 
@@ -214,13 +216,16 @@ class Recipe(ABC):
 
     def datasets(self, cfg: RecipeConfig) -> dict[str, DataSection]:
         """Every dataset the recipe trains or evaluates on, by name: the pipeline prepares (DVC) and validates (GX)
-        each one before training, records each stage and md5, and hands `load_data` their paths under these names.
+        each one before training, records each stage and md5, and hands `load_data` a view of each under these names.
         "data" is `cfg.data`, the main dataset; a paper with more data adds entries (OVOR: its pre-training set)."""
         return {MAIN_DATASET: cfg.data}
 
     @abstractmethod
-    def load_data(self, paths: dict[str, str], cfg: RecipeConfig) -> Any:
-        """The recipe's data from the prepared dataset directories (`paths`: the names of `datasets`)."""
+    def load_data(self, datasets: DatasetViews, cfg: RecipeConfig) -> Any:
+        """The recipe's data, read through `datasets` (by the names of `datasets()`) with the family's loader
+        (load_image_dataset, load_text_dataset, load_fewshot_dataset), never from a path. In train and compress the
+        views withhold every test split: the data object then carries `Withheld` stand-ins for the test arrays, which
+        raise TestSplitAccessError when used, and every choice is made on the val split."""
 
     @abstractmethod
     def build_model(self, cfg: RecipeConfig) -> nn.Module: ...
@@ -279,7 +284,7 @@ class Recipe(ABC):
     @abstractmethod
     def input_example(self, data: Any, n: int = 2) -> Any:
         """A batch of real inputs in the served format (numpy images, a list of prompts), used as MLflow input
-        example and smoke request."""
+        example and smoke request: val items, never test items (train and compress, which log it, see no test)."""
 
     @abstractmethod
     def predict(self, model: nn.Module, batch: Any, params: dict[str, Any] | None = None) -> Any:

@@ -41,8 +41,10 @@ from models.equivalent_transforms import inject_activation_outliers
 from models.ptq import METHODS, PTQ_METHODS, Compress, keeps_full_precision, smoothquant
 from models.quant import QuantSetting, install_packed_linears, pack_quantized_linears
 from data.text import TextDataset, load_text_dataset
+from data.views import DatasetViews
 
 EVAL_SETS = {"shakespeare": "eval_shakespeare", "milton": "eval_milton"}   # WikiText-2 role, C4 role
+VAL_SETS = {"val": "val"}  # held-out documents of the training works: what train and compress measure on
 # the CBQ knobs a reviewer filters registered versions by (every knob is in the record's compression.knobs)
 RECORDED_CBQ_KNOBS = ("rank", "window", "overlap", "epochs", "calib_segments", "calib_seq_len", "cfp")
 
@@ -161,8 +163,8 @@ class CBQRecipe(Recipe):
     deployment_description = "CBQ (cross-block quantization) of a LLaMA decoder, with RTN/GPTQ/SmoothQuant baselines"
     deployment_tags = ("language",)
 
-    def load_data(self, paths: dict[str, str], cfg: CBQRecipeConfig) -> TextSplits:
-        return TextSplits(load_text_dataset(paths["data"]))
+    def load_data(self, datasets: DatasetViews, cfg: CBQRecipeConfig) -> TextSplits:
+        return TextSplits(load_text_dataset(datasets["data"]))
 
     def build_model(self, cfg: CBQRecipeConfig) -> nn.Module:
         seed_everything(cfg.seed)
@@ -176,20 +178,21 @@ class CBQRecipe(Recipe):
             model.tokenizer = train_bpe_tokenizer(data.raw.train, cfg.model.vocab_size)
         if cfg.train.steps:
             metrics |= train_lm(model, data.ids(model, "train"), cfg.train, reporter, generator)
-        metrics |= self._perplexities(model.lm, model, data, cfg)
+        metrics |= self._perplexities(model.lm, model, data, cfg, VAL_SETS)  # val, not test: CONTRACT19 §1
         if cfg.model.inject_outliers is not None:
             inject = cfg.model.inject_outliers
             inject_activation_outliers(model.lm, inject.channels, inject.factor, cfg.seed)
-            after = self._perplexities(model.lm, model, data, cfg)
+            after = self._perplexities(model.lm, model, data, cfg, VAL_SETS)  # val, not test: CONTRACT19 §1
             metrics["outlier_injection_ppl_change"] = max(abs(after[k] - metrics[k]) for k in after)
             metrics |= after
         return TrainResult(metrics)
 
-    def _perplexities(self, lm: nn.Module, model: TokenizedLM, data: TextSplits,
-                      cfg: CBQRecipeConfig) -> dict[str, float]:
+    def _perplexities(self, lm: nn.Module, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
+                      sets: dict[str, str] = EVAL_SETS) -> dict[str, float]:
+        """ppl_<name> on the split of every (name, split) of `sets`: the test sets unless a step says otherwise."""
         return {f"ppl_{name}": perplexity(lm, eval_windows(data.ids(model, split), cfg.evaluate.seq_len,
                                                            cfg.evaluate.max_windows))
-                for name, split in EVAL_SETS.items()}
+                for name, split in sets.items()}
 
     def _calibration(self, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig) -> torch.Tensor:
         generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -206,7 +209,7 @@ class CBQRecipe(Recipe):
     def compress(self, model: TokenizedLM, data: TextSplits, cfg: CBQRecipeConfig,
                  reporter: Reporter) -> CompressionResult:
         self._quantize(model, "cbq", cfg.compress.setting, self._calibration(model, data, cfg), cfg, reporter)
-        metrics = self._perplexities(model.lm, model, data, cfg)
+        metrics = self._perplexities(model.lm, model, data, cfg, VAL_SETS)  # val, not test: CONTRACT19 §1
         return CompressionResult(model=model, method="cbq", knobs=_knobs(cfg), metrics=metrics)
 
     def restore_compression(self, model: TokenizedLM, knobs: dict[str, Any]) -> nn.Module:

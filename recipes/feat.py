@@ -39,7 +39,8 @@ from models.feat.train import (
     EpisodeStats, MetaTrainConfig, PretrainConfig, Split, embed_all, evaluate_episodes, mean_ci95, meta_train,
     pretrain, sample_episode,
 )
-from data.fewshot import FewShotDataset, load_fewshot_dataset
+from data.fewshot import SPLITS, FewShotDataset, load_fewshot_dataset
+from data.views import DatasetViews
 
 
 class MetaSection(Section):
@@ -79,7 +80,7 @@ class FEATRecipeConfig(RecipeConfig):
 class FewShotData:
     base: Split
     val: Split
-    novel: Split
+    novel: Split  # Withheld in train
     raw: FewShotDataset
 
 
@@ -130,13 +131,15 @@ class FEATRecipe(Recipe):
 
     # ------------------------------------------------------------------------------------------------ data
 
-    def load_data(self, paths: dict[str, str], cfg: FEATRecipeConfig) -> FewShotData:
-        raw = load_fewshot_dataset(paths["data"])
+    def load_data(self, datasets: DatasetViews, cfg: FEATRecipeConfig) -> FewShotData:
+        raw = load_fewshot_dataset(datasets["data"])
         size = cfg.model.img_size
         shape = tuple(raw.x["base"].shape[1:])
         if shape != (size, size):
             raise ValueError(f"dataset images are {shape}, model.img_size is {size}")
-        splits = {s: Split(images_to_input(torch.as_tensor(raw.x[s])), raw.y[s]) for s in ("base", "val", "novel")}
+        # A split the step may not read (novel, outside evaluate) stays Withheld.
+        splits = {s: Split(images_to_input(torch.as_tensor(raw.x[s])), raw.y[s]) if raw.readable(s) else raw.x[s]
+                  for s in SPLITS}
         return FewShotData(**splits, raw=raw)
 
     def build_model(self, cfg: FEATRecipeConfig) -> nn.Module:
@@ -160,13 +163,14 @@ class FEATRecipe(Recipe):
                 out.append(("protonet_5shot", "baseline", "none", five))
         return out
 
-    def _test(self, model: FewShotModel, data: FewShotData, cfg: FEATRecipeConfig) -> dict[str, float]:
-        """Every test setting on the same episodes (seeded) for every model; embeddings computed once per model."""
+    def _test(self, model: FewShotModel, classes: Split, cfg: FEATRecipeConfig) -> dict[str, float]:
+        """Every test setting on the same episodes (seeded) of `classes` for every model; embeddings computed once
+        per model."""
         ev = cfg.evaluate
-        embeddings = embed_all(model, data.novel.x)
+        embeddings = embed_all(model, classes.x)
         metrics: dict[str, float] = {}
         for shot in ev.shots:
-            stats: EpisodeStats = evaluate_episodes(model, data.novel, ev.way, shot, ev.query, ev.episodes,
+            stats: EpisodeStats = evaluate_episodes(model, classes, ev.way, shot, ev.query, ev.episodes,
                                                     ev.seed + shot, embeddings)
             mean, ci = mean_ci95(stats.accuracies)
             metrics[_acc_key(ev.way, shot)] = mean
@@ -183,7 +187,8 @@ class FEATRecipe(Recipe):
         generator = seed_everything(cfg.seed)
         metrics = pretrain(model, data.base, data.val, cfg.pretrain, reporter, generator, cfg.seed)
         encoder_state = copy.deepcopy(model.encoder.state_dict())
-        tested: dict[str, dict[str, Any]] = {"pretrain_protonet": self._test(_as_protonet(model, cfg), data, cfg)}
+        # val, not test: CONTRACT19 §1 (here and for every meta-trained model below)
+        tested: dict[str, dict[str, Any]] = {"pretrain_protonet": self._test(_as_protonet(model, cfg), data.val, cfg)}
         for i, (name, _role, adapter, meta_cfg) in enumerate(self._variants_to_train(cfg)):
             if i == 0:
                 target = model  # the method: trained in place, this is the registered model
@@ -192,7 +197,7 @@ class FEATRecipe(Recipe):
                 target = FewShotModel(dataclasses.replace(cfg.model, adapter=adapter)).to(_device(model))
             target.encoder.load_state_dict(encoder_state)
             metrics |= meta_train(target, data.base, data.val, meta_cfg, reporter, cfg.seed + i, prefix=name)
-            tested[name] = self._test(target, data, cfg)
+            tested[name] = self._test(target, data.val, cfg)  # val, not test: CONTRACT19 §1
         ev = cfg.evaluate
         for name, result in tested.items():
             metrics |= {f"{name}.{k}": v for k, v in result.items() if not k.startswith("_")}
@@ -225,8 +230,8 @@ class FEATRecipe(Recipe):
         dense, trained_metrics = models.dense, models.train_metrics
         assert isinstance(dense, FewShotModel)
         ev = cfg.evaluate
-        measured = {k: v for k, v in self._test(dense, data, cfg).items() if not k.startswith("_")}
-        rows = torch.as_tensor(episode_rows(data.raw, ev.way, 1, ev.query, ev.seed))  # one served episode
+        measured = {k: v for k, v in self._test(dense, data.novel, cfg).items() if not k.startswith("_")}
+        rows = torch.as_tensor(episode_rows(data.raw, "novel", ev.way, 1, ev.query, ev.seed))  # one served episode
         macs = count_macs(dense, rows)
         timing = measure_latency(dense, rows, runs=ev.latency_runs, warmup=ev.latency_warmup)
         parent_metrics = measured | {
@@ -270,8 +275,8 @@ class FEATRecipe(Recipe):
     # --------------------------------------------------------------------------------------------- serving
 
     def input_example(self, data: FewShotData, n: int = 2) -> np.ndarray:
-        """A real 5-way 1-shot episode of novel classes with n queries per class, in the served row layout."""
-        return episode_rows(data.raw, 5, 1, n, seed=0)
+        """A real 5-way 1-shot episode of val classes with n queries per class, in the served row layout."""
+        return episode_rows(data.raw, "val", 5, 1, n, seed=0)
 
     def predict(self, model: nn.Module, batch: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         rows = torch.as_tensor(np.asarray(batch, dtype=np.float32))
@@ -310,10 +315,10 @@ def _knobs(cfg: FEATRecipeConfig, name: str) -> dict[str, Any]:
     return knobs
 
 
-def episode_rows(raw: FewShotDataset, way: int, shot: int, query: int, seed: int) -> np.ndarray:
-    """A real episode of novel classes in the served layout: (way*shot + way*query, 1 + S*S) float32 rows
+def episode_rows(raw: FewShotDataset, split: str, way: int, shot: int, query: int, seed: int) -> np.ndarray:
+    """A real episode of the classes of `split` in the served layout: (way*shot + way*query, 1 + S*S) float32 rows
     [label, pixels]; support rows first (labels 0..way-1), then queries (label -1)."""
-    x, y = raw.x["novel"], raw.y["novel"]
+    x, y = raw.x[split], raw.y[split]
     by_class = {int(c): np.flatnonzero(y == c) for c in np.unique(y)}
     idx = sample_episode(by_class, way, shot, query, np.random.default_rng(seed))
     labels = np.concatenate([np.tile(np.arange(way), shot), np.full(way * query, QUERY_LABEL)]).astype(np.float32)

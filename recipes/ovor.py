@@ -39,7 +39,8 @@ from models.ovor.model import (
     BackboneConfig, OnePromptViT, PromptConfig, PromptedAttention, TwoPassPromptViT, init_prompt, prompts_disabled,
 )
 from models.common.vit import images_to_input, random_translate
-from data.images import ImageDataset, load_image_dataset
+from data.images import SPLITS, ImageDataset, load_image_dataset
+from data.views import DatasetViews
 from recipes.ppt_section import PPTSection, ppt_knobs, ppt_record
 
 
@@ -67,7 +68,9 @@ class OVORRecipeConfig(RecipeConfig):
 class OVORData:
     x_train: torch.Tensor  # (N, 1, S, S) stream images in [-1, 1]
     y_train: torch.Tensor  # (N,)
-    x_test: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor  # Withheld in train and compress
     y_test: torch.Tensor
     raw: ImageDataset
     # The pre-training set as stored (meta.json: fonts, letters, renders) and as model input; None when the
@@ -75,20 +78,22 @@ class OVORData:
     glyphs: ImageDataset | None = None
     glyph_x_train: torch.Tensor | None = None  # (K * per_class, 1, S, S)
     glyph_y_train: torch.Tensor | None = None
-    glyph_x_test: torch.Tensor | None = None
-    glyph_y_test: torch.Tensor | None = None
+    glyph_x_val: torch.Tensor | None = None
+    glyph_y_val: torch.Tensor | None = None
 
 
 def _ci95(values: list[float]) -> float:
     return 1.96 * float(np.std(values, ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
-def final_task_metrics(model: nn.Module, data: OVORData, tasks: list[list[int]]) -> dict[str, float]:
-    """A_N (mean over tasks of the final per-task accuracy over all seen classes) and cross-task confusion."""
-    logits = predict_logits(model, data.x_test)
+def final_task_metrics(model: nn.Module, x: torch.Tensor, y_true: torch.Tensor,
+                       tasks: list[list[int]]) -> dict[str, float]:
+    """A_N (mean over tasks of the final per-task accuracy over all seen classes) and cross-task confusion, on the
+    images `x` (N, 1, S, S) with labels `y_true` (N,)."""
+    logits = predict_logits(model, x)
     seen = torch.tensor([c for task in tasks for c in task])
     pred = seen[logits[:, seen].argmax(-1)].numpy()
-    y = data.y_test.numpy()
+    y = y_true.numpy()
     per_task = [100.0 * float((pred[np.isin(y, t)] == y[np.isin(y, t)]).mean()) for t in tasks]
     share, rate = cross_task_confusion(pred, y, {c: i for i, t in enumerate(tasks) for c in t})
     out = {"a_n": float(np.mean(per_task)), "top1": 100.0 * float((pred == y).mean()),
@@ -133,24 +138,28 @@ class OVORRecipe(Recipe):
     def datasets(self, cfg: OVORRecipeConfig) -> dict[str, DataSection]:
         return {"data": cfg.data} | ({"pretrain": cfg.pretrain.data} if cfg.pretrain.data is not None else {})
 
-    def load_data(self, paths: dict[str, str], cfg: OVORRecipeConfig) -> OVORData:
-        raw = load_image_dataset(paths["data"])
+    def load_data(self, datasets: DatasetViews, cfg: OVORRecipeConfig) -> OVORData:
+        raw = load_image_dataset(datasets["data"])
         total = cfg.stream.num_tasks * cfg.stream.classes_per_task
-        labels = set(np.unique(raw.y_train).tolist()) | set(np.unique(raw.y_test).tolist())
+        readable = [split for split in SPLITS if raw.readable(split)]
+        labels = set(np.concatenate([np.unique(raw.split(split)[1]) for split in readable]).tolist())
         if total > len(raw.classes) or not labels <= set(range(total)):
             raise ValueError(f"stream.num_tasks x stream.classes_per_task = {total} classes, but the dataset has "
                              f"labels {sorted(labels)}")
         size = cfg.model.img_size
+        x_test, y_test = raw.x_test, raw.y_test  # Withheld unless the step may read test (evaluate)
+        if raw.readable("test"):
+            x_test, y_test = images_to_input(raw.x_test, size), torch.as_tensor(raw.y_test, dtype=torch.long)
         stream = (images_to_input(raw.x_train, size), torch.as_tensor(raw.y_train, dtype=torch.long),
-                  images_to_input(raw.x_test, size), torch.as_tensor(raw.y_test, dtype=torch.long), raw)
-        if "pretrain" not in paths:
+                  images_to_input(raw.x_val, size), torch.as_tensor(raw.y_val, dtype=torch.long), x_test, y_test, raw)
+        if "pretrain" not in datasets:
             if cfg.model.checkpoint is None:
                 raise ValueError("model.checkpoint is null and pretrain.data names no glyph dataset: the backbone "
                                  "needs one of them")
             return OVORData(*stream)
-        glyphs = load_image_dataset(paths["pretrain"])
+        glyphs = load_image_dataset(datasets["pretrain"])
         return OVORData(*stream, glyphs, images_to_input(glyphs.x_train, size), torch.as_tensor(glyphs.y_train),
-                        images_to_input(glyphs.x_test, size), torch.as_tensor(glyphs.y_test))
+                        images_to_input(glyphs.x_val, size), torch.as_tensor(glyphs.y_val))
 
     def build_model(self, cfg: OVORRecipeConfig) -> nn.Module:
         generator = seed_everything(cfg.seed)
@@ -177,14 +186,14 @@ class OVORRecipe(Recipe):
         with prompts_disabled(model):
             metrics = train_classifier(classifier, data.glyph_x_train, data.glyph_y_train, cfg.pretrain.train,
                                        reporter, generator, metric_prefix="pretrain")
-            metrics["pretrain_glyph_top1"] = top1_accuracy(predict_logits(classifier, data.glyph_x_test),
-                                                           data.glyph_y_test)
+            metrics["pretrain_glyph_top1"] = top1_accuracy(predict_logits(classifier, data.glyph_x_val),
+                                                           data.glyph_y_val)  # val, not test: CONTRACT19 §1
             # How much digit information the frozen features carry: nearest class mean on the stream's splits.
             f_train = extract_features(model, data.x_train, 256).cpu()
-            f_test = extract_features(model, data.x_test, 256).cpu()
+            f_val = extract_features(model, data.x_val, 256).cpu()  # val, not test: CONTRACT19 §1
         means = torch.stack([f_train[data.y_train == c].mean(0) for c in range(int(data.y_train.max()) + 1)])
         metrics["pretrain_stream_ncm_top1"] = 100.0 * float(
-            (torch.cdist(f_test, means).argmin(-1) == data.y_test).float().mean())
+            (torch.cdist(f_val, means).argmin(-1) == data.y_val).float().mean())  # val, not test: CONTRACT19 §1
         model.freeze_backbone()
         meta = data.glyphs.meta
         reporter.log_table("pretrain_source", [{**meta["source"], "classes": len(meta["classes"]),
@@ -211,7 +220,8 @@ class OVORRecipe(Recipe):
                     attn.prompt.data = init_prompt(*attn.prompt.shape, cfg.prompt.init, generator)
                 learner.head.reset_parameters()
             learner.to(device)
-            stream = Stream(self.tasks(cfg, seed), data.x_train, data.y_train, data.x_test, data.y_test)
+            # val, not test: CONTRACT19 §1
+            stream = Stream(self.tasks(cfg, seed), data.x_train, data.y_train, data.x_val, data.y_val)
             generator = torch.Generator().manual_seed(cfg.seed * 1000 + seed)
             traces = run_stream(learner, stream, cfg.stream, cfg.vor, reporter, generator,
                                 random_translate, metric_prefix=f"seed{seed}_")
@@ -252,8 +262,9 @@ class OVORRecipe(Recipe):
                  reporter: Reporter) -> CompressionResult:
         """PPT off the shelf on the prompted backbone: a rehearsal-free learner has no past data to fine-tune on."""
         trc = cfg.compress.reduction_config(int(model.backbone.patch_embed.num_patches))
-        ppt.compress(model.backbone, trc, calib=data.x_test[:8].to(next(model.parameters()).device))
-        metrics = final_task_metrics(model, data, self.tasks(cfg, cfg.stream.seeds[0]))
+        # val, not test: CONTRACT19 §1 (the calibration batch and the metrics)
+        ppt.compress(model.backbone, trc, calib=data.x_val[:8].to(next(model.parameters()).device))
+        metrics = final_task_metrics(model, data.x_val, data.y_val, self.tasks(cfg, cfg.stream.seeds[0]))
         return CompressionResult(model=model, method="ppt", knobs=ppt_knobs(trc), metrics=metrics)
 
     def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
@@ -275,7 +286,8 @@ class OVORRecipe(Recipe):
         def measured(model: nn.Module) -> dict[str, float]:
             macs = count_macs(model, batch) / len(batch)
             timing = measure_latency(model, batch, runs=cfg.evaluate.latency_runs, warmup=cfg.evaluate.latency_warmup)
-            return {**final_task_metrics(model, data, tasks), "macs_per_image": macs, "macs_ratio": macs / dense_macs,
+            return {**final_task_metrics(model, data.x_test, data.y_test, tasks), "macs_per_image": macs,
+                    "macs_ratio": macs / dense_macs,
                     "size_bytes": float(size_on_disk(model)), **timing}
 
         def from_training(prefix: str) -> dict[str, float]:
@@ -325,7 +337,7 @@ class OVORRecipe(Recipe):
     # ----------------------------------------------------------------------------------------- serving
 
     def input_example(self, data: OVORData, n: int = 2) -> np.ndarray:
-        return data.raw.x_test[:n].astype(np.float32)  # (n, 28, 28) raw pixels, the served format
+        return data.raw.x_val[:n].astype(np.float32)  # (n, 28, 28) raw val pixels, the served format
 
     def predict(self, model: nn.Module, batch: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         size = model.backbone.patch_embed.img_size[0]

@@ -29,6 +29,7 @@ from recipes.base import (
 from models.common.reporting import Reporter
 from models.common.vit import ViTConfig, build_vit, images_to_input, random_translate
 from data.images import ImageDataset, load_image_dataset
+from data.views import DatasetViews
 from recipes.ppt_section import FinetunedPPTSection, ppt_knobs, ppt_record
 
 
@@ -54,7 +55,9 @@ class PPTRecipeConfig(RecipeConfig):
 class TensorSplits:
     x_train: torch.Tensor  # (N, C, S, S)
     y_train: torch.Tensor  # (N,)
-    x_test: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor  # Withheld in train and compress
     y_test: torch.Tensor
     raw: ImageDataset
 
@@ -91,14 +94,18 @@ class PPTRecipe(Recipe):
                               "-> register -> promote")
     deployment_tags = ("vision",)
 
-    def load_data(self, paths: dict[str, str], cfg: PPTRecipeConfig) -> TensorSplits:
-        raw = load_image_dataset(paths["data"])
+    def load_data(self, datasets: DatasetViews, cfg: PPTRecipeConfig) -> TensorSplits:
+        raw = load_image_dataset(datasets["data"])
+        size = cfg.model.img_size
         y_train = torch.as_tensor(raw.y_train, dtype=torch.long)
-        y_test = torch.as_tensor(raw.y_test, dtype=torch.long)
-        x_test = images_to_input(raw.x_test, cfg.model.img_size)
-        if cfg.evaluate.max_test_images is not None:
-            x_test, y_test = x_test[: cfg.evaluate.max_test_images], y_test[: cfg.evaluate.max_test_images]
-        return TensorSplits(images_to_input(raw.x_train, cfg.model.img_size), y_train, x_test, y_test, raw)
+        x_test, y_test = raw.x_test, raw.y_test  # Withheld unless the step may read test (evaluate)
+        if raw.readable("test"):
+            y_test = torch.as_tensor(raw.y_test, dtype=torch.long)
+            x_test = images_to_input(raw.x_test, size)
+            if cfg.evaluate.max_test_images is not None:
+                x_test, y_test = x_test[: cfg.evaluate.max_test_images], y_test[: cfg.evaluate.max_test_images]
+        return TensorSplits(images_to_input(raw.x_train, size), y_train, images_to_input(raw.x_val, size),
+                            torch.as_tensor(raw.y_val, dtype=torch.long), x_test, y_test, raw)
 
     def build_model(self, cfg: PPTRecipeConfig) -> nn.Module:
         seed_everything(cfg.seed)
@@ -108,7 +115,7 @@ class PPTRecipe(Recipe):
         generator = seed_everything(cfg.seed)
         metrics = train_classifier(model, data.x_train, data.y_train, cfg.train, reporter, generator,
                                    augment=random_translate)
-        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_test), data.y_test)
+        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_val), data.y_val)  # val, not test: CONTRACT19 §1
         return TrainResult(metrics)
 
     def _num_patches(self, model: nn.Module) -> int:
@@ -121,7 +128,7 @@ class PPTRecipe(Recipe):
         generator = seed_everything(cfg.seed + 1)
         metrics = train_classifier(model, data.x_train, data.y_train, cfg.compress.finetune, reporter, generator,
                                    augment=random_translate, metric_prefix="finetune")
-        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_test), data.y_test)
+        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_val), data.y_val)  # val, not test: CONTRACT19 §1
         return CompressionResult(model=model, method="ppt", knobs=ppt_knobs(trc), metrics=metrics)
 
     def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
@@ -179,7 +186,7 @@ class PPTRecipe(Recipe):
                 "top1_offtheshelf_drop_pts": by_name["dense"]["top1"] - off_the_shelf["top1"]}
 
     def input_example(self, data: TensorSplits, n: int = 2) -> np.ndarray:
-        return data.raw.x_test[:n].astype(np.float32)  # (n, H, W) raw pixels, the served format
+        return data.raw.x_val[:n].astype(np.float32)  # (n, H, W) raw val pixels, the served format
 
     def predict(self, model: nn.Module, batch: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         img_size = model.patch_embed.img_size[0]

@@ -38,6 +38,7 @@ from models.common.vit import ViTConfig, build_vit, images_to_input, random_tran
 from models.w2s.model import W2SSplits, WeakConfig, WeakTeacher, train_weak_teacher, w2s_split
 from models.w2s.train import LossConfig, LossKind, StudentRun, StudentTrainConfig, train_student
 from data.images import ImageDataset, load_image_dataset
+from data.views import DatasetViews
 from recipes.ppt_section import FinetunedPPTSection, ppt_knobs, ppt_record
 
 Protocol = Literal["A", "B"]
@@ -98,7 +99,9 @@ class W2SData:
     y_weak: torch.Tensor  # (N_weak,)
     x_w2s: torch.Tensor  # (N_w2s, C, S, S)
     y_w2s: torch.Tensor  # (N_w2s,) used only by the ceiling, protocol A and the bookkeeping
-    x_test: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor  # Withheld in train and compress
     y_test: torch.Tensor
     splits: W2SSplits
     raw: ImageDataset
@@ -166,22 +169,23 @@ class W2SRecipe(Recipe):
 
     # ------------------------------------------------------------------------------------------------ data
 
-    def load_data(self, paths: dict[str, str], cfg: W2SRecipeConfig) -> W2SData:
-        raw = load_image_dataset(paths["data"])
+    def load_data(self, datasets: DatasetViews, cfg: W2SRecipeConfig) -> W2SData:
+        raw = load_image_dataset(datasets["data"])
         splits = w2s_split(raw.y_train, cfg.split.weak_fraction, cfg.split.seed)
         x_train = images_to_input(raw.x_train, cfg.model.img_size)
         y_train = torch.as_tensor(raw.y_train, dtype=torch.long)
-        x_test = images_to_input(raw.x_test, cfg.model.img_size)
-        y_test = torch.as_tensor(raw.y_test, dtype=torch.long)
         # The sources store images grouped by class: a fixed shuffle makes every prefix (the smoke caps
         # train.max_train_images and evaluate.max_test_images) hold all classes.
         rng = np.random.default_rng(cfg.split.seed)
-        test_order = torch.as_tensor(rng.permutation(len(y_test)))
-        x_test, y_test = x_test[test_order], y_test[test_order]
-        if cfg.evaluate.max_test_images is not None:
-            x_test, y_test = x_test[: cfg.evaluate.max_test_images], y_test[: cfg.evaluate.max_test_images]
         weak, w2s = torch.as_tensor(rng.permutation(splits.weak)), torch.as_tensor(rng.permutation(splits.w2s))
-        return W2SData(x_train[weak], y_train[weak], x_train[w2s], y_train[w2s], x_test, y_test, splits, raw)
+        x_test, y_test = raw.x_test, raw.y_test  # Withheld unless the step may read test (evaluate)
+        if raw.readable("test"):
+            test_order = torch.as_tensor(rng.permutation(len(raw.y_test)))
+            x_test = images_to_input(raw.x_test, cfg.model.img_size)[test_order][: cfg.evaluate.max_test_images]
+            y_test = torch.as_tensor(raw.y_test, dtype=torch.long)[test_order][: cfg.evaluate.max_test_images]
+        return W2SData(x_train[weak], y_train[weak], x_train[w2s], y_train[w2s],
+                       images_to_input(raw.x_val, cfg.model.img_size), torch.as_tensor(raw.y_val, dtype=torch.long),
+                       x_test, y_test, splits, raw)
 
     def build_model(self, cfg: W2SRecipeConfig) -> nn.Module:
         seed_everything(cfg.seed)
@@ -232,12 +236,13 @@ class W2SRecipe(Recipe):
         for i in range(ex.seeds):
             seed = cfg.seed + i
             teacher = self.weak_teacher(data, cfg, seed)
-            acc_weak = top1_accuracy(predict_logits(teacher, data.x_test), data.y_test)
+            acc_weak = top1_accuracy(predict_logits(teacher, data.x_val), data.y_val)  # val, not test: CONTRACT19 §1
             record("weak.top1", acc_weak)
             record("weak.w2s_train_top1", top1_accuracy(predict_logits(teacher, data.x_w2s), data.y_w2s))
             ceiling = self._student(cfg, seed)
             self._train_one(ceiling, teacher, data, cfg, "gt", 1.0, seed, reporter, f"ceiling_s{seed}")
-            acc_ceiling = top1_accuracy(predict_logits(ceiling, data.x_test), data.y_test)
+            # val, not test: CONTRACT19 §1
+            acc_ceiling = top1_accuracy(predict_logits(ceiling, data.x_val), data.y_val)
             record("ceiling.top1", acc_ceiling)
             done += 1
             reporter.progress(done, total, "w2s students")
@@ -247,7 +252,7 @@ class W2SRecipe(Recipe):
                 student = model if registered else self._student(cfg, seed)
                 run = self._train_one(student, teacher, data, cfg, kind, W_GT[protocol], seed, reporter,
                                       f"{name}_s{seed}", alpha_mode)
-                acc = top1_accuracy(predict_logits(student, data.x_test), data.y_test)
+                acc = top1_accuracy(predict_logits(student, data.x_val), data.y_val)  # val, not test: CONTRACT19 §1
                 record(f"{name}.top1", acc)
                 record(f"{name}.pgr", pgr(acc, acc_weak, acc_ceiling))
                 record(f"{name}.corrected_share_last_epoch", run.metrics["corrected_share_last_epoch"])
@@ -310,7 +315,7 @@ class W2SRecipe(Recipe):
         run = self._train_one(model, teacher, data, cfg, kind, W_GT[cfg.experiment.primary_protocol],
                               cfg.seed + 1, reporter, "finetune", train_cfg=cfg.compress.finetune)
         metrics = {f"finetune_{k}": v for k, v in run.metrics.items()}
-        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_test), data.y_test)
+        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_val), data.y_val)  # val, not test: CONTRACT19 §1
         return CompressionResult(model=model, method="ppt", knobs=ppt_knobs(trc), metrics=metrics)
 
     def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
@@ -388,7 +393,7 @@ class W2SRecipe(Recipe):
     # --------------------------------------------------------------------------------------------- serving
 
     def input_example(self, data: W2SData, n: int = 2) -> np.ndarray:
-        return data.raw.x_test[:n].astype(np.float32)  # (n, H, W) raw pixels, the served format
+        return data.raw.x_val[:n].astype(np.float32)  # (n, H, W) raw val pixels, the served format
 
     def predict(self, model: nn.Module, batch: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         img_size = model.patch_embed.img_size[0]

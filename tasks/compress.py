@@ -5,7 +5,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.data import DatasetRef, dataset_paths
+from tasks.data import SPLITS_READ_TAG, DatasetRef, dataset_views, splits_read
 from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import ModelRef
 from tasks.tracking import (
@@ -25,7 +25,9 @@ def compress_model(paper: str, config: dict[str, Any], step_key: str, datasets: 
                 "paperops.parent_model_uri": dense.model_uri, "paperops.step_key": step_key}
         with child_run(client, parent_run_id, f"compress-{recipe.compression}", tags) as reporter:
             log_params_flat(client, reporter.run_id, config)
-            data = recipe.load_data(dataset_paths(datasets), cfg)
+            views = dataset_views(datasets, "compress")
+            data = recipe.load_data(views, cfg)
+            client.set_tag(reporter.run_id, SPLITS_READ_TAG, splits_read(views))
             module = load_paper_model(dense.model_uri).to(compute_device())
             result = recipe.compress(module, data, cfg, reporter)
             reporter.log_metrics(result.metrics)

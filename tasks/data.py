@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from prefect import task
 
+from data.views import DatasetViews, step_views
 from tasks.dvc_stage_runner import INFRASTRUCTURE, STAGE
 from tasks.retry import IO_RETRIES, InfrastructureError, retry_on_infrastructure_errors
 
@@ -50,9 +51,19 @@ class DatasetRef:
     md5: str  # the output's md5 exactly as dvc.lock writes it ("<hash>.dir" for a directory)
 
 
-def dataset_paths(datasets: dict[str, DatasetRef]) -> dict[str, str]:
-    """The prepared dataset directories by their Recipe.datasets name: what Recipe.load_data reads."""
-    return {key: ref.path for key, ref in datasets.items()}
+def dataset_views(datasets: dict[str, DatasetRef], step: str) -> DatasetViews:
+    """The prepared datasets by their Recipe.datasets name, as step `step` may read them (data/views.py: train and
+    compress get every test split withheld, evaluate reads all): what Recipe.load_data takes."""
+    return step_views({key: ref.path for key, ref in datasets.items()}, step)
+
+
+# Tag of a train, compress or evaluate run: the splits its recipe's load_data was handed, per dataset.
+SPLITS_READ_TAG = "paperops.splits_read"
+
+
+def splits_read(views: DatasetViews) -> str:
+    """What the views handed out, as the SPLITS_READ_TAG value: "data: train, val; pretrain: train, val"."""
+    return "; ".join(f"{name}: {', '.join(split for split, _ in view.reads)}" for name, view in views.items())
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

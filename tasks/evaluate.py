@@ -8,7 +8,7 @@ from prefect import task
 
 from models.common.profiling import device_fingerprint
 from recipes.base import Recipe, RecipeConfig, RunModels
-from tasks.data import DatasetRef, dataset_paths
+from tasks.data import SPLITS_READ_TAG, DatasetRef, dataset_views, splits_read
 from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import EvaluationRef, ModelRef, VariantRef
 from tasks.tracking import (
@@ -29,7 +29,9 @@ def evaluate_models(paper: str, config: dict[str, Any], step_key: str, datasets:
         base_tags = {"paperops.paper": paper, "paperops.step_key": step_key,
                      "paperops.device": fingerprint["device_name"]}
         with child_run(client, parent_run_id, "evaluate", {"paperops.step": "evaluate", **base_tags}) as reporter:
-            data = recipe.load_data(dataset_paths(datasets), cfg)
+            views = dataset_views(datasets, "evaluate")
+            data = recipe.load_data(views, cfg)
+            client.set_tag(reporter.run_id, SPLITS_READ_TAG, splits_read(views))
             models = RunModels(
                 dense=load_paper_model(dense.model_uri).to(device),
                 compressed=load_paper_model(compressed.model_uri).to(device) if compressed else None,

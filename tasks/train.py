@@ -5,7 +5,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.data import DatasetRef, dataset_paths
+from tasks.data import SPLITS_READ_TAG, DatasetRef, dataset_views, splits_read
 from tasks.record import data_tag
 from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import ModelRef
@@ -28,7 +28,9 @@ def train_model(paper: str, config: dict[str, Any], step_key: str, datasets: dic
                 **{f"paperops.{data_tag('dataset', key, 'md5')}": ref.md5 for key, ref in datasets.items()}}
         with child_run(client, parent_run_id, "train-dense", tags) as reporter:
             log_params_flat(client, reporter.run_id, config)
-            data = recipe.load_data(dataset_paths(datasets), cfg)
+            views = dataset_views(datasets, "train")
+            data = recipe.load_data(views, cfg)
+            client.set_tag(reporter.run_id, SPLITS_READ_TAG, splits_read(views))
             module = recipe.build_model(cfg).to(compute_device())
             result = recipe.train(module, data, cfg, reporter)
             reporter.log_metrics(result.metrics)

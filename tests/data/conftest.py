@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from data import build, load_image_dataset
+from data.images import ARRAY_KEYS
 
 
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build("mnist5k", tmp_path_factory.mktemp("data") / "mnist5k", test_fraction=0.2, seed=0)
+    return build("mnist5k", tmp_path_factory.mktemp("data") / "mnist5k", test_fraction=0.2, val_fraction=0.125, seed=0)
 
 
 @pytest.fixture
@@ -28,7 +29,6 @@ def dataset_copy_with(source: Path, target: Path, **arrays: np.ndarray) -> Path:
     dataset = load_image_dataset(source)
     target.mkdir()
     shutil.copy(source / "meta.json", target / "meta.json")
-    stored = {"x_train": dataset.x_train, "y_train": dataset.y_train,
-              "x_test": dataset.x_test, "y_test": dataset.y_test} | arrays
+    stored = {key: getattr(dataset, key) for key in ARRAY_KEYS} | arrays
     np.savez(target / "images.npz", **stored)
     return target

@@ -113,6 +113,24 @@ def test_wrong_class_count_nan_pixels_and_size_are_rejected(glyph_dir: Path, tmp
     assert ("expect_column_values_to_be_in_set", "dtype") in failed
 
 
+def test_an_empty_val_split_is_rejected(glyph_dir: Path, tmp_path: Path) -> None:
+    data = load_fewshot_dataset(glyph_dir)
+    report = validate_dataset(FEW_SHOT_CLASSES, _variant(glyph_dir, tmp_path / "noval", x_val=data.x["val"][:0],
+                                                         y_val=data.y["val"][:0]), SPEC)
+    assert _failed(report) == {("expect_table_row_count_to_be_between", None),
+                               ("expect_table_row_count_to_equal", None)}
+    assert all(f.details.startswith("[val]") for f in report.failed)
+
+
+def test_a_val_image_that_is_a_base_image_is_a_leak(glyph_dir: Path, tmp_path: Path) -> None:
+    data = load_fewshot_dataset(glyph_dir)
+    x_val = data.x["val"].copy()
+    x_val[2] = data.x["base"][5]
+    report = validate_dataset(FEW_SHOT_CLASSES, _variant(glyph_dir, tmp_path / "leak", x_val=x_val), SPEC)
+    assert _failed(report) == {(UNIQUE, "image_sha1")}
+    assert report.failed[0].details.startswith("[base+val+novel]")
+
+
 def test_an_empty_archive_fails_validation_naming_it(glyph_dir: Path, tmp_path: Path) -> None:
     copy = shutil.copytree(glyph_dir, tmp_path / "empty")
     (copy / FEWSHOT_FILE).write_bytes(b"")

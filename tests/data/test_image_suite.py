@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
-from data import ImageSuiteSpec, load_image_dataset
+from data import DatasetFormatError, ImageSuiteSpec, load_image_dataset
 from tasks.data import DataInfrastructureError, DataStageError, dataset_ref, reproduce_dataset
+from data.images import FASHION_MNIST_ROOT_ENV
 from data.images_suite import IMAGE_CLASSIFICATION
 from tasks.validate import DataValidationError, FailedExpectation, validate_dataset
 
@@ -43,10 +44,10 @@ def test_real_mnist5k_passes_every_expectation(mnist_dir: Path) -> None:
     report = validate_dataset(IMAGE_CLASSIFICATION, mnist_dir, MNIST_SPEC)
 
     assert report.success, report.failed
-    # 10 per-image expectations x 2 splits + class balance x 2 splits + 1 leakage check.
-    assert (report.evaluated, report.successful, report.failed) == (23, 23, [])
+    # 10 per-image expectations x 3 splits (train, val, test) + class balance x 3 splits + 1 leakage check.
+    assert (report.evaluated, report.successful, report.failed) == (34, 34, [])
     assert report.suite == "image_classification"
-    assert len(report.result["validations"]) == 5
+    assert len(report.result["validations"]) == 7
     json.dumps(report.result)  # loggable as an MLflow artifact as is
     report.raise_for_failure()
 
@@ -61,7 +62,7 @@ def test_a_nan_pixel_in_float_storage_is_rejected(mnist_dir: Path, tmp_path: Pat
     # The float storage itself breaks the dtype rule; the NaN is caught on its own, in exactly one image.
     assert _failed(report.failed) == {(BETWEEN, "nonfinite_pixel_count"), (IN_SET, "dtype")}
     nonfinite = next(f for f in report.failed if f.column == "nonfinite_pixel_count")
-    assert nonfinite.details.startswith("[train]") and "1 of 4000 values unexpected" in nonfinite.details
+    assert nonfinite.details.startswith("[train]") and "1 of 3500 values unexpected" in nonfinite.details
 
 
 def test_wrong_image_height_is_rejected_in_both_splits(mnist_dir: Path, tmp_path: Path, variant) -> None:
@@ -91,17 +92,61 @@ def test_a_train_image_copied_into_test_is_a_leak(mnist_dir: Path, tmp_path: Pat
 
     assert _failed(report.failed) == {(UNIQUE, "image_sha1")}
     # The leaked image's digest is listed once per split.
+    assert report.failed[0].details.startswith("[train+val+test]")
     assert "2 of 5000 values unexpected" in report.failed[0].details
+
+
+@pytest.mark.parametrize("source", ["train", "test"])
+def test_a_val_image_shared_with_train_or_test_is_a_leak(source: str, mnist_dir: Path, tmp_path: Path,
+                                                         variant) -> None:
+    dataset = load_image_dataset(mnist_dir)
+    x_val, y_val = dataset.x_val.copy(), dataset.y_val.copy()
+    x_val[7], y_val[7] = getattr(dataset, f"x_{source}")[42], getattr(dataset, f"y_{source}")[42]
+    report = validate_dataset(IMAGE_CLASSIFICATION, variant(mnist_dir, tmp_path / "leak", x_val=x_val, y_val=y_val),
+                              MNIST_SPEC)
+
+    assert _failed(report.failed) == {(UNIQUE, "image_sha1")}
+    assert "2 of 5000 values unexpected" in report.failed[0].details
+
+
+def test_an_empty_val_split_is_rejected(mnist_dir: Path, tmp_path: Path, variant) -> None:
+    dataset = load_image_dataset(mnist_dir)
+    bad = variant(mnist_dir, tmp_path / "empty", x_val=dataset.x_val[:0], y_val=dataset.y_val[:0])
+    report = validate_dataset(IMAGE_CLASSIFICATION, bad, MNIST_SPEC)
+
+    assert _failed(report.failed) == {("expect_table_row_count_to_be_between", None),
+                                      ("expect_column_distinct_values_to_contain_set", "label"), (BETWEEN, "share")}
+    assert all(f.details.startswith("[val]") for f in report.failed)
+
+
+def test_a_dataset_without_a_val_split_cannot_be_validated(mnist_dir: Path, tmp_path: Path) -> None:
+    dataset = load_image_dataset(mnist_dir)
+    (tmp_path / "old").mkdir()
+    shutil.copy(mnist_dir / "meta.json", tmp_path / "old" / "meta.json")
+    np.savez(tmp_path / "old" / "images.npz", x_train=dataset.x_train, y_train=dataset.y_train,
+             x_test=dataset.x_test, y_test=dataset.y_test)  # the layout before val splits
+    with pytest.raises(DatasetFormatError, match=r"images.npz lacks array\(s\) x_val, y_val"):
+        validate_dataset(IMAGE_CLASSIFICATION, tmp_path / "old", MNIST_SPEC)
+
+
+def test_an_unbalanced_val_split_is_rejected(mnist_dir: Path, tmp_path: Path, variant) -> None:
+    dataset = load_image_dataset(mnist_dir)
+    keep = (dataset.y_val != 4) | (np.arange(len(dataset.y_val)) % 10 == 0)  # class 4: 50 -> 5 val images
+    bad = variant(mnist_dir, tmp_path / "skew", x_val=dataset.x_val[keep], y_val=dataset.y_val[keep])
+    report = validate_dataset(IMAGE_CLASSIFICATION, bad, MNIST_SPEC.model_copy(update={"min_images_per_split": 100}))
+
+    assert _failed(report.failed) == {(BETWEEN, "share")}
+    assert report.failed[0].details.startswith("[val]") and "label=4" in report.failed[0].details
 
 
 def test_an_under_represented_class_breaks_the_balance_bounds(mnist_dir: Path, tmp_path: Path, variant) -> None:
     dataset = load_image_dataset(mnist_dir)
-    keep = (dataset.y_train != 3) | (np.arange(len(dataset.y_train)) % 10 == 0)  # class 3: 400 -> 40 images
+    keep = (dataset.y_train != 3) | (np.arange(len(dataset.y_train)) % 10 == 0)  # class 3: 350 -> 35 images
     bad = variant(mnist_dir, tmp_path / "skew", x_train=dataset.x_train[keep], y_train=dataset.y_train[keep])
     report = validate_dataset(IMAGE_CLASSIFICATION, bad, MNIST_SPEC)
 
     assert _failed(report.failed) == {(BETWEEN, "share")}
-    # 40 of 3640 images = 0.011 < 0.5 x 1/10.
+    # 35 of 3185 images = 0.011 < 0.5 x 1/10.
     assert report.failed[0].details.startswith("[train]") and "label=3" in report.failed[0].details
 
 
@@ -198,6 +243,19 @@ def test_a_failing_builder_is_a_deterministic_error(repo_copy: Path) -> None:
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(DataStageError, match="test_fraction must lie strictly between 0 and 1, got 1.5"):
         reproduce_dataset("digits", repo_copy, push=False)
+
+
+def test_the_fashion_mnist_stage_without_its_package_names_the_package_and_the_command(
+    repo_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FASHION_MNIST_ROOT_ENV, str(repo_copy / "nowhere"))
+    with pytest.raises(DataStageError) as raised:  # the CLI's exit 4 (paperops run: "could not be prepared")
+        reproduce_dataset("fashion_mnist", repo_copy, push=False)
+    message = str(raised.value)
+    assert "stage 'fashion_mnist'" in message
+    assert "error: fashion_mnist needs Debian's package dataset-fashion-mnist" in message
+    assert "`sudo apt-get install dataset-fashion-mnist` (or `make fashion-mnist`)" in message
+    assert "Traceback" not in message and not (repo_copy / "data" / "fashion_mnist").exists()
 
 
 def test_an_unusable_remote_is_a_retryable_error(repo_copy: Path) -> None:

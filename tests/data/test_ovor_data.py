@@ -1,7 +1,7 @@
 """OVOR's data: the image suite, with the expect block of configs/ovor.yaml (tiny), accepts the real MNIST-5k
 stream and rejects streams the recipe must not train on; the glyph pre-training set is real, deterministic and
-disjoint from the digit stream, and its DVC stage (dejavu_letters) holds exactly the renders the recipe made itself
-before it became a stage, and passes (or fails) the suite pretrain.data declares."""
+disjoint from the digit stream, and its DVC stage (dejavu_letters) holds the jittered renders split train / val / test
+per letter, and passes (or fails) the suite pretrain.data declares."""
 from __future__ import annotations
 
 import os
@@ -21,6 +21,7 @@ from recipes import get_recipe, load_config
 from data import ImageSuiteSpec, load_image_dataset
 from data.glyphs import CANDIDATES, build_letters, glyph_source, render_glyphs
 from data.images_suite import IMAGE_CLASSIFICATION
+from data.views import TestSplitAccessError, step_views
 from tasks.validate import validate_dataset
 
 
@@ -76,9 +77,8 @@ def test_glyphs_are_deterministic_disjoint_from_digits_and_pass_the_image_checks
 
 # ------------------------------------------------------------------------------------- pre-training stage
 
-# What recipes/ovor.py rendered on every load before the set became a DVC stage (tiny profile: pretrain.num_classes
-# 50, per_class 120, test_per_class 10, seed 0, at model.img_size 28).
-RECIPE_RENDER = {"classes": 50, "per_class": 120, "test_per_class": 10, "size": 28, "seed": 0}
+# The letters OVOR's tiny profile pre-trains on (params.yaml, at model.img_size 28).
+RECIPE_RENDER = {"classes": 50, "per_class": 120, "val_per_class": 10, "test_per_class": 10, "size": 28, "seed": 0}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -88,7 +88,7 @@ def letters_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["datasets"]["dejavu_letters"]
     assert params == RECIPE_RENDER
     return build_letters(tmp_path_factory.mktemp("data") / "dejavu_letters", params["classes"], params["per_class"],
-                         params["test_per_class"], params["size"], params["seed"])
+                         params["val_per_class"], params["test_per_class"], params["size"], params["seed"])
 
 
 @pytest.fixture(scope="module")
@@ -98,23 +98,30 @@ def letters_spec() -> ImageSuiteSpec:
     return ImageSuiteSpec.model_validate(section.expect)
 
 
-def test_the_stage_holds_the_renders_the_recipe_used_to_make_byte_for_byte(letters_dir, mnist_dir):
+def test_the_stage_splits_every_letters_renders_into_train_val_and_test(letters_dir, mnist_dir):
     p = RECIPE_RENDER
-    renders = p["per_class"] + p["test_per_class"]
+    renders = p["per_class"] + p["val_per_class"] + p["test_per_class"]
     glyphs = render_glyphs(p["classes"], renders, p["size"], p["seed"])
-    held_out = np.arange(len(glyphs.labels)) % renders >= p["per_class"]
+    rank = np.arange(len(glyphs.labels)) % renders
+    train, test = rank < p["per_class"], rank >= p["per_class"] + p["val_per_class"]
+    val = ~train & ~test
     stored = load_image_dataset(letters_dir)
-    assert np.array_equal(stored.x_train, glyphs.images[~held_out]) and stored.x_train.dtype == np.uint8
-    assert np.array_equal(stored.y_train, glyphs.labels[~held_out]) and stored.y_train.dtype == np.int64
-    assert np.array_equal(stored.x_test, glyphs.images[held_out])
-    assert np.array_equal(stored.y_test, glyphs.labels[held_out])
+    assert np.array_equal(stored.x_train, glyphs.images[train]) and stored.x_train.dtype == np.uint8
+    assert np.array_equal(stored.y_train, glyphs.labels[train]) and stored.y_train.dtype == np.int64
+    assert np.array_equal(stored.x_val, glyphs.images[val]) and np.array_equal(stored.y_val, glyphs.labels[val])
+    assert np.array_equal(stored.x_test, glyphs.images[test]) and np.array_equal(stored.y_test, glyphs.labels[test])
+    assert stored.meta["counts"] == {"train": 6000, "val": 500, "test": 500}
     assert stored.meta["class_names"] == list(glyphs.characters) and stored.meta["source"] == glyph_source()
-    # The tensors OVOR pre-trains on are those the recipe computed from its own renders, in the same order.
+    # Pre-training (the train step) reads the train renders and measures on the val renders; test is withheld.
     cfg = load_config("ovor", "tiny").config
-    data = get_recipe("ovor").load_data({"data": str(mnist_dir), "pretrain": str(letters_dir)}, cfg)
+    views = step_views({"data": mnist_dir, "pretrain": letters_dir}, "train")
+    data = get_recipe("ovor").load_data(views, cfg)
     x, y = images_to_input(glyphs.images, cfg.model.img_size), torch.as_tensor(glyphs.labels)
-    assert torch.equal(data.glyph_x_train, x[~held_out]) and torch.equal(data.glyph_y_train, y[~held_out])
-    assert torch.equal(data.glyph_x_test, x[held_out]) and torch.equal(data.glyph_y_test, y[held_out])
+    assert torch.equal(data.glyph_x_train, x[train]) and torch.equal(data.glyph_y_train, y[train])
+    assert torch.equal(data.glyph_x_val, x[val]) and torch.equal(data.glyph_y_val, y[val])
+    assert views["pretrain"].reads == [("train", "fit"), ("val", "val")]
+    with pytest.raises(TestSplitAccessError, match="split 'test' of dataset 'pretrain' is withheld from the train"):
+        len(data.glyphs.x_test)
 
 
 def test_the_recipe_declares_both_datasets_and_needs_a_backbone_source(mnist_dir):
@@ -123,26 +130,26 @@ def test_the_recipe_declares_both_datasets_and_needs_a_backbone_source(mnist_dir
     assert {k: s.stage for k, s in recipe.datasets(tiny).items()} == {"data": "mnist5k", "pretrain": "dejavu_letters"}
     assert {k: s.stage for k, s in recipe.datasets(full).items()} == {"data": "imagenet_r"}  # checkpoint instead
     with pytest.raises(ValueError, match="model.checkpoint is null and pretrain.data names no glyph dataset"):
-        recipe.load_data({"data": str(mnist_dir)}, tiny)
+        recipe.load_data(step_views({"data": mnist_dir}, "train"), tiny)
 
 
 def test_the_real_pretraining_set_passes_its_suite(letters_dir, letters_spec):
     report = validate_dataset(IMAGE_CLASSIFICATION, letters_dir, letters_spec)
     assert report.success, report.failed
-    assert report.evaluated == 23
+    assert report.evaluated == 34
 
 
-def test_a_letter_missing_from_test_and_a_render_in_both_splits_are_rejected(letters_dir, letters_spec, tmp_path,
-                                                                             variant):
+def test_a_letter_missing_from_val_and_a_render_in_two_splits_are_rejected(letters_dir, letters_spec, tmp_path,
+                                                                           variant):
     data = load_image_dataset(letters_dir)
-    keep = data.y_test != 7  # the held-out renders of one letter are gone: its glyph top-1 could not be measured
-    x_test, y_test = data.x_test[keep].copy(), data.y_test[keep].copy()
-    x_test[0] = data.x_train[0]  # and a training render is also a test render
-    report = validate_dataset(IMAGE_CLASSIFICATION, variant(letters_dir, tmp_path / "bad", x_test=x_test,
-                                                            y_test=y_test), letters_spec)
+    keep = data.y_val != 7  # the val renders of one letter are gone: its glyph top-1 could not be measured
+    x_val, y_val = data.x_val[keep].copy(), data.y_val[keep].copy()
+    x_val[0] = data.x_train[0]  # and a training render is also a val render
+    report = validate_dataset(IMAGE_CLASSIFICATION, variant(letters_dir, tmp_path / "bad", x_val=x_val,
+                                                            y_val=y_val), letters_spec)
     failed = {(f.expectation, f.column) for f in report.failed}
     assert failed == {("expect_column_distinct_values_to_contain_set", "label"),
                       ("expect_table_row_count_to_be_between", None),
                       ("expect_column_values_to_be_between", "share"),
                       ("expect_column_values_to_be_unique", "image_sha1")}
-    assert all(f.details.startswith(("[test]", "[train+test]")) for f in report.failed)
+    assert all(f.details.startswith(("[val]", "[train+val+test]")) for f in report.failed)

@@ -72,7 +72,7 @@ def _suite(*expectations: Expectation) -> DataSuite:
         frame = pd.DataFrame({"x": [spec.low, spec.low + 1, spec.low + 5], "name": ["a", "b", "c"]})
         return DeclaredSuite((SuitePart("rows", expectations, unexpected_index_column_names=("name",)),),
                              (Batch("rows", "all", frame),))
-    return DataSuite("toy", _Spec, declare)
+    return DataSuite("toy", _Spec, declare, {"all": "fit"})
 
 
 def test_the_runner_builds_any_declared_expectation_and_names_failing_rows(tmp_path: Path):
@@ -111,3 +111,14 @@ def test_a_spec_of_another_suite_is_refused(tmp_path: Path):
         suite_spec("tabular", {})
     with pytest.raises(ValueError, match="data.expect does not fit suite 'image_classification'"):
         suite_spec("image_classification", {"height": 28})
+
+
+def test_every_family_declares_a_role_for_each_of_its_splits():
+    from data.views import ROLES
+
+    assert {name: suite.split_roles for name, suite in SUITES.items()} == {
+        "image_classification": {"train": "fit", "val": "val", "test": "test"},
+        "text_corpus": {"train": "fit", "calib": "fit", "val": "val", "eval_shakespeare": "test",
+                        "eval_milton": "test"},
+        "few_shot_classes": {"base": "fit", "val": "val", "novel": "test"}}
+    assert all(set(suite.split_roles.values()) == set(ROLES) for suite in SUITES.values())

@@ -85,7 +85,39 @@ def test_a_held_out_split_sharing_lines_with_train_is_a_leak(corpus: Path, tmp_p
     report = validate_dataset(TEXT_CORPUS, variant, SPEC)
 
     assert _failed(report.failed) == {(UNIQUE, "line_sha1")}
-    assert report.failed[0].details.startswith("[train vs calib+eval_shakespeare+eval_milton]")
+    assert report.failed[0].details.startswith("[train+calib vs val vs eval_shakespeare+eval_milton]")
+
+
+@pytest.mark.parametrize("source", ["train", "calib", "eval_shakespeare"])
+def test_a_val_split_sharing_lines_with_fit_or_test_text_is_a_leak(source: str, corpus: Path, tmp_path: Path) -> None:
+    dataset = load_text_dataset(corpus)
+    copied = "\n".join(dataset.split(source).split("\n")[200:400])
+    report = validate_dataset(TEXT_CORPUS, _variant(corpus, tmp_path / "leak", val=dataset.val + copied + "\n"), SPEC)
+
+    assert _failed(report.failed) == {(UNIQUE, "line_sha1")}
+
+
+def test_lines_shared_by_splits_of_one_role_are_no_leak(corpus: Path, tmp_path: Path) -> None:
+    dataset = load_text_dataset(corpus)
+    copied = "\n".join(dataset.train.split("\n")[1000:1400])  # training text in the calibration text: both fit data
+    report = validate_dataset(TEXT_CORPUS, _variant(corpus, tmp_path / "fit", calib=dataset.calib + copied + "\n"),
+                              SPEC)
+
+    assert report.success, report.failed
+
+
+@pytest.mark.parametrize("val", ["", None])
+def test_an_empty_or_missing_val_split_is_rejected(val: str | None, corpus: Path, tmp_path: Path) -> None:
+    report = validate_dataset(TEXT_CORPUS, _variant(corpus, tmp_path / "noval", val=val), SPEC)
+
+    expected = {(BETWEEN, "present")} if val is None else {(BETWEEN, "n_chars"), (BETWEEN, "n_lines")}
+    assert _failed(report.failed) == expected
+    assert all("split=val" in f.details for f in report.failed)
+
+
+def test_a_spec_without_a_val_split_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"hold no val split \(val\)"):
+        TextSuiteSpec(splits=["train", "calib", "eval_shakespeare", "eval_milton"])
 
 
 def test_invalid_characters_over_the_limit_are_rejected(corpus: Path, tmp_path: Path) -> None:

@@ -136,3 +136,26 @@ def test_a_second_identical_run_is_cached_and_registers_nothing(paper, smoke_run
     assert {v.version for v in client.search_model_versions(f"name='{registered_model_name(paper)}'")} == before
     metric = recipe.primary_metric
     np.testing.assert_array_equal([v[metric] for v in again["variants"]], [v[metric] for v in first["variants"]])
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_the_tasks_hand_train_and_compress_no_test_split(paper, smoke_run):
+    from data.suites import SUITES
+    from tasks.data import SPLITS_READ_TAG
+
+    recipe = get_recipe(paper)
+    run = smoke_run(paper)
+    client = registry()
+    pipeline = client.get_run(run["pipeline_run_id"])
+    tags = {r.data.tags["paperops.step"]: r.data.tags[SPLITS_READ_TAG]
+            for r in client.search_runs([pipeline.info.experiment_id],
+                                        f"tags.`mlflow.parentRunId` = '{pipeline.info.run_id}'")
+            if r.data.tags.get("paperops.step") in ("train", "compress", "evaluate")}
+    assert tags.keys() == {"train", "evaluate"} | ({"compress"} if recipe.compression else set())
+    sections = recipe.datasets(load_config(paper, "tiny", recipe.smoke_overrides).config)
+    for step, tag in tags.items():  # "data: train, val; pretrain: train, val"
+        read = {name: splits.split(", ") for name, splits in (part.split(": ") for part in tag.split("; "))}
+        roles = {name: {SUITES[sections[name].suite].split_roles[split] for split in splits}
+                 for name, splits in read.items()}
+        expected = {"fit", "val", "test"} if step == "evaluate" else {"fit", "val"}
+        assert roles == dict.fromkeys(sections, expected), (step, tag)

@@ -1,5 +1,5 @@
 """The compose stack as local processes on 127.0.0.1 (no Docker engine here): PostgreSQL, `prefect server` and
-MLflow's basic-auth server (started by the same `paperops stack mlflow-server` the compose file runs), each on a
+MLflow's basic-auth server (started by the same `python mlflow/server.py start` the compose file runs), each on a
 free port, each stopped even when a test fails."""
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+MLFLOW_SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "mlflow" / "server.py"
 
 
 class ServerStartError(RuntimeError):
@@ -196,12 +197,14 @@ class Stack:
                              "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
         allowed = f"127.0.0.1:{self.mlflow_port},localhost:{self.mlflow_port}"
         mlflow = self.spawn("mlflow-server", [
-            str(BIN / "paperops"), "stack", "mlflow-server", "--backend-store-uri", self.postgres.url("mlflow"),
+            sys.executable, str(MLFLOW_SERVER_SCRIPT), "start", "--backend-store-uri", self.postgres.url("mlflow"),
             "--artifacts-destination", (self.root / "mlflow-artifacts").as_uri(), "--host", "127.0.0.1",
             "--port", str(self.mlflow_port), "--allowed-hosts", allowed], mlflow_env)
         wait_for_http(f"{self.prefect_api}/health", prefect, self.root / "prefect-server.log")
         wait_for_http(f"{self.mlflow_uri}/health", mlflow, self.root / "mlflow-server.log")
-        self.paperops(["stack", "mlflow-user"], {"MLFLOW_ADMIN_PASSWORD": self.mlflow_admin_password})
+        created = self.create_mlflow_user(self.mlflow_user, self.mlflow_password)
+        if created.returncode != 0:
+            raise ServerStartError(f"creating the MLflow user failed: {created.stdout}{created.stderr}")
 
     def spawn(self, name: str, command: list[str], environment: dict[str, str]) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "w")
@@ -224,6 +227,12 @@ class Stack:
 
     def paperops(self, arguments: list[str], extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return self.command(["paperops", *arguments], extra)
+
+    def create_mlflow_user(self, username: str, password: str) -> subprocess.CompletedProcess:
+        """The compose stack's `mlflow-users` job: `python mlflow/server.py create-user` with the admin's password."""
+        return self.command(["python", str(MLFLOW_SERVER_SCRIPT), "create-user"], {
+            "MLFLOW_ADMIN_PASSWORD": self.mlflow_admin_password, "MLFLOW_TRACKING_USERNAME": username,
+            "MLFLOW_TRACKING_PASSWORD": password})
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"

@@ -165,9 +165,7 @@ def test_run_completes_on_the_gpu_worker_and_registers_behind_auth(deployed: Sta
     model_url = f"{deployed.mlflow_uri}/api/2.0/mlflow/registered-models/get?name=paperops-ppt"
     assert http_status(model_url, None) == 401
     assert http_status(model_url, (deployed.mlflow_user, "wrong-password")) == 401
-    deployed.paperops(["stack", "mlflow-user"], {"MLFLOW_ADMIN_PASSWORD": deployed.mlflow_admin_password,
-                                                 "MLFLOW_TRACKING_USERNAME": "viewer",
-                                                 "MLFLOW_TRACKING_PASSWORD": "viewer-secret-1"})
+    assert deployed.create_mlflow_user("viewer", "viewer-secret-1").returncode == 0
     assert http_status(model_url, ("viewer", "viewer-secret-1")) == 403
     assert http_status(model_url, (deployed.mlflow_user, deployed.mlflow_password)) == 200
 

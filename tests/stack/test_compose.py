@@ -485,7 +485,8 @@ def test_secrets_and_local_state_stay_out_of_the_build_context():
     patterns = dockerignore_patterns()
     for path in (".env", ".git/config", ".venv/bin/python", ".paperops/mlflow.db", "data/mnist5k/images.npz"):
         assert is_dockerignored(path, patterns), path
-    for path in ("docker/s3/create_buckets.py", "requirements.lock", "dvc.lock", "data/.gitignore"):
+    for path in ("docker/s3/create_buckets.py", "mlflow/basic_auth.ini.template", "requirements.lock", "dvc.lock",
+                 "data/.gitignore", "data/images.py", "data/suites.py"):
         assert not is_dockerignored(path, patterns), path
 
 

@@ -2,19 +2,13 @@
 (the job runs in the image; boto3 need not be installed here)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "docker" / "s3" / "create_buckets.py"
+from script_module import load_script
 
 
 def load_job():
-    spec = importlib.util.spec_from_file_location("create_buckets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docker/s3/create_buckets.py")
 
 
 class ClientError(Exception):

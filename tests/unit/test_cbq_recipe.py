@@ -53,8 +53,8 @@ def test_a_bad_value_is_named_with_its_section(override: str, message: str) -> N
 def micro():
     recipe = get_recipe("cbq")
     cfg = load_config("cbq", "tiny", MICRO).config
-    data = TextSplits(TextDataset(train=TEXT, calib=TEXT, eval_shakespeare=TEXT[:3000], eval_milton=TEXT[-3000:],
-                                  meta={}))
+    data = TextSplits(TextDataset(train=TEXT, calib=TEXT, val=TEXT[3000:6000], eval_shakespeare=TEXT[:3000],
+                                  eval_milton=TEXT[-3000:], meta={}))
     model = recipe.build_model(cfg)
     model.tokenizer = train_bpe_tokenizer(TEXT, 300)
     return recipe, cfg, data, model

@@ -93,8 +93,6 @@ def test_data_with_an_unknown_stage_exits_4_with_the_known_ones():
     (["serve", "ppt", "--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' does not resolve"),
     (["serve-llm", "cbq", "--port", "70000"], "--port"),
     (["worker", "--limit", "0"], "--limit"),
-    (["stack", "mlflow-server", "--backend-store-uri", "sqlite://", "--artifacts-destination", "/tmp", "--port",
-      "-1"], "--port"),
 ])
 def test_a_bad_option_value_exits_2_naming_the_option(command, says):
     result = runner.invoke(app, command)

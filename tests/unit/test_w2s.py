@@ -19,6 +19,7 @@ from models.w2s.model import WeakConfig, noisy_labels, w2s_split
 from models.w2s.train import LossConfig, StudentTrainConfig
 from recipes.w2s import alpha_histogram, decisive_checks, pgr
 from data import build, image_digests
+from data.views import TestSplitAccessError, step_views
 
 LN3, LN43 = math.log(3.0), math.log(4.0 / 3.0)
 
@@ -190,29 +191,35 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build("mnist5k", tmp_path_factory.mktemp("data") / "mnist5k", test_fraction=0.2, seed=0)
 
 
-def test_load_data_gives_three_disjoint_splits_of_the_configured_sizes(mnist_dir: Path):
+def test_load_data_gives_four_disjoint_splits_of_the_configured_sizes(mnist_dir: Path):
     recipe = get_recipe("w2s")
     cfg = load_config("w2s", "tiny").config
-    data = recipe.load_data({"data": str(mnist_dir)}, cfg)
-    assert (len(data.x_weak), len(data.x_w2s), len(data.x_test)) == (1500, 2500, 1000)
-    assert data.x_w2s.shape[1:] == (1, 28, 28)
+    data = recipe.load_data(step_views({"data": mnist_dir}, "evaluate"), cfg)
+    # 3,500 training images cut 0.375 / 0.625 per class into weak-train and w2s-train; val and test as stored.
+    assert (len(data.x_weak), len(data.x_w2s), len(data.x_val), len(data.x_test)) == (1310, 2190, 500, 1000)
+    assert data.x_w2s.shape[1:] == data.x_val.shape[1:] == (1, 28, 28)
     raw = data.raw
     weak = set(image_digests(raw.x_train[data.splits.weak]))
     w2s = set(image_digests(raw.x_train[data.splits.w2s]))
-    test = set(image_digests(raw.x_test))
-    assert not (weak & w2s) and not (weak & test) and not (w2s & test)
+    val, test = set(image_digests(raw.x_val)), set(image_digests(raw.x_test))
+    parts = (weak, w2s, val, test)
+    assert all(not parts[i] & parts[j] for i in range(4) for j in range(i + 1, 4))
     # Stored by class in the source; the recipe's fixed shuffle puts every class into any smoke-size prefix.
     assert len(set(data.y_w2s[:100].tolist())) == 10 and len(set(data.y_test[:100].tolist())) == 10
     assert sorted(data.y_w2s.tolist()) == sorted(raw.y_train[data.splits.w2s].tolist())
-    again = recipe.load_data({"data": str(mnist_dir)}, cfg)
-    assert torch.equal(again.x_weak, data.x_weak) and torch.equal(again.y_w2s, data.y_w2s)
+    # Training sees the same weak-train and w2s-train, in the same order, and no test image.
+    fit = recipe.load_data(step_views({"data": mnist_dir}, "train"), cfg)
+    assert torch.equal(fit.x_weak, data.x_weak) and torch.equal(fit.y_w2s, data.y_w2s)
+    assert torch.equal(fit.x_val, data.x_val)
+    with pytest.raises(TestSplitAccessError, match="split 'test' of dataset 'data' is withheld from the train step"):
+        fit.x_test[:10]
 
 
 def test_recipe_trains_every_variant_and_evaluates_them(mnist_dir: Path):
     assert "w2s" in available_recipes()
     recipe = get_recipe("w2s")
     cfg = load_config("w2s", "tiny", MICRO).config
-    data = recipe.load_data({"data": str(mnist_dir)}, cfg)
+    data = recipe.load_data(step_views({"data": mnist_dir}, "train"), cfg)
     model = recipe.build_model(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     reporter = RecordingReporter()
@@ -233,6 +240,7 @@ def test_recipe_trains_every_variant_and_evaluates_them(mnist_dir: Path):
     dense = model
     compressed = recipe.compress(__import__("copy").deepcopy(model), data, cfg, reporter)
     assert compressed.method == "ppt" and compressed.knobs["r"] == cfg.compress.r
+    data = recipe.load_data(step_views({"data": mnist_dir}, "evaluate"), cfg)
     evaluation = recipe.evaluate(RunModels(dense, compressed.model, {}, metrics), data, cfg, reporter)
     roles = {v.name: v.role for v in evaluation.variants}
     assert roles["adaptconf_dense"] == "parent" and roles["adaptconf_ppt"] == "method"
