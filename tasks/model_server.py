@@ -1,7 +1,7 @@
 """The HTTP server `paperops serve` runs: a registered paper model (the MLflow pyfunc of mlflow/paper_model.py, loaded
 pickle-free) behind the limits a server facing untrusted clients needs. MLflow's own scoring server
 (`mlflow models serve`, 3.17) reads a body of any size whole, quotes the request in its error messages, answers
-NaN (invalid JSON) with 200 and turns deeply nested JSON into a 500; this one takes the same requests and
+NaN (invalid JSON) with 200 and turns deeply nested JSON into a 500; this one takes its `inputs` requests and
 
 - refuses a body over `max_request_bytes` with 413 (a declared Content-Length before reading it, a chunked body
   as soon as it passes the limit);
@@ -11,8 +11,8 @@ NaN (invalid JSON) with 200 and turns deeply nested JSON into a 500; this one ta
   was expected and never quotes the request;
 - answers 422 instead of a prediction that is not finite (a valid but extreme input can overflow a model), so a
   200 is always strict JSON;
-- answers 503 once the alias it was started for points at another version (checked at most every few seconds):
-  it never keeps answering for an alias that has moved.
+- answers 503 once the alias it was started for points at another version, no longer exists, or cannot be
+  confirmed (checked at most every few seconds): it never keeps answering for an alias that has moved.
 
 GET /ping and /health answer 200 (the model is loaded before the server listens); GET /version names the served
 version. Started by uvicorn (`serve_command` in tasks/serve.py) with the model and the limit in the environment.
@@ -216,13 +216,21 @@ class AliasWatch:
         self.served = served
         self.checked_at = -math.inf
 
-    def moved_to(self) -> str | None:
+    def refusal(self) -> str | None:
+        """None while the alias names the served version; else why requests are refused."""
         if time.monotonic() - self.checked_at < ALIAS_CHECK_SECONDS:
             return None
-        current = str(mlflow.MlflowClient().get_model_version_by_alias(self.served.model_name,
-                                                                        self.served.alias).version)
-        if current != self.served.version:
-            return current
+        name, alias, version = self.served.model_name, self.served.alias, self.served.version
+        try:
+            current = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return f"{name}@{alias} no longer exists: this server (v{version}) answers no more requests"
+        except Exception:  # the registry cannot be reached: the alias cannot be confirmed
+            logger.exception("checking %s@%s", name, alias)
+            return f"the registry cannot confirm that {name}@{alias} still names v{version}; try again later"
+        if current != version:
+            return (f"{name}@{alias} moved from v{version} to v{current} after this server started: restart "
+                    f"`paperops serve` to serve v{current}")
         self.checked_at = time.monotonic()
         return None
 
@@ -251,10 +259,9 @@ def create_app(model: Any, served: ServedModel, max_request_bytes: int = DEFAULT
             if media_type != "application/json":
                 raise RequestRejected(415, "send the request as Content-Type: application/json")
             parsed = parse_request(await _read_body(request, max_request_bytes), spec)
-            moved_to = await asyncio.to_thread(alias.moved_to)
-            if moved_to is not None:
-                return _error(503, f"{served.model_name}@{served.alias} moved from v{served.version} to v{moved_to} "
-                                   f"after this server started: restart `paperops serve` to serve v{moved_to}")
+            refusal = await asyncio.to_thread(alias.refusal)
+            if refusal is not None:
+                return _error(503, refusal)
             prediction = await asyncio.wait_for(asyncio.to_thread(model.predict, parsed.inputs,
                                                                   parsed.params or None), timeout)
             return Response(predictions_json(prediction), media_type="application/json")
