@@ -3,7 +3,8 @@
 prepare data (DVC) -> validate (GX), for every dataset the recipe declares -> train -> compress -> evaluate ->
 register (MLflow) -> promote -> Pareto front and SLA aliases -> lineage
 Thin wiring only: each step is a task in tasks/, steps hand each other references, and the paper's MLflow run
-is closed FAILED with the error if any step raises.
+is closed FAILED with the error if any step raises. Before the first step, the runs a dead process left RUNNING
+are closed; while the steps run, the paper's run records this process as its owner and keeps a heartbeat.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from tasks.compress import compress_model
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_models
 from tasks.lineage import (
-    close_abandoned_steps, close_pipeline_run, open_pipeline_run, record_dataset, record_validation, step_keys,
+    close_abandoned_runs, close_pipeline_run, hold_pipeline_run, open_pipeline_run, record_dataset, record_validation,
+    step_keys,
 )
 from tasks.lineage_view import store_lineage
 from tasks.pareto import update_pareto_front
@@ -54,9 +56,10 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
     check_config(resolved)  # knobs that depend on the model, before anything is prepared or trained
     cfg, config, keys = resolved.config, resolved.as_dict(), step_keys(resolved)
     parent = open_pipeline_run(resolved, overrides, flow_run.get_id())
-    close_abandoned_steps(parent)
+    close_abandoned_runs(parent)
     summary = PipelineSummary(paper=paper, profile=profile, pipeline_run_id=parent)
     recipe = get_recipe(paper)
+    heartbeat = hold_pipeline_run(parent)
     try:
         datasets, reports = {}, {}
         # Every dataset is validated before a failed suite stops the run, so one run reports all the bad data.
@@ -83,8 +86,8 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
                           compressed, parent)
         summary.variants = [{"variant": v.name, "role": v.role, "method": v.method, "run_id": v.run_id, **v.metrics}
                             for v in evaluation.variants.values()]
-        versions = _run(summary, "register", register_versions, paper, profile, resolved.digest(), datasets,
-                        reports, dense, compressed, evaluation, parent)
+        versions = _run(summary, "register", register_versions, paper, profile, resolved.digest(), keys,
+                        datasets, reports, dense, compressed, evaluation, parent)
         summary.versions = asdict(versions)
         decision = _run(summary, "promote", promote_version, paper, versions.candidate_version, cfg.promote)
         summary.promotion = asdict(decision)
@@ -94,5 +97,7 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
     except BaseException as exc:
         close_pipeline_run(parent, asdict(summary), exc)
         raise
+    finally:
+        heartbeat.stop()
     close_pipeline_run(parent, asdict(summary), None)
     return asdict(summary)
