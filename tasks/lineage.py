@@ -51,16 +51,19 @@ def git_commit() -> str:
 # Cached per flow run and persisted: a retried flow run (its worker died) continues the same pipeline run.
 @task(name="open-pipeline-run", cache_policy=DEFAULT, persist_result=True, **IO_RETRIES,
       retry_condition_fn=retry_on_infrastructure_errors)
-def open_pipeline_run(resolved: ResolvedConfig, overrides: list[str], flow_run_id: str | None) -> str:
+def open_pipeline_run(resolved: ResolvedConfig, overrides: list[str], flow_run_id: str | None,
+                      registers: bool = True) -> str:
     """The paper's pipeline run, created with its owner (this process) so that no other run ever sees it RUNNING
-    without one."""
+    without one. `registers` False: a reproduction's seed run, tagged `paperops.registers=false` (it registers
+    nothing)."""
     client = configure_tracking()
     experiment_id = ensure_experiment(client, resolved.paper)
     run = client.create_run(experiment_id, run_name=f"{resolved.paper}-{resolved.profile}", tags={
         "paperops.paper": resolved.paper, "paperops.profile": resolved.profile, "paperops.step": "pipeline",
         "paperops.config_hash": resolved.digest(), "paperops.config_source": resolved.source,
         "paperops.overrides": json.dumps(overrides), "paperops.git_commit": git_commit(),
-        "paperops.prefect_flow_run_id": flow_run_id or "", **ProcessOwner.current().tags(),
+        "paperops.prefect_flow_run_id": flow_run_id or "", "paperops.registers": str(registers).lower(),
+        **ProcessOwner.current().tags(),
     })
     log_params_flat(client, run.info.run_id, resolved.as_dict())
     return run.info.run_id

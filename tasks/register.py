@@ -4,6 +4,8 @@ git commit, runs, metrics, cost, device, and for the compressed version its comp
 method, knobs)."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -14,7 +16,7 @@ from recipes.base import MAIN_DATASET, Recipe
 from tasks.data import DatasetRef
 from tasks.lineage import git_commit
 from tasks.ownership import registry_lock
-from tasks.record import CompressionRecord, DatasetRecord, VersionRecord
+from tasks.record import CompressionRecord, DatasetRecord, DeltaInterval, VersionRecord
 from tasks.refs import EvaluationRef, ModelRef, RegisteredVersions
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 from tasks.tracking import configure_tracking, registered_model_name
@@ -66,6 +68,7 @@ def version_record(recipe: Recipe, profile: str, config_hash: str, datasets: dic
                                          gx_success=validations[key].success)
                       for key, ref in datasets.items() if key != MAIN_DATASET}
     metrics = evaluation.variants[variant].metrics
+    interval = evaluation.variants[variant].delta_interval
     knobs = model.knobs or {}
     macs_metric = recipe.macs_per_item_metric
     compression = None
@@ -80,6 +83,7 @@ def version_record(recipe: Recipe, profile: str, config_hash: str, datasets: dic
         pipeline_run_id=pipeline_run_id, training_run_id=model.run_id, evaluation_run_id=evaluation.run_id,
         primary_metric=recipe.primary_metric, higher_is_better=recipe.higher_is_better,
         primary_value=metrics[recipe.primary_metric], delta_vs_parent=metrics.get("delta_vs_parent"),
+        delta_vs_parent_interval=DeltaInterval(**asdict(interval)) if interval is not None else None,
         cost_metric=recipe.cost_metric, cost_ratio=metrics.get(recipe.cost_metric) if compression else None,
         macs_per_item=metrics.get(macs_metric) if macs_metric else None, weight_bits=recipe.weight_bits(knobs),
         latency_p50_ms=metrics["latency_p50_ms"], latency_p95_ms=metrics["latency_p95_ms"],
