@@ -3,8 +3,9 @@
 prepare data (DVC) -> validate (GX), for every dataset the recipe declares -> train -> compress -> evaluate ->
 decisive criteria and headline judged -> register (MLflow) -> promote -> Pareto front and SLA aliases -> lineage
 Thin wiring only: each step is a task in tasks/, steps hand each other references, and the paper's MLflow run
-is closed FAILED with the error if any step raises. A reproduction's seed runs (`registers=False`) stop after the
-judgement: they add nothing to the registry.
+is closed FAILED with the error if any step raises. Before the first step, the runs a dead process left RUNNING
+are closed; while the steps run, the paper's run records this process as its owner and keeps a heartbeat. A
+reproduction's seed runs (`registers=False`) stop after the judgement: they add nothing to the registry.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from recipes import get_recipe
+from recipes import check_config, get_recipe
 from recipes import load_config
 from recipes.base import MAIN_DATASET
 from tasks.compress import compress_model
@@ -22,7 +23,8 @@ from tasks.data import prepare_data
 from tasks.evaluate import evaluate_models
 from tasks.evidence import judge_run
 from tasks.lineage import (
-    close_abandoned_steps, close_pipeline_run, open_pipeline_run, record_dataset, record_validation, step_keys,
+    close_abandoned_runs, close_pipeline_run, hold_pipeline_run, open_pipeline_run, record_dataset, record_validation,
+    step_keys,
 )
 from tasks.lineage_view import store_lineage
 from tasks.pareto import update_pareto_front
@@ -61,11 +63,13 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
                    registers: bool = True) -> dict[str, Any]:
     overrides = list(overrides or [])
     resolved = load_config(paper, profile, overrides)
+    check_config(resolved)  # knobs that depend on the model, before anything is prepared or trained
     cfg, config, keys = resolved.config, resolved.as_dict(), step_keys(resolved)
     parent = open_pipeline_run(resolved, overrides, flow_run.get_id(), registers)
-    close_abandoned_steps(parent)
+    close_abandoned_runs(parent)
     summary = PipelineSummary(paper=paper, profile=profile, pipeline_run_id=parent, registered=registers)
     recipe = get_recipe(paper)
+    heartbeat = hold_pipeline_run(parent)
     try:
         datasets, reports = {}, {}
         # Every dataset is validated before a failed suite stops the run, so one run reports all the bad data.
@@ -97,8 +101,8 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
         judged = _run(summary, "decisive", judge_run, paper, config, evaluation, parent)
         summary.decisive, summary.headline = judged["criteria"], judged["headline"]
         if registers:
-            versions = _run(summary, "register", register_versions, paper, profile, resolved.digest(), datasets,
-                            reports, dense, compressed, evaluation, parent)
+            versions = _run(summary, "register", register_versions, paper, profile, resolved.digest(), keys,
+                            datasets, reports, dense, compressed, evaluation, parent)
             summary.versions = asdict(versions)
             decision = _run(summary, "promote", promote_version, paper, versions.candidate_version, cfg.promote)
             summary.promotion = asdict(decision)
@@ -110,5 +114,7 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
     except BaseException as exc:
         close_pipeline_run(parent, asdict(summary), exc)
         raise
+    finally:
+        heartbeat.stop()
     close_pipeline_run(parent, asdict(summary), None)
     return asdict(summary)

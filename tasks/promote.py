@@ -22,6 +22,7 @@ from prefect import task
 from models.common.stats import Interval, verdict
 from recipes import get_recipe
 from recipes.base import PromotionSection
+from tasks.ownership import registry_lock
 from tasks.pareto import tag_float
 from tasks.record import delta_interval_from_tags
 from tasks.refs import PromotionDecision
@@ -157,7 +158,14 @@ def promote_version(paper: str, version: str, gate: PromotionSection, actor: str
     """The gate on one registered compressed version, read entirely from the registry: its data passed
     validation, its primary metric is within the threshold of its parent's, its cost ratio is below the threshold,
     and it loads and answers a serving smoke request. Passing moves `@challenger` then `gate.alias` to it (the
-    old champion is restored if recording the approval fails); failing tags it rejected with every reason."""
+    old champion is restored if recording the approval fails); failing tags it rejected with every reason.
+    The paper's registry lock is held throughout, so two promotions at once do not both judge against, and
+    replace, the same champion."""
+    with registry_lock(paper):
+        return _promote_version(paper, version, gate, actor)
+
+
+def _promote_version(paper: str, version: str, gate: PromotionSection, actor: str) -> PromotionDecision:
     client = configure_tracking()
     recipe = get_recipe(paper)
     name = registered_model_name(paper)
