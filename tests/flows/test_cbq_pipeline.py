@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 
 from settings import tracking_uri
 
-VARIANTS = {"fp", "cbq_W4A16", "rtn_W4A16", "gptq_W4A16", "smoothquant_W4A16", "cbq_no_cfp_W4A16"}
+METHODS = ("rtn", "gptq", "smoothquant", "cbq", "cbq_no_cfp")
+VARIANTS = {"fp"} | {f"{method}_{setting}" for method in METHODS for setting in ("W4A16", "W4A4")}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_method_by_setting_table_covers_every_method_and_setting(cbq_run):
         table = json.load(f)
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
     assert {(r["setting"], r["method"]) for r in rows} == {
-        (s, m) for s in ("W4A16", "W4A4") for m in ("rtn", "gptq", "smoothquant", "cbq", "cbq_no_cfp")}
+        (s, m) for s in ("W4A16", "W4A4") for m in METHODS}
     assert all(r["ppl_shakespeare"] > 1.0 and r["ppl_milton"] > 1.0 for r in rows)
     figures = {a.path for a in client.list_artifacts(evaluation_run, "figures")}
     assert "figures/ppl_by_setting.png" in figures

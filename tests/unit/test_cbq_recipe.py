@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,7 +29,8 @@ MICRO = ["model.vocab_size=300", "model.hidden_size=32", "model.intermediate_siz
 def test_every_profile_validates_to_the_configs_of_models() -> None:
     for profile in ("tiny", "small", "full"):
         cfg = load_config("cbq", profile).config
-        assert (type(cfg.model), type(cfg.train), type(cfg.compress)) == (LMConfig, LMTrainConfig, CBQConfig)
+        assert (type(cfg.model), type(cfg.train)) == (LMConfig, LMTrainConfig)
+        assert isinstance(cfg.compress, CBQConfig)  # CBQ's own knobs, plus the comparison beside it
     tiny = load_config("cbq", "tiny").config
     assert (tiny.compress.epochs, tiny.compress.window, tiny.compress.setting.weight.bits) == (5, 2, 4)
     assert tiny.model.inject_outliers.factor == 30.0
@@ -42,7 +44,9 @@ def test_every_profile_validates_to_the_configs_of_models() -> None:
     ("compress.rnk=4", "compress.rnk: Unexpected keyword argument"),
     ("compress.setting.w_bits=9", "compress.setting: Value error, w_bits must be <= 8, got 9"),
     ("model.num_hidden_layers=two", "model.num_hidden_layers: Input should be a valid integer"),
-    ("evaluate.methods=[rtn, awq]", "unknown methods \\['awq'\\]"),
+    ("compress.comparison_methods=[rtn, awq]", "compress: Value error, comparison_methods: unknown methods \\['awq'\\]"),
+    ("compress.comparison_settings=[{name: W4A16, w_bits: 3}]",
+     "compress: Value error, comparison_settings: 'W4A16' names the registered setting but differs from it"),
 ])
 def test_a_bad_value_is_named_with_its_section(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -86,7 +90,7 @@ def test_compression_patches_the_model_and_records_every_cbq_knob(micro) -> None
 
 def test_smoothquant_runs_at_the_configured_migration_strength(micro) -> None:
     _, _, data, dense = micro
-    cfg = load_config("cbq", "tiny", MICRO + ["evaluate.smoothquant_alpha=0.2"]).config
+    cfg = load_config("cbq", "tiny", MICRO + ["compress.smoothquant_alpha=0.2"]).config
     calib = data.ids(dense, "calib")[:64].view(2, 32)
     weights = {alpha: smoothquant(copy.deepcopy(dense.lm), cfg.compress, calib, alpha=alpha).state_dict()
                for alpha in (0.2, 0.5)}
@@ -94,3 +98,42 @@ def test_smoothquant_runs_at_the_configured_migration_strength(micro) -> None:
     assert all(torch.equal(configured[k], weights[0.2][k]) for k in configured)
     assert not all(torch.equal(configured[k], weights[0.5][k]) for k in configured)
 
+
+
+def test_companions_round_trip_and_every_variant_is_scored_on_the_same_windows(micro, tmp_path) -> None:
+    """Compress quantizes every method x setting beside CBQ; saved and rebuilt as the platform does (safetensors,
+    `companion_module`, strict load), they score exactly as the in-memory ones, and every variant's per-item scores
+    are the mean NLL of the same windows, whose exp(mean) is the variant's perplexity."""
+    from safetensors.torch import load_model, save_model
+
+    from recipes.base import RunModels
+
+    recipe, cfg, data, dense = micro
+    result = recipe.compress(copy.deepcopy(dense), data, cfg, reporter=RecordingReporter())
+    expected = {f"{m}_{s}" for m in ("rtn", "gptq", "smoothquant", "cbq", "cbq_no_cfp") for s in ("W4A16", "W4A4")}
+    assert set(result.companions) == expected - {"cbq_W4A16"}  # CBQ at the registered setting is the model itself
+    rebuilt = {}
+    for name, companion in result.companions.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_model(companion.module, str(path))
+        module = recipe.companion_module(name, cfg, companion.knobs)
+        load_model(module, str(path), strict=True)
+        rebuilt[name] = module.eval()
+    in_memory = {name: companion.module for name, companion in result.companions.items()}
+    scores = [recipe.evaluate(RunModels(dense, result.model, companions, {}), data, cfg, RecordingReporter())
+              for companions in (in_memory, rebuilt)]
+    variants = {v.name: v for v in scores[1].variants}
+    assert set(variants) == expected | {"fp"}
+    for before, after in zip(scores[0].variants, scores[1].variants):
+        assert before.name == after.name and before.metrics["ppl_shakespeare"] == after.metrics["ppl_shakespeare"]
+    windows = cfg.evaluate.max_windows
+    for v in variants.values():
+        for metric in ("ppl_shakespeare", "ppl_milton"):
+            nll = v.per_item[metric]
+            assert nll.shape == (windows,)
+            assert v.metrics[metric] == pytest.approx(float(recipe.per_item_transforms[metric](nll.mean())), rel=1e-12)
+    # the companions really are the compared quantizations: W4A4 quantizes activations too, so it scores differently
+    assert not np.array_equal(variants["rtn_W4A16"].per_item["ppl_shakespeare"],
+                              variants["rtn_W4A4"].per_item["ppl_shakespeare"])
+    assert variants["cbq_W4A16"].role == "method" and variants["gptq_W4A16"].role == "baseline"
+    assert variants["cbq_no_cfp_W4A4"].role == "ablation"

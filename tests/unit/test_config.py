@@ -108,8 +108,8 @@ def test_every_profile_fits_the_model_it_builds(paper, profile):
     ("ovor", "prompt.e_blocks=[2, 9]", "prompt block 9 does not exist in a ViT with 6 blocks"),
     ("cbq", "compress.setting={name: W2g128, w_bits: 2, w_granularity: per_group, group_size: 128}",
      "compress.setting.group_size=128 does not divide the input width of the model's linears (704 of 256, 704)"),
-    ("cbq", "evaluate.settings=[{name: W4g96, w_bits: 4, w_granularity: per_group, group_size: 96}]",
-     "evaluate.settings[0] (W4g96): group_size=96 does not divide the input width"),
+    ("cbq", "compress.comparison_settings=[{name: W4g96, w_bits: 4, w_granularity: per_group, group_size: 96}]",
+     "compress.comparison_settings[0] (W4g96): group_size=96 does not divide the input width"),
     ("cbq", "evaluate.seq_len=1024", "evaluate.seq_len=1024 exceeds the model's context of 512 positions"),
     ("ppt", "data.suite=tabular", "data.suite 'tabular' is unknown; suites: image_classification"),
     ("ovor", "pretrain.data.expect.height=0", "dataset 'pretrain': data.expect does not fit suite "

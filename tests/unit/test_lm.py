@@ -10,7 +10,7 @@ from torch import nn
 
 from models.common.lm import (
     LMConfig, LMTrainConfig, OutlierConfig, TokenizedLM, build_lm, calibration_segments, eval_windows, generate,
-    load_pretrained, perplexity, train_bpe_tokenizer, train_lm,
+    load_pretrained, perplexity, train_bpe_tokenizer, train_lm, window_nll,
 )
 from models.common.profiling import size_on_disk
 from models.common.reporting import RecordingReporter
@@ -49,6 +49,33 @@ def test_bpe_tokenizer_is_deterministic_and_lossless() -> None:
 def test_perplexity_of_uniform_predictions_is_the_vocabulary_size() -> None:
     windows = torch.randint(0, 50, (5, 9), generator=torch.Generator().manual_seed(0))
     assert perplexity(UniformLM(50), windows, batch_size=2) == pytest.approx(50.0, rel=1e-6)
+
+
+class BigramLM(nn.Module):
+    """Puts all its mass on token (previous + 1) % vocab: a window that counts up is predicted perfectly."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids: torch.Tensor, use_cache: bool = False) -> SimpleNamespace:
+        logits = torch.full((*input_ids.shape, self.vocab), -1e4)
+        logits.scatter_(-1, ((input_ids + 1) % self.vocab)[..., None], 0.0)
+        return SimpleNamespace(logits=logits)
+
+
+def test_window_nll_scores_each_window_and_perplexity_is_exp_of_their_mean() -> None:
+    counting = torch.arange(8)[None, :]                                  # every next token predicted
+    missing = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]])                   # 3 -> 0 is a miss: 1 of 7 predictions
+    windows = torch.cat([counting, missing, counting])                   # (3, 8)
+    nll = window_nll(BigramLM(8), windows, batch_size=2)
+    assert nll.shape == (3,) and nll.dtype == torch.float64
+    assert nll[0].item() == pytest.approx(0.0, abs=1e-6) and nll[2].item() == pytest.approx(0.0, abs=1e-6)
+    assert nll[1].item() == pytest.approx(1e4 / 7, rel=1e-5)            # one miss costs 1e4 nats, over 7 positions
+    assert perplexity(BigramLM(8), windows[[0, 2]]) == pytest.approx(1.0, abs=1e-6)
+    uniform = torch.randint(0, 50, (5, 9), generator=torch.Generator().manual_seed(0))
+    assert window_nll(UniformLM(50), uniform).tolist() == pytest.approx([math.log(50)] * 5, rel=1e-6)
 
 
 def test_eval_windows_drop_the_remainder_and_reject_short_text() -> None:
