@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from models.common.reporting import RecordingReporter
 from models.common.stats import paired_bootstrap, verdict
 from recipes import built_dataset_views, get_recipe, load_config
-from recipes.feat import score_on_episodes
+from recipes.feat import score_on_episodes, seeded_episodes
 from settings.config import ConfigError
 
 # (method, baseline, setting) pairs read off the val classes: the decisive criteria's and the λ ablation's
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
 
     way = cfg.evaluate.way
-    scored = {name: score_on_episodes(module, data.val, cfg)
+    episodes = seeded_episodes(data.val, cfg)
+    scored = {name: score_on_episodes(module, data.val, episodes, cfg)
               for name, module in ({"feat": model} | {n: c.module for n, c in result.companions.items()}).items()}
     print(f"\nVAL classes, {way}-way, {args.episodes} paired episodes per setting; train {seconds:.0f} s wall, "
           f"{cpu:.0f} s CPU; overrides {args.set}")

@@ -230,11 +230,12 @@ class FEATRecipe(Recipe):
         assert isinstance(dense, FewShotModel)
         ev = cfg.evaluate
         by_name = {"feat": dense} | dict(models.companions)
+        episodes = seeded_episodes(data.novel, cfg)
         results = []
         for v in variants(cfg):
             if v.name not in by_name:
                 raise KeyError(f"the train step saved no model {v.name!r}; it saved {sorted(by_name)}")
-            metrics, per_item = score_on_episodes(by_name[v.name], data.novel, cfg)
+            metrics, per_item = score_on_episodes(by_name[v.name], data.novel, episodes, cfg)
             results.append(VariantResult(v.name, v.role, "protonet" if v.adapter == "none" else "feat",
                                          _knobs(v), metrics, per_item))
         rows = torch.as_tensor(episode_rows(data.raw, "novel", ev.way, 1, ev.query, ev.seed))  # one served episode
@@ -284,19 +285,24 @@ class FEATRecipe(Recipe):
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def score_on_episodes(model: FewShotModel, classes: Split, cfg: FEATRecipeConfig
+def seeded_episodes(classes: Split, cfg: FEATRecipeConfig) -> dict[int, np.ndarray]:
+    """The seeded episodes of every test setting (shot -> (episodes, way * (shot + query)) indices into
+    `classes`), sampled once, so every model is scored on the same episodes in the same order."""
+    ev = cfg.evaluate
+    return {shot: sample_episodes(classes.y, ev.way, shot, ev.query, ev.episodes, ev.seed + shot) for shot in ev.shots}
+
+
+def score_on_episodes(model: FewShotModel, classes: Split, episodes: dict[int, np.ndarray], cfg: FEATRecipeConfig
                       ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """`model` on every test setting of `cfg.evaluate`, on the seeded episodes of `classes` (the same episodes, in
-    the same order, for every model): per setting the mean accuracy, the paper's 95 % half-width over episodes and
-    the prototype spread, and the accuracy of each episode (per_item, keyed like the mean). The images are
-    embedded once; the encoder is frozen at test time."""
+    """`model` on the episodes of every test setting (`seeded_episodes`): per setting the mean accuracy, the paper's
+    95 % half-width over episodes and the prototype spread, and the accuracy of each episode (per_item, keyed like
+    the mean). The images are embedded once: the encoder is frozen at test time."""
     ev = cfg.evaluate
     embeddings = embed_all(model, classes.x)
     metrics: dict[str, float] = {}
     per_item: dict[str, np.ndarray] = {}
-    for shot in ev.shots:
-        episodes = sample_episodes(classes.y, ev.way, shot, ev.query, ev.episodes, ev.seed + shot)
-        stats = score_episodes(model, embeddings, episodes, ev.way, shot, ev.query)
+    for shot, shot_episodes in episodes.items():
+        stats = score_episodes(model, embeddings, shot_episodes, ev.way, shot, ev.query)
         key = _acc_key(ev.way, shot)
         metrics[key], metrics[_ci_key(ev.way, shot)] = mean_ci95(stats.accuracies)
         metrics[f"spread_raw_{ev.way}w{shot}s"] = float(stats.spread_raw.mean())

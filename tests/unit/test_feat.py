@@ -16,7 +16,9 @@ from models.common.reporting import RecordingReporter
 from models.feat.model import (
     QUERY_LABEL, ConvNet4, FEATConfig, FewShotModel, SetAttention, euclidean_logits, prototypes,
 )
-from recipes.feat import FewShotData, episode_rows, per_setting_rows, score_on_episodes, variants
+from recipes.feat import (
+    FewShotData, episode_rows, per_setting_rows, score_on_episodes, seeded_episodes, variants,
+)
 from models.feat.train import (
     MetaTrainConfig, PretrainConfig, Split, embed_all, evaluate_episodes, mean_ci95, meta_train, pretrain,
     sample_episode, sample_episodes, score_episodes,
@@ -325,18 +327,21 @@ def test_train_reads_no_test_classes_and_returns_every_other_model_as_a_companio
         recipe.companion_module("matchnet", cfg, None)
 
 
-def test_scores_on_episodes_are_per_episode_on_the_same_episodes_for_every_model():
+def test_every_model_is_scored_per_episode_on_the_same_seeded_episodes():
     _, val = _pretrain_data()
     cfg = _tiny_run_config()
-    feat_metrics, feat_items = score_on_episodes(_model(hidden=8), val, cfg)
-    _, proto_items = score_on_episodes(_model("none", hidden=8), val, cfg)
-    assert set(feat_items) == {"acc_5w1s", "acc_5w5s"} == set(proto_items)  # the tiny profile's test settings
+    episodes = seeded_episodes(val, cfg)
+    assert {shot: e.shape for shot, e in episodes.items()} == {1: (6, 5 * 3), 5: (6, 5 * 7)}  # 5-way, 2 queries
+    assert np.array_equal(episodes[5], sample_episodes(val.y, 5, 5, 2, 6, cfg.evaluate.seed + 5))
+    feat_metrics, feat_items = score_on_episodes(_model(hidden=8), val, episodes, cfg)
     proto = _model("none", hidden=8)
-    for key, items in feat_items.items():
-        assert items.shape == (6,) and feat_metrics[key] == pytest.approx(items.mean())
-        shot = int(key[-2])
-        episodes = sample_episodes(val.y, 5, shot, 2, 6, cfg.evaluate.seed + shot)  # what both were scored on
-        again = score_episodes(proto, embed_all(proto, val.x), episodes, 5, shot, 2)
+    _, proto_items = score_on_episodes(proto, val, episodes, cfg)
+    assert set(feat_items) == {"acc_5w1s", "acc_5w5s"} == set(proto_items)
+    for shot in (1, 5):
+        key = f"acc_5w{shot}s"
+        assert feat_items[key].shape == (6,) and feat_metrics[key] == pytest.approx(feat_items[key].mean())
+        assert feat_metrics[f"ci95_5w{shot}s"] == pytest.approx(mean_ci95(feat_items[key])[1])
+        again = score_episodes(proto, embed_all(proto, val.x), episodes[shot], 5, shot, 2)
         assert np.array_equal(again.accuracies, proto_items[key])
 
 
