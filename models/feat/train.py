@@ -134,15 +134,6 @@ def score_episodes(model: FewShotModel, embeddings: torch.Tensor, episodes: np.n
     return EpisodeStats(*(torch.cat(parts).double().cpu().numpy() for parts in (acc, spread_raw, spread_adapted)))
 
 
-@torch.no_grad()
-def evaluate_episodes(model: FewShotModel, split: Split, way: int, shot: int, query: int, episodes: int,
-                      seed: int) -> EpisodeStats:
-    """`model` on `episodes` seeded way-shot episodes (query per class) of `split`: the same seed gives every model
-    the same episodes (a paired comparison)."""
-    return score_episodes(model, embed_all(model, split.x), sample_episodes(split.y, way, shot, query, episodes, seed),
-                          way, shot, query)
-
-
 def _spread(protos: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor) -> torch.Tensor:
     """(E, N, d) prototypes, (E, M, d) queries -> (E,) mean distance between prototypes / mean distance of a query
     to its own class's prototype."""

@@ -20,7 +20,7 @@ from recipes.feat import (
     FewShotData, episode_rows, per_setting_rows, score_on_episodes, seeded_episodes, variants,
 )
 from models.feat.train import (
-    MetaTrainConfig, PretrainConfig, Split, embed_all, evaluate_episodes, mean_ci95, meta_train, pretrain,
+    MetaTrainConfig, PretrainConfig, Split, embed_all, mean_ci95, meta_train, pretrain,
     sample_episode, sample_episodes, score_episodes,
 )
 from recipes import load_config
@@ -153,16 +153,6 @@ def test_meta_training_takes_the_transformer_at_ten_times_the_lr_and_keeps_the_b
     assert float(model.temperature) == 64.0
     assert reporter.series("feat.lr_encoder") == [1e-3, 5e-4]  # StepLR every epoch here
     assert reporter.series("feat.lr_transformer") == [1e-2, 5e-3]
-
-
-def test_evaluation_gives_every_model_the_same_episodes():
-    torch.manual_seed(0)
-    split = Split(torch.randn(40, 1, 32, 32), np.repeat(np.arange(8), 5))
-    a = evaluate_episodes(_model(), split, way=3, shot=1, query=2, episodes=20, seed=5)
-    b = evaluate_episodes(_model(), split, way=3, shot=1, query=2, episodes=20, seed=5)
-    assert np.array_equal(a.accuracies, b.accuracies)
-    correct = a.accuracies * 6 / 100  # 3 classes x 2 queries: a whole number of correct queries per episode
-    assert a.accuracies.shape == (20,) and np.allclose(correct, np.round(correct), atol=1e-5)
 
 
 def test_sampled_episodes_are_seeded_rows_of_sample_episode():
