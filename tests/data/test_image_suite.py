@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from data import DatasetFormatError, ImageSuiteSpec, load_image_dataset
+from data import ImageSuiteSpec, load_image_dataset
 from tasks.data import DataInfrastructureError, DataStageError, dataset_ref, reproduce_dataset
 from data.images import FASHION_MNIST_ROOT_ENV
 from data.images_suite import IMAGE_CLASSIFICATION
@@ -44,8 +44,8 @@ def test_real_mnist5k_passes_every_expectation(mnist_dir: Path) -> None:
     report = validate_dataset(IMAGE_CLASSIFICATION, mnist_dir, MNIST_SPEC)
 
     assert report.success, report.failed
-    # 10 per-image expectations x 3 splits (train, val, test) + class balance x 3 splits + 1 leakage check.
-    assert (report.evaluated, report.successful, report.failed) == (34, 34, [])
+    # 11 per-image expectations x 3 splits (train, val, test) + class balance x 3 splits + 1 leakage check.
+    assert (report.evaluated, report.successful, report.failed) == (37, 37, [])
     assert report.suite == "image_classification"
     assert len(report.result["validations"]) == 7
     json.dumps(report.result)  # loggable as an MLflow artifact as is
@@ -119,14 +119,15 @@ def test_an_empty_val_split_is_rejected(mnist_dir: Path, tmp_path: Path, variant
     assert all(f.details.startswith("[val]") for f in report.failed)
 
 
-def test_a_dataset_without_a_val_split_cannot_be_validated(mnist_dir: Path, tmp_path: Path) -> None:
+def test_a_dataset_without_a_val_split_fails_validation_naming_the_arrays(mnist_dir: Path, tmp_path: Path) -> None:
     dataset = load_image_dataset(mnist_dir)
     (tmp_path / "old").mkdir()
     shutil.copy(mnist_dir / "meta.json", tmp_path / "old" / "meta.json")
     np.savez(tmp_path / "old" / "images.npz", x_train=dataset.x_train, y_train=dataset.y_train,
              x_test=dataset.x_test, y_test=dataset.y_test)  # the layout before val splits
-    with pytest.raises(DatasetFormatError, match=r"images.npz lacks array\(s\) x_val, y_val"):
-        validate_dataset(IMAGE_CLASSIFICATION, tmp_path / "old", MNIST_SPEC)
+    report = validate_dataset(IMAGE_CLASSIFICATION, tmp_path / "old", MNIST_SPEC)
+    assert _failed(report.failed) == {("dataset_files_readable", None)}
+    assert re.search(r"images.npz lacks array\(s\) x_val, y_val", report.failed[0].details)
 
 
 def test_an_unbalanced_val_split_is_rejected(mnist_dir: Path, tmp_path: Path, variant) -> None:
