@@ -77,17 +77,27 @@ def class_profile(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Profile:
     return {"kind": "classes", "rows": rows}
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines of `text`: split at newlines, a final newline ending the last line rather than starting one."""
+    return text.removesuffix("\n").split("\n") if text else []
+
+
+def empty_line_fraction(lines: list[str]) -> float | None:
+    """Share of `lines` that are empty or whitespace only; None for no lines."""
+    return sum(1 for line in lines if not line.strip()) / len(lines) if lines else None
+
+
 def text_profile(texts: dict[str, str]) -> Profile:
     """Per split: character frequencies, mean length of the non-empty lines and the share of empty lines."""
     rows = []
     for split, text in texts.items():
-        lines = text.split("\n")
+        lines = text_lines(text)
         lengths = [len(line) for line in lines if line.strip()]
         counts = Counter(text)
         rows.append({"split": split,
                      "char_distribution": {char: n / max(len(text), 1) for char, n in sorted(counts.items())},
                      "line_length": float(np.mean(lengths)) if lengths else 0.0,
-                     "empty_lines": (len(lines) - len(lengths)) / len(lines)})
+                     "empty_lines": empty_line_fraction(lines) or 0.0})
     return {"kind": "text", "rows": rows}
 
 

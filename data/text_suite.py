@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.drift import text_drift, text_profile
+from data.drift import empty_line_fraction, text_drift, text_lines, text_profile
 from data.expectations import Batch, DataSuite, DeclaredSuite, Expectation, SuitePart, between, unique
 from data.text import (
     SPLIT_ROLES, TextSuiteSpec, line_digests, nonempty_lines, nonprintable_fraction, vocab_coverage, words,
@@ -54,9 +54,8 @@ def split_frame(texts: SplitTexts, spec: TextSuiteSpec) -> pd.DataFrame:
             continue
         text, valid = entry
         coverage = None if split == spec.train_split or train is None else vocab_coverage(text, train_vocab)
-        n_lines = len(nonempty_lines(text))
         rows.append({"split": split, "present": 1, "utf8_valid": int(valid), "n_chars": len(text),
-                     "n_lines": n_lines, "empty_line_fraction": 1 - n_lines / len(text.split("\n")),
+                     "n_lines": len(nonempty_lines(text)), "empty_line_fraction": empty_line_fraction(text_lines(text)),
                      "nonprintable_fraction": nonprintable_fraction(text), "vocab_coverage": coverage})
     frame = pd.DataFrame(rows)
     for column in ("utf8_valid", "n_chars", "n_lines", "empty_line_fraction", "nonprintable_fraction",
@@ -66,11 +65,11 @@ def split_frame(texts: SplitTexts, spec: TextSuiteSpec) -> pd.DataFrame:
 
 
 def longest_line_frame(texts: SplitTexts) -> pd.DataFrame:
-    """One row per present split: the number (1-based) and length of its longest line."""
+    """One row per split that has lines: the number (1-based) and length of its longest line."""
     rows = []
     for split, entry in texts.items():
-        if entry is not None:
-            lengths = [len(line) for line in entry[0].split("\n")]
+        lengths = [len(line) for line in text_lines(entry[0])] if entry is not None else []
+        if lengths:
             longest = max(range(len(lengths)), key=lengths.__getitem__)
             rows.append({"split": split, "line": longest + 1, "chars": lengths[longest]})
     return pd.DataFrame(rows, columns=["split", "line", "chars"])

@@ -101,7 +101,8 @@ class ValidationReport:
 
     def raise_for_failure(self) -> None:
         if not self.success:
-            raise DataValidationError(self.dataset, self.suite, self.failed, drifted=bool(self.drift_exceeded))
+            raise DataValidationError(self.dataset, self.suite, self.failed,
+                                      drifted=bool(self.drift_exceeded) and not self.data_change_accepted)
 
 
 def _result_format(part: SuitePart) -> dict[str, Any]:

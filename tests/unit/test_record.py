@@ -98,3 +98,16 @@ def test_an_accepted_data_change_is_on_the_record_and_its_tags_and_absent_otherw
     unaccepted = _record(extra_datasets={"pretrain": letters.model_copy(update={"gx_data_change_accepted": False})})
     assert not any("data_change_accepted" in key for key in unaccepted.tags())
     assert "gx_data_change_accepted" not in json.dumps(unaccepted.model_dump(mode="json"))
+
+
+def test_the_lineage_says_when_a_data_change_was_accepted():
+    from tasks.lineage_view import gx_link
+
+    letters = DatasetRecord(name="dejavu_letters", stage="dejavu_letters", md5=LETTERS_MD5,
+                            gx_suite="image_classification", gx_success=True, gx_data_change_accepted=True)
+    tags = _record(extra_datasets={"pretrain": letters}).tags()
+    assert gx_link(tags, "data", "p") == "suite `image_classification` passed: true; result " \
+                                         "`runs:/p/validation/image_classification.json`"
+    assert gx_link(tags, "pretrain", "p").endswith(
+        "`runs:/p/validation/pretrain/image_classification.json`; drift from the last validated version accepted "
+        "(--accept-data-change)")
