@@ -157,6 +157,21 @@ def test_drift_exits_3_and_says_how_to_accept_it_and_the_flag_reaches_the_pipeli
     assert calls == [False, True]
 
 
+def test_an_unreadable_drift_reference_exits_3_naming_the_file(monkeypatch):
+    import flows.pipeline
+    from tasks.validate import DataReferenceError
+
+    message = ("the reference of dataset 'mnist5k' (/state/data-references/image_classification/mnist5k.json) "
+               "cannot be read")
+
+    def pipeline(paper, profile, overrides, accept_data_change):
+        raise DataReferenceError(message)
+
+    monkeypatch.setattr(flows.pipeline, "paper_pipeline", pipeline)
+    result = runner.invoke(app, ["run", "ppt"])
+    assert result.exit_code == 3 and message in result.output and "Traceback" not in result.output
+
+
 def test_data_with_an_unknown_stage_exits_4_with_the_known_ones():
     result = runner.invoke(app, ["data", "nosuchstage"])
     assert result.exit_code == 4 and isinstance(result.exception, SystemExit)
