@@ -34,8 +34,8 @@ from recipes.base import (
 )
 from models.common.reporting import Reporter
 from models.ovor.cil import (
-    ONEPROMPT, OVOR, Stream, StreamConfig, VariantTrace, VORConfig, class_order, extract_features, final_scores,
-    run_stream, split_tasks,
+    ONEPROMPT, OVOR, HeadSchedule, Stream, StreamConfig, VariantTrace, VORConfig, class_order, extract_features,
+    final_scores, run_stream, split_tasks,
 )
 from models.ovor.model import (
     BackboneConfig, OnePromptViT, PromptConfig, TwoPassPromptViT, prompts_disabled,
@@ -118,7 +118,7 @@ class OVORRecipe(Recipe):
     macs_per_item_metric = "macs_per_image"
     smoke_overrides = (
         "pretrain.train.epochs=0.05",
-        "stream.prompt_epochs=0.5", "vor.head_passes=2", "stream.max_train_per_class=48",
+        "stream.prompt_epochs=0.5", "stream.max_train_per_class=48",
         "evaluate.latency_batch=16", "evaluate.latency_runs=2", "evaluate.latency_warmup=1",
         "promote.max_metric_drop=100",
     )
@@ -203,10 +203,17 @@ class OVORRecipe(Recipe):
         model.to(device)
         oneprompt = copy.deepcopy(model)  # same backbone, same initial prompt and head
         stream = Stream(self.tasks(cfg), data.x_train, data.y_train, data.x_val, data.y_val)  # val: CONTRACT19 §1
-        traces = run_stream(model, stream, cfg.stream, cfg.vor, reporter, torch.Generator().manual_seed(cfg.seed),
-                            random_translate, metric_prefix=f"{OVOR}_")
-        traces |= run_stream(oneprompt, stream, cfg.stream, None, reporter, torch.Generator().manual_seed(cfg.seed),
-                             random_translate, metric_prefix=f"{ONEPROMPT}_")
+        ovor = run_stream(model, stream, cfg.stream, cfg.vor, reporter, torch.Generator().manual_seed(cfg.seed),
+                          random_translate, metric_prefix=f"{OVOR}_")
+        traces = ovor.traces | run_stream(oneprompt, stream, cfg.stream, None, reporter,
+                                          torch.Generator().manual_seed(cfg.seed), random_translate,
+                                          metric_prefix=f"{ONEPROMPT}_").traces
+        # The phase-(d) schedule the run kept on val, and OVOR's val A_N under every candidate.
+        metrics["phase_d.kept"] = float(cfg.vor.head_schedules.index(ovor.schedule))
+        metrics |= {f"phase_d.candidate{i}.ovor_val_a_n": a for i, a in enumerate(ovor.schedule_a_n)}
+        reporter.log_table("phase_d_schedules", [
+            {"candidate": i, "schedule": schedule.label(), "ovor_val_a_n": a, "kept": schedule == ovor.schedule}
+            for i, (schedule, a) in enumerate(zip(cfg.vor.head_schedules, ovor.schedule_a_n))])
         for name, trace in traces.items():
             metrics |= {f"{name}.{k}": v for k, v in trace.summary().items()}
             metrics |= {f"{name}.acc_after{t}_task{j}": float(trace.matrix[t, j])
@@ -271,7 +278,8 @@ class OVORRecipe(Recipe):
                     **timing}
 
         one_pass = {"macs_per_image": dense_macs, "macs_ratio": 1.0}  # the parent's architecture, one pass
-        parent = scored(OVOR, "parent", "ovor", _vor_knobs(cfg.vor), dense, measured(dense) | {
+        kept = cfg.vor.head_schedules[int(trained["phase_d.kept"])]  # chosen on val by train
+        parent = scored(OVOR, "parent", "ovor", _vor_knobs(cfg.vor, kept), dense, measured(dense) | {
             "macs_two_pass_per_image": two_pass_macs, "one_pass_macs_ratio": dense_macs / two_pass_macs})
         variants = [VariantResult("ovor_dense", parent.role, parent.method, parent.knobs, parent.metrics,
                                   parent.per_item)]
@@ -287,7 +295,7 @@ class OVORRecipe(Recipe):
                                {"schedule": f"prompts + head for {cfg.stream.prompt_epochs + cfg.stream.vor_epochs:g} "
                                             "epochs per task"}, models.companions[ONEPROMPT], one_pass))
         for ablation in cfg.vor.ablations:
-            variants.append(scored(ablation.name, "ablation", "ovor", _vor_knobs(cfg.vor.resolved(ablation)),
+            variants.append(scored(ablation.name, "ablation", "ovor", _vor_knobs(cfg.vor.resolved(ablation), kept),
                                    models.companions[ablation.name], one_pass))
         compare_to_parent(variants, self.primary_metric)
         table = [{"variant": v.name, "role": v.role, **{k: round(float(m), 6) for k, m in v.metrics.items()}}
@@ -322,9 +330,9 @@ def _with_head(model: OnePromptViT, trace: VariantTrace) -> OnePromptViT:
     return variant
 
 
-def _vor_knobs(vor: VORConfig) -> dict[str, Any]:
+def _vor_knobs(vor: VORConfig, schedule: HeadSchedule) -> dict[str, Any]:
     return {"outlier_center": vor.outlier_center, "vor_weight": vor.weight, "thresholds": vor.thresholds,
-            "tau_id": vor.tau_id, "tau_ood": vor.tau_ood, "head_passes": vor.head_passes, "head_lr": vor.head_lr}
+            "tau_id": vor.tau_id, "tau_ood": vor.tau_ood, "head_passes": schedule.passes, "head_lr": schedule.lr}
 
 
 def _heatmap_figure(traces: dict[str, VariantTrace]) -> Any:

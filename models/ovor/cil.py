@@ -55,6 +55,23 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class HeadSchedule:
+    """Phase (d)'s schedule (head only, on stored features). passes: over each epoch's stored features (1 = the
+    official schedule; more = more head steps at no backbone cost). lr: peak of a fresh cosine to 0 over phase (d);
+    None = the official tail of the task's E1 + E2 cosine."""
+
+    passes: int = 1
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "passes")
+        positive(self, "lr")
+
+    def label(self) -> str:
+        return f"{self.passes} pass(es), " + ("official cosine tail" if self.lr is None else f"fresh cosine from {self.lr:g}")
+
+
+@dataclass(frozen=True)
 class VORAblation:
     """A VOR setting run beside the method in the same stream; None = the method's value."""
 
@@ -62,8 +79,6 @@ class VORAblation:
     outlier_center: str | None = None
     weight: float | None = None
     thresholds: str | None = None
-    head_passes: int | None = None
-    head_lr: float | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
@@ -73,8 +88,6 @@ class VORAblation:
         one_of(self, "outlier_center", OUTLIER_CENTERS)
         non_negative(self, "weight")
         one_of(self, "thresholds", THRESHOLD_RULES)
-        at_least(self, 1, "head_passes")
-        positive(self, "head_lr")
 
 
 @dataclass(frozen=True)
@@ -97,20 +110,20 @@ class VORConfig:
     num_per_class: int = 20
     cov: float = 0.1
     outlier_center: str = "boundary"  # the method's centre
-    # Phase (d)'s schedule. head_passes: passes over each epoch's stored features (1 = the official schedule; more =
-    # more head steps at no backbone cost). head_lr: peak lr of a fresh cosine to 0 over phase (d); None = the
-    # official tail of the task's E1 + E2 cosine.
-    head_passes: int = 1
-    head_lr: float | None = None
+    # Phase (d)'s schedule: one = fixed; several = every variant is trained at each and the run keeps the one under
+    # which OVOR's A_N on the stream's evaluation split (val) is highest, for every variant.
+    head_schedules: tuple[HeadSchedule, ...] = (HeadSchedule(),)
     ablations: tuple[VORAblation, ...] = ()  # run in the same stream (head-only, sharing phase (a))
 
     def __post_init__(self) -> None:
         non_negative(self, "weight")
         one_of(self, "thresholds", THRESHOLD_RULES)
-        positive(self, "calib_quantile", "gap", "cov", "head_lr")
+        positive(self, "calib_quantile", "gap", "cov")
         below(self, 1, "calib_quantile")
-        at_least(self, 1, "k", "select", "sample_from", "num_per_class", "head_passes")
+        at_least(self, 1, "k", "select", "sample_from", "num_per_class")
         one_of(self, "outlier_center", OUTLIER_CENTERS)
+        if not self.head_schedules:
+            raise ValueError("head_schedules must hold at least one schedule")
 
     def resolved(self, ablation: VORAblation) -> VORConfig:
         """This config with the ablation's overrides."""
@@ -301,21 +314,21 @@ def train_prompt_and_head(model: OnePromptViT, x_task: torch.Tensor, y_task: tor
     return step
 
 
-def train_head_with_vor(head: nn.Linear, vor: VORConfig, epoch_feats: list[torch.Tensor], y_task: torch.Tensor,
-                        task_classes: torch.Tensor, thresholds: tuple[float, float], cfg: StreamConfig,
-                        generator: torch.Generator) -> torch.Tensor | None:
+def train_head_with_vor(head: nn.Linear, vor: VORConfig, schedule: HeadSchedule, epoch_feats: list[torch.Tensor],
+                        y_task: torch.Tensor, task_classes: torch.Tensor, thresholds: tuple[float, float],
+                        cfg: StreamConfig, generator: torch.Generator) -> torch.Tensor | None:
     """OVOR's phase (d): the head alone on masked CE + VOR (lambda = vor.weight; 0 = CE only) over each epoch's
-    stored features (E2 tensors (n, D)), `vor.head_passes` passes each. Returns the last outliers drawn (None
+    stored features (E2 tensors (n, D)), `schedule.passes` passes each. Returns the last outliers drawn (None
     without VOR)."""
     use_vor = vor.weight > 0
     n_batches = math.ceil(len(y_task) / cfg.batch_size)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
     tau_id, tau_ood = thresholds
     total_epochs = cfg.prompt_epochs + cfg.vor_epochs
-    d_total = len(epoch_feats) * vor.head_passes * n_batches
+    d_total = len(epoch_feats) * schedule.passes * n_batches
     d_step = 0
     outliers = None
-    for feats in [f for f in epoch_feats for _ in range(vor.head_passes)]:
+    for feats in [f for f in epoch_feats for _ in range(schedule.passes)]:
         if use_vor:
             outliers = synthesize_outliers(feats, vor.num_per_class * len(task_classes), vor.k, vor.select,
                                            vor.sample_from, vor.cov, vor.outlier_center,  # type: ignore[arg-type]
@@ -325,10 +338,10 @@ def train_head_with_vor(head: nn.Linear, vor: VORConfig, epoch_feats: list[torch
         order = torch.randperm(len(feats), generator=generator)
         for b, i in enumerate(range(0, len(order), cfg.batch_size)):
             idx = order[i:i + cfg.batch_size]
-            if vor.head_lr is None:  # the official schedule: the tail of the task's E1 + E2 cosine
-                lr = _cosine(cfg.lr, (cfg.prompt_epochs + d_step / (vor.head_passes * n_batches)) / total_epochs)
+            if schedule.lr is None:  # the official schedule: the tail of the task's E1 + E2 cosine
+                lr = _cosine(cfg.lr, (cfg.prompt_epochs + d_step / (schedule.passes * n_batches)) / total_epochs)
             else:
-                lr = _cosine(vor.head_lr, d_step / d_total)
+                lr = _cosine(schedule.lr, d_step / d_total)
             for g in opt.param_groups:
                 g["lr"] = lr
             logits = head(feats[idx])
@@ -344,22 +357,35 @@ def train_head_with_vor(head: nn.Linear, vor: VORConfig, epoch_feats: list[torch
     return outliers
 
 
+@dataclass
+class StreamResult:
+    """The variants of one stream at the kept phase-(d) schedule, and OVOR's A_N on the evaluation split under each
+    candidate schedule (empty for OnePrompt, which has no phase (d))."""
+
+    traces: dict[str, VariantTrace]
+    schedule: HeadSchedule | None = None
+    schedule_a_n: list[float] = field(default_factory=list)
+
+
 def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamConfig, vor: VORConfig | None, reporter: Reporter,
                generator: torch.Generator, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
-               metric_prefix: str = "") -> dict[str, VariantTrace]:
+               metric_prefix: str = "") -> StreamResult:
     """Trains `model` (prompts + its head) over the stream in place and returns every variant's trace, measured on
     `stream.x_eval` after each task.
 
     vor None: OnePrompt's schedule, prompts + head for E1 + E2 epochs per task; one variant, "oneprompt".
-    vor given: OVOR's schedule, phase (a) for E1 epochs, then phase (d) per head variant: "ovor" and one per
-    `vor.ablations`. On return `model.head` is the "ovor" head.
+    vor given: OVOR's schedule, phase (a) for E1 epochs, then phase (d) per head variant ("ovor" and one per
+    `vor.ablations`) and per candidate of `vor.head_schedules`; the candidate under which "ovor" ends with the
+    highest A_N on `stream.x_eval` is kept for every variant (phase (d) never changes the prompt, so the candidates
+    share everything else). On return `model.head` is the kept "ovor" head.
     """
     device = next(model.parameters()).device
+    schedules = (None,) if vor is None else vor.head_schedules
     settings: dict[str, VORConfig | None] = {ONEPROMPT: None} if vor is None else dict(vor.variants())
-    names = list(settings)
+    keys = [(n, s) for s in range(len(schedules)) for n in settings]
     T = len(stream.tasks)
-    traces = {n: VariantTrace(n, np.full((T, T), np.nan)) for n in names}
-    heads = {n: copy.deepcopy(model.head) for n in names}
+    traces = {key: VariantTrace(key[0], np.full((T, T), np.nan)) for key in keys}
+    heads = {key: copy.deepcopy(model.head) for key in keys}
     task_of = {c: t for t, classes in enumerate(stream.tasks) for c in classes}
     model.freeze_backbone()
     aug = (lambda xb: augment(xb, generator)) if augment is not None else None
@@ -367,7 +393,7 @@ def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamConfig, vor: VORC
     prompt_epochs = total_epochs if vor is None else cfg.prompt_epochs
     step = 0
     seen: list[int] = []
-    fixed: dict[str, tuple[float, float, str]] = {}
+    fixed: dict[tuple[str, int], tuple[float, float, str]] = {}
     for t, classes in enumerate(stream.tasks):
         seen += classes
         task_classes = torch.tensor(classes, device=device)
@@ -375,48 +401,52 @@ def run_stream(model: OnePromptViT, stream: Stream, cfg: StreamConfig, vor: VORC
         step = train_prompt_and_head(model, x_task, y_task, task_classes, prompt_epochs, total_epochs, cfg, reporter,
                                      generator, aug, metric_prefix, step)
         with torch.no_grad():
-            for n in names:  # the task's rows into every variant's head; phase (a) wrote no other rows
-                heads[n].weight[task_classes] = model.head.weight[task_classes]
-                heads[n].bias[task_classes] = model.head.bias[task_classes]
+            for key in keys:  # the task's rows into every variant's head; phase (a) wrote no other rows
+                heads[key].weight[task_classes] = model.head.weight[task_classes]
+                heads[key].bias[task_classes] = model.head.bias[task_classes]
 
         if vor is not None:  # (b)-(d) per variant, on features re-extracted with augmentation at each VOR epoch
             epoch_feats = [extract_features(model, x_task, cfg.eval_batch_size, aug) for _ in range(cfg.vor_epochs)]
             plain = extract_features(model, x_task, cfg.eval_batch_size)
             y_dev = y_task.to(device)
-            for n in names:
-                v_cfg = settings[n]
+            for key in keys:
+                v_cfg, head, trace = settings[key[0]], heads[key], traces[key]
                 assert v_cfg is not None
-                if v_cfg.weight > 0 and (t == 0 or v_cfg.calibrate_per_task or n not in fixed):
+                if v_cfg.weight > 0 and (t == 0 or v_cfg.calibrate_per_task or key not in fixed):
                     with torch.no_grad():
-                        fixed[n] = _thresholds(v_cfg, energy(heads[n](plain), task_classes))
-                tau_id, tau_ood, how = fixed.get(n, (math.nan, math.nan, "none"))
-                outliers = train_head_with_vor(heads[n], v_cfg, epoch_feats, y_dev, task_classes, (tau_id, tau_ood),
-                                               cfg, generator)
+                        fixed[key] = _thresholds(v_cfg, energy(head(plain), task_classes))
+                tau_id, tau_ood, how = fixed.get(key, (math.nan, math.nan, "none"))
+                outliers = train_head_with_vor(head, v_cfg, schedules[key[1]], epoch_feats, y_dev, task_classes,
+                                               (tau_id, tau_ood), cfg, generator)
                 if outliers is not None:
                     with torch.no_grad():
-                        e_id = energy(heads[n](plain), task_classes)
-                        e_ood = energy(heads[n](outliers), task_classes)
-                    traces[n].thresholds.append((tau_id, tau_ood, how))
-                    traces[n].id_below_tau.append(100.0 * float((e_id <= tau_id).float().mean()))
-                    traces[n].ood_above_tau.append(100.0 * float((e_ood >= tau_ood).float().mean()))
+                        e_id = energy(head(plain), task_classes)
+                        e_ood = energy(head(outliers), task_classes)
+                    trace.thresholds.append((tau_id, tau_ood, how))
+                    trace.id_below_tau.append(100.0 * float((e_id <= tau_id).float().mean()))
+                    trace.ood_above_tau.append(100.0 * float((e_ood >= tau_ood).float().mean()))
 
         # Every variant on the evaluation images of the tasks seen so far, over the seen classes.
         eval_mask = torch.isin(stream.y_eval, torch.tensor(seen))
         feats = extract_features(model, stream.x_eval[eval_mask], cfg.eval_batch_size)
         y_seen = stream.y_eval[eval_mask].numpy()
         seen_t = torch.tensor(seen, device=device)
-        for n in names:
+        for key in keys:
             with torch.no_grad():
-                pred = seen_t[heads[n](feats)[:, seen_t].argmax(-1)].cpu().numpy()
+                pred = seen_t[heads[key](feats)[:, seen_t].argmax(-1)].cpu().numpy()
             for j in range(t + 1):
                 in_j = np.isin(y_seen, stream.tasks[j])
-                traces[n].matrix[t, j] = 100.0 * float((pred[in_j] == y_seen[in_j]).mean())
+                traces[key].matrix[t, j] = 100.0 * float((pred[in_j] == y_seen[in_j]).mean())
             if t == T - 1:
-                traces[n].confusion_share, traces[n].inter_task_error = cross_task_confusion(pred, y_seen, task_of)
+                traces[key].confusion_share, traces[key].inter_task_error = cross_task_confusion(pred, y_seen, task_of)
         reporter.progress(t + 1, T, f"{metric_prefix}tasks")
 
+    main = ONEPROMPT if vor is None else OVOR
+    schedule_a_n = [average_accuracy(traces[(main, s)].matrix) for s in range(len(schedules))]
+    kept = int(np.argmax(schedule_a_n))  # the first of equals: candidates are listed from the official schedule on
     with torch.no_grad():
-        model.head.load_state_dict(heads[names[0]].state_dict())
-    for n in names:
-        traces[n].head = heads[n]
-    return traces
+        model.head.load_state_dict(heads[(main, kept)].state_dict())
+    for key in keys:
+        traces[key].head = heads[key]
+    return StreamResult({n: traces[(n, kept)] for n in settings}, schedules[kept],
+                        schedule_a_n if vor is not None else [])
