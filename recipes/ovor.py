@@ -1,11 +1,13 @@
 """OVOR — OnePrompt with Virtual Outlier Regularization (Huang, Chen, Hsu; ICLR 2024), as a paperops recipe.
 
-One run: pre-train a tiny ViT on glyph classes disjoint from the stream (Latin/Greek/Cyrillic letters rendered
-from matplotlib's DejaVu fonts), freeze it, then learn the class-incremental stream (MNIST-5k, 5 tasks x 2
-digits) rehearsal-free with one shared prefix prompt: OVOR (VOR with boundary-centred outliers, the method), the
-same run's OnePrompt without VOR (baseline) and VOR with origin-centred outliers (the official code; ablation),
-over the configured class-order seeds. The registered parent is seed 0's OVOR model; the registered method version
-is that model with PPT (models/ppt.py) on its prompted backbone, the prefix K/V tokens kept.
+One run, one seed (the class order: seed 0 keeps the natural order): pre-train a tiny ViT on glyph classes
+disjoint from the stream (Latin/Greek/Cyrillic letters rendered from matplotlib's DejaVu fonts), freeze it, then
+learn the class-incremental stream (MNIST-5k, 5 tasks x 2 digits) rehearsal-free with one shared prefix prompt,
+twice from the same initial prompt and head: OVOR (the method: phase (a), then the head-only VOR phase (d)) and
+OnePrompt with the official schedule (baseline: prompts + head for the task's whole epoch budget). OVOR's VOR
+ablations share its phase (a). Training measures the stream on val; the OnePrompt model and every ablation are
+companions, scored with the parent on the test split in evaluate. The registered parent is the OVOR model; the
+method version is that model with PPT (models/ppt.py) on its prompted backbone, the prefix K/V tokens kept.
 """
 from __future__ import annotations
 
@@ -27,16 +29,16 @@ from models import ppt
 from models.common.classifier import TrainConfig, predict_logits, top1_accuracy, train_classifier
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from recipes.base import (
-    CompressionResult, DataSection, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig,
-    RunModels, Section, VariantResult, compare_to_parent, TrainResult, register_recipe, seed_everything,
+    Companion, CompressionResult, DataSection, Evaluation, Headline, LatencySection, PaperFigure, Recipe,
+    RecipeConfig, RunModels, Section, VariantResult, compare_to_parent, TrainResult, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.ovor.cil import (
-    BASELINE, METHOD, Stream, StreamConfig, VORConfig, class_order, cross_task_confusion, extract_features,
-    run_stream, split_tasks,
+    ONEPROMPT, OVOR, HeadSchedule, Stream, StreamConfig, VariantTrace, VORConfig, class_order, extract_features,
+    final_scores, run_stream, split_tasks,
 )
 from models.ovor.model import (
-    BackboneConfig, OnePromptViT, PromptConfig, PromptedAttention, TwoPassPromptViT, init_prompt, prompts_disabled,
+    BackboneConfig, OnePromptViT, PromptConfig, TwoPassPromptViT, prompts_disabled,
 )
 from models.common.vit import images_to_input, random_translate
 from data.images import SPLITS, ImageDataset, load_image_dataset
@@ -82,24 +84,14 @@ class OVORData:
     glyph_y_val: torch.Tensor | None = None
 
 
-def _ci95(values: list[float]) -> float:
-    return 1.96 * float(np.std(values, ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-
-
 def final_task_metrics(model: nn.Module, x: torch.Tensor, y_true: torch.Tensor,
-                       tasks: list[list[int]]) -> dict[str, float]:
-    """A_N (mean over tasks of the final per-task accuracy over all seen classes) and cross-task confusion, on the
-    images `x` (N, 1, S, S) with labels `y_true` (N,)."""
+                       tasks: list[list[int]]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """A_N (mean over tasks of the final per-task accuracy over all seen classes), top-1 and cross-task confusion
+    on the images `x` (N, 1, S, S) with labels `y_true` (N,), and their per-image scores in the images' order."""
     logits = predict_logits(model, x)
     seen = torch.tensor([c for task in tasks for c in task])
     pred = seen[logits[:, seen].argmax(-1)].numpy()
-    y = y_true.numpy()
-    per_task = [100.0 * float((pred[np.isin(y, t)] == y[np.isin(y, t)]).mean()) for t in tasks]
-    share, rate = cross_task_confusion(pred, y, {c: i for i, t in enumerate(tasks) for c in t})
-    out = {"a_n": float(np.mean(per_task)), "top1": 100.0 * float((pred == y).mean()),
-           "confusion_share": share, "inter_task_error": rate}
-    out |= {f"final_acc_task{j}": a for j, a in enumerate(per_task)}
-    return out
+    return final_scores(pred, y_true.numpy(), tasks)
 
 
 @register_recipe
@@ -118,15 +110,15 @@ class OVORRecipe(Recipe):
                     higher_is_better=False),
     )
 
-    headline = Headline("a_n", "ovor_dense", BASELINE, None,
-                        "A_N over 5 tasks, seed 0; paper: OVOR ~ CODA-P (75.45 on 10-task ImageNet-R) and OnePrompt "
+    headline = Headline("a_n", "ovor_dense", ONEPROMPT, None,
+                        "A_N over 5 tasks; paper: OVOR ~ CODA-P (75.45 on 10-task ImageNet-R) and OnePrompt "
                         "without VOR ~1-2 points lower [vision.md §3.3, from memory, unverified]")
     summary_columns = (("a_n", "A_N %", 1.0), ("top1", "top-1 %", 1.0), ("macs_per_image", "MMACs/img", 1e-6),
                        ("macs_ratio", "MACs ×", 1.0))
     macs_per_item_metric = "macs_per_image"
     smoke_overrides = (
         "pretrain.train.epochs=0.05",
-        "stream.seeds=[0]", "stream.prompt_epochs=0.5", "stream.vor_passes=2", "stream.max_train_per_class=48",
+        "stream.prompt_epochs=0.5", "stream.max_train_per_class=48",
         "evaluate.latency_batch=16", "evaluate.latency_runs=2", "evaluate.latency_warmup=1",
         "promote.max_metric_drop=100",
     )
@@ -166,9 +158,10 @@ class OVORRecipe(Recipe):
         total = cfg.stream.num_tasks * cfg.stream.classes_per_task
         return OnePromptViT(cfg.model, cfg.prompt, total, generator).eval()
 
-    def tasks(self, cfg: OVORRecipeConfig, seed: int) -> list[list[int]]:
+    def tasks(self, cfg: OVORRecipeConfig) -> list[list[int]]:
+        """The run's class order (seed 0: natural order; others shuffled, as the official code's repeats)."""
         total = cfg.stream.num_tasks * cfg.stream.classes_per_task
-        return split_tasks(class_order(total, seed), cfg.stream.num_tasks, cfg.stream.classes_per_task)
+        return split_tasks(class_order(total, cfg.seed), cfg.stream.num_tasks, cfg.stream.classes_per_task)
 
     # ------------------------------------------------------------------------------------------- train
 
@@ -202,59 +195,44 @@ class OVORRecipe(Recipe):
         return metrics
 
     def train(self, model: nn.Module, data: OVORData, cfg: OVORRecipeConfig, reporter: Reporter) -> TrainResult:
+        """OVOR on `model` (the parent) and OnePrompt with the official schedule on a copy that starts from the same
+        prompt and head; both streams measured on val after each task."""
         assert isinstance(model, OnePromptViT)
         metrics = self.pretrain(model, data, cfg, reporter)
         device = next(model.parameters()).device
-        pretrained = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        per_seed: dict[str, dict[str, list[float]]] = {}
-        matrices: dict[str, list[np.ndarray]] = {}
-        threshold_rows: list[dict[str, Any]] = []
-        for i, seed in enumerate(cfg.stream.seeds):
-            if i == 0:
-                learner = model  # seed 0's model is the one registered
-            else:
-                learner = copy.deepcopy(model)
-                learner.load_state_dict(pretrained)
-                generator = torch.Generator().manual_seed(seed)
-                for attn in (m for m in learner.modules() if isinstance(m, PromptedAttention)):
-                    attn.prompt.data = init_prompt(*attn.prompt.shape, cfg.prompt.init, generator)
-                learner.head.reset_parameters()
-            learner.to(device)
-            # val, not test: CONTRACT19 §1
-            stream = Stream(self.tasks(cfg, seed), data.x_train, data.y_train, data.x_val, data.y_val)
-            generator = torch.Generator().manual_seed(cfg.seed * 1000 + seed)
-            traces = run_stream(learner, stream, cfg.stream, cfg.vor, reporter, generator,
-                                random_translate, metric_prefix=f"seed{seed}_")
-            for name, trace in traces.items():
-                prefix = name
-                for k, v in trace.summary().items():
-                    per_seed.setdefault(prefix, {}).setdefault(k, []).append(v)
-                matrices.setdefault(prefix, []).append(trace.matrix)
-                for t, (tau_id, tau_ood, how) in enumerate(trace.thresholds):
-                    threshold_rows.append({"seed": seed, "variant": prefix, "task": t, "tau_id": tau_id,
-                                           "tau_ood": tau_ood, "how": how,
-                                           "id_energy_below_tau_id_pct": trace.id_below_tau[t],
-                                           "outlier_energy_above_tau_ood_pct": trace.ood_above_tau[t]})
-        for prefix, values in per_seed.items():
-            for k, vs in values.items():
-                metrics[f"{prefix}.{k}"] = float(np.mean(vs))
-                metrics[f"{prefix}.{k}_seed0"] = float(vs[0])
-                if k in ("a_n", "f_n", "confusion_share", "inter_task_error"):
-                    metrics[f"{prefix}.{k}_ci95"] = _ci95(vs)
-            mean_matrix = _mean_matrix(matrices[prefix])
-            for t in range(mean_matrix.shape[0]):
-                for j in range(t + 1):
-                    metrics[f"{prefix}.acc_after{t}_task{j}"] = float(mean_matrix[t, j])
-        for k in ("a_n", "confusion_share", "inter_task_error", "f_n"):
-            diffs = [a - b for a, b in zip(per_seed[METHOD][k], per_seed[BASELINE][k])]
-            metrics[f"vor_gain.{k}"] = float(np.mean(diffs))
-            metrics[f"vor_gain.{k}_ci95"] = _ci95(diffs)
-        metrics["stream.seeds"] = float(len(cfg.stream.seeds))
-        reporter.log_table("vor_thresholds", threshold_rows)
+        model.to(device)
+        oneprompt = copy.deepcopy(model)  # same backbone, same initial prompt and head
+        stream = Stream(self.tasks(cfg), data.x_train, data.y_train, data.x_val, data.y_val)  # val: CONTRACT19 §1
+        ovor = run_stream(model, stream, cfg.stream, cfg.vor, reporter, torch.Generator().manual_seed(cfg.seed),
+                          random_translate, metric_prefix=f"{OVOR}_")
+        traces = ovor.traces | run_stream(oneprompt, stream, cfg.stream, None, reporter,
+                                          torch.Generator().manual_seed(cfg.seed), random_translate,
+                                          metric_prefix=f"{ONEPROMPT}_").traces
+        # The phase-(d) schedule the run kept on val, and OVOR's val A_N under every candidate.
+        metrics["phase_d.kept"] = float(cfg.vor.head_schedules.index(ovor.schedule))
+        metrics |= {f"phase_d.candidate{i}.ovor_val_a_n": a for i, a in enumerate(ovor.schedule_a_n)}
+        reporter.log_table("phase_d_schedules", [
+            {"candidate": i, "schedule": schedule.label(), "ovor_val_a_n": a, "kept": schedule == ovor.schedule}
+            for i, (schedule, a) in enumerate(zip(cfg.vor.head_schedules, ovor.schedule_a_n))])
+        for name, trace in traces.items():
+            metrics |= {f"{name}.{k}": v for k, v in trace.summary().items()}
+            metrics |= {f"{name}.acc_after{t}_task{j}": float(trace.matrix[t, j])
+                        for t in range(trace.matrix.shape[0]) for j in range(t + 1)}
+        for k in ("a_n", "f_n", "confusion_share", "inter_task_error"):
+            metrics[f"vor_gain.{k}"] = metrics[f"{OVOR}.{k}"] - metrics[f"{ONEPROMPT}.{k}"]
+        reporter.log_table("vor_thresholds", [
+            {"variant": name, "task": t, "tau_id": tau_id, "tau_ood": tau_ood, "how": how,
+             "id_energy_below_tau_id_pct": trace.id_below_tau[t],
+             "outlier_energy_above_tau_ood_pct": trace.ood_above_tau[t]}
+            for name, trace in traces.items() for t, (tau_id, tau_ood, how) in enumerate(trace.thresholds)])
         reporter.log_table("accuracy_matrices", [
-            {"variant": p, "after_task": t, **{f"task{j}": round(float(m[t, j]), 3) for j in range(t + 1)}}
-            for p, ms in matrices.items() for m in [_mean_matrix(ms)] for t in range(m.shape[0])])
-        return TrainResult(metrics)
+            {"variant": name, "after_task": t, **{f"task{j}": round(float(trace.matrix[t, j]), 3) for j in range(t + 1)}}
+            for name, trace in traces.items() for t in range(trace.matrix.shape[0])])
+        reporter.log_figure("accuracy_matrix_val", _heatmap_figure(traces))
+        companions = {ONEPROMPT: Companion(oneprompt)}
+        for ablation in cfg.vor.ablations:
+            companions[ablation.name] = Companion(_with_head(model, traces[ablation.name]))
+        return TrainResult(metrics, companions)
 
     # ---------------------------------------------------------------------------------------- compress
 
@@ -264,7 +242,7 @@ class OVORRecipe(Recipe):
         trc = cfg.compress.reduction_config(int(model.backbone.patch_embed.num_patches))
         # val, not test: CONTRACT19 §1 (the calibration batch and the metrics)
         ppt.compress(model.backbone, trc, calib=data.x_val[:8].to(next(model.parameters()).device))
-        metrics = final_task_metrics(model, data.x_val, data.y_val, self.tasks(cfg, cfg.stream.seeds[0]))
+        metrics, _ = final_task_metrics(model, data.x_val, data.y_val, self.tasks(cfg))
         return CompressionResult(model=model, method="ppt", knobs=ppt_knobs(trc), metrics=metrics)
 
     def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
@@ -277,62 +255,58 @@ class OVORRecipe(Recipe):
     # ---------------------------------------------------------------------------------------- evaluate
 
     def evaluate(self, models: RunModels, data: OVORData, cfg: OVORRecipeConfig, reporter: Reporter) -> Evaluation:
-        dense, compressed, trained = models.dense, models.compressed, dict(models.train_metrics)
-        tasks = self.tasks(cfg, cfg.stream.seeds[0])
+        """Every model of the run on the test split after the last task: the OVOR parent and its PPT version
+        (with cost and latency), OnePrompt and each VOR ablation (one pass of the parent's architecture)."""
+        dense, compressed, trained = models.dense, models.compressed, models.train_metrics
+        tasks = self.tasks(cfg)
         batch = data.x_test[: cfg.evaluate.latency_batch].to(next(dense.parameters()).device)
         dense_macs = count_macs(dense, batch) / len(batch)
         two_pass_macs = count_macs(TwoPassPromptViT(dense), batch) / len(batch)
 
+        def scored(name: str, role: str, method: str, knobs: dict[str, Any], model: nn.Module,
+                   extra: dict[str, float]) -> VariantResult:
+            metrics, per_item = final_task_metrics(model, data.x_test, data.y_test, tasks)
+            for k in ("f_n", "id_below_tau_pct", "ood_above_tau_pct"):  # of the stream as measured on val
+                if f"{name}.{k}" in trained:
+                    metrics[f"val_{k}"] = trained[f"{name}.{k}"]
+            return VariantResult(name, role, method, knobs, metrics | extra, per_item)
+
         def measured(model: nn.Module) -> dict[str, float]:
             macs = count_macs(model, batch) / len(batch)
             timing = measure_latency(model, batch, runs=cfg.evaluate.latency_runs, warmup=cfg.evaluate.latency_warmup)
-            return {**final_task_metrics(model, data.x_test, data.y_test, tasks), "macs_per_image": macs,
-                    "macs_ratio": macs / dense_macs,
-                    "size_bytes": float(size_on_disk(model)), **timing}
+            return {"macs_per_image": macs, "macs_ratio": macs / dense_macs, "size_bytes": float(size_on_disk(model)),
+                    **timing}
 
-        def from_training(prefix: str) -> dict[str, float]:
-            """A trained-only variant's figures (same seed-0 stream as the parent) and its seed statistics."""
-            out = {"a_n": trained.get(f"{prefix}.a_n_seed0", math.nan)}
-            for k in ("f_n", "confusion_share", "inter_task_error", "id_below_tau_pct", "ood_above_tau_pct"):
-                if f"{prefix}.{k}_seed0" in trained:
-                    out[k] = trained[f"{prefix}.{k}_seed0"]
-            for k in ("a_n", "f_n", "confusion_share", "inter_task_error"):
-                if f"{prefix}.{k}" in trained:
-                    out[f"{k}_seed_mean"] = trained[f"{prefix}.{k}"]
-                    out[f"{k}_seed_ci95"] = trained.get(f"{prefix}.{k}_ci95", 0.0)
-            # Same architecture and one pass: the parent's cost.
-            return out | {"macs_per_image": dense_macs, "macs_ratio": 1.0}
-
-        parent = measured(dense) | {k: v for k, v in from_training(METHOD).items() if k not in ("a_n", "macs_per_image",
-                                                                                               "macs_ratio")}
-        parent |= {"macs_two_pass_per_image": two_pass_macs, "one_pass_macs_ratio": dense_macs / two_pass_macs}
-        parent["a_n_trained_seed0"] = trained.get(f"{METHOD}.a_n_seed0", math.nan)
-        knobs_dense = _vor_knobs(cfg.vor)
-        variants = [VariantResult("ovor_dense", "parent", "ovor", knobs_dense, parent)]
+        one_pass = {"macs_per_image": dense_macs, "macs_ratio": 1.0}  # the parent's architecture, one pass
+        kept = cfg.vor.head_schedules[int(trained["phase_d.kept"])]  # chosen on val by train
+        parent = scored(OVOR, "parent", "ovor", _vor_knobs(cfg.vor, kept), dense, measured(dense) | {
+            "macs_two_pass_per_image": two_pass_macs, "one_pass_macs_ratio": dense_macs / two_pass_macs})
+        variants = [VariantResult("ovor_dense", parent.role, parent.method, parent.knobs, parent.metrics,
+                                  parent.per_item)]
         if compressed is not None:
             trc = ppt.current_config(compressed.backbone)
             ppt.reset_reduction_stats(compressed.backbone)
-            metrics = measured(compressed)
+            ppt_variant = scored(OVOR, "method", "ppt", ppt_knobs(trc) if trc else {}, compressed, measured(compressed))
             for s in ppt.reduction_stats(compressed.backbone):
-                metrics[f"pool_fraction_block{s['block']}"] = float(s["pool_fraction"])
-            variants.append(VariantResult("ovor_ppt", "method", "ppt", ppt_knobs(trc) if trc else {}, metrics))
-        variants.append(VariantResult(BASELINE, "baseline", "oneprompt", {"vor_weight": 0.0},
-                                      from_training(BASELINE)))
+                ppt_variant.metrics[f"pool_fraction_block{s['block']}"] = float(s["pool_fraction"])
+            variants.append(VariantResult("ovor_ppt", ppt_variant.role, ppt_variant.method, ppt_variant.knobs,
+                                          ppt_variant.metrics, ppt_variant.per_item))
+        variants.append(scored(ONEPROMPT, "baseline", "oneprompt",
+                               {"schedule": f"prompts + head for {cfg.stream.prompt_epochs + cfg.stream.vor_epochs:g} "
+                                            "epochs per task"}, models.companions[ONEPROMPT], one_pass))
         for ablation in cfg.vor.ablations:
-            variants.append(VariantResult(ablation.name, "ablation", "ovor", _vor_knobs(cfg.vor.resolved(ablation)),
-                                          from_training(ablation.name)))
+            variants.append(scored(ablation.name, "ablation", "ovor", _vor_knobs(cfg.vor.resolved(ablation), kept),
+                                   models.companions[ablation.name], one_pass))
         compare_to_parent(variants, self.primary_metric)
         table = [{"variant": v.name, "role": v.role, **{k: round(float(m), 6) for k, m in v.metrics.items()}}
                  for v in variants]
-        return Evaluation(variants=variants, tables={"comparison": table},
-                          figures={"accuracy_matrix": _heatmap_figure(trained, cfg)})
+        return Evaluation(variants=variants, tables={"comparison": table})
 
     def our_figures(self, evaluation: Evaluation) -> dict[str, float]:
         by_name = {v.name: v.metrics for v in evaluation.variants}
         parent = by_name["ovor_dense"]
-        gain = parent.get("a_n_seed_mean", parent["a_n"]) - by_name[BASELINE].get("a_n_seed_mean",
-                                                                                  by_name[BASELINE]["a_n"])
-        return {"vor_gain_a_n_pts": gain, "one_pass_macs_ratio": parent["one_pass_macs_ratio"]}
+        return {"vor_gain_a_n_pts": parent["a_n"] - by_name[ONEPROMPT]["a_n"],
+                "one_pass_macs_ratio": parent["one_pass_macs_ratio"]}
 
     # ----------------------------------------------------------------------------------------- serving
 
@@ -348,42 +322,40 @@ class OVORRecipe(Recipe):
         cfg.compress.check_fits(self.architecture(cfg).backbone)  # building it checks the prompt blocks too
 
 
-def _mean_matrix(matrices: list[np.ndarray]) -> np.ndarray:
-    """Seed mean of accuracy matrices; the upper triangle (tasks not yet seen) stays NaN."""
-    stacked = np.stack(matrices)
-    return np.where(np.isnan(stacked[0]), np.nan, np.nan_to_num(stacked).mean(axis=0))
+def _with_head(model: OnePromptViT, trace: VariantTrace) -> OnePromptViT:
+    """`model` (prompts and backbone) with the head variant `trace` trained."""
+    variant = copy.deepcopy(model)
+    assert trace.head is not None
+    variant.head.load_state_dict(trace.head.state_dict())
+    return variant
 
 
-def _vor_knobs(vor: VORConfig) -> dict[str, Any]:
+def _vor_knobs(vor: VORConfig, schedule: HeadSchedule) -> dict[str, Any]:
     return {"outlier_center": vor.outlier_center, "vor_weight": vor.weight, "thresholds": vor.thresholds,
-            "tau_id": vor.tau_id, "tau_ood": vor.tau_ood}
+            "tau_id": vor.tau_id, "tau_ood": vor.tau_ood, "head_passes": schedule.passes, "head_lr": schedule.lr}
 
 
-def _heatmap_figure(trained: dict[str, float], cfg: OVORRecipeConfig) -> Any:
-    """Accuracy matrices (seed mean) of OVOR and OnePrompt without VOR side by side."""
-    T = cfg.stream.num_tasks
-    names = [METHOD, BASELINE] + [a.name for a in cfg.vor.ablations]
+def _heatmap_figure(traces: dict[str, VariantTrace]) -> Any:
+    """Every variant's accuracy matrix on val: row = after training task t, column = task evaluated."""
+    names = list(traces)
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False)
     for ax in axes.flat[len(names):]:
         ax.axis("off")
     for ax, name in zip(axes.flat, names):
-        m = np.full((T, T), np.nan)
-        for t in range(T):
-            for j in range(t + 1):
-                m[t, j] = trained.get(f"{name}.acc_after{t}_task{j}", np.nan)
+        m = traces[name].matrix
+        T = m.shape[0]
         im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis")
         for t in range(T):
             for j in range(t + 1):
-                if not np.isnan(m[t, j]):
-                    ax.text(j, t, f"{m[t, j]:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if m[t, j] < 60 else "black")
-        ax.set_title(f"{name}: A_N {trained.get(f'{name}.a_n', float('nan')):.1f}", fontsize=9)
+                ax.text(j, t, f"{m[t, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if m[t, j] < 60 else "black")
+        ax.set_title(f"{name}: val A_N {traces[name].summary()['a_n']:.1f}", fontsize=9)
         ax.set_xlabel("task evaluated")
         ax.set_ylabel("after training task")
         ax.set_xticks(range(T))
         ax.set_yticks(range(T))
-    fig.suptitle("CIL accuracy matrix (seed mean): row = after training task t, column = task evaluated")
+    fig.suptitle("CIL accuracy matrix on val: row = after training task t, column = task evaluated")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy (%)")
     return fig

@@ -1,7 +1,7 @@
 """OVOR through the real flow on a real Prefect API (prefect_test_harness) and a real MLflow registry, at smoke
 size: glyph pre-training of a few steps on the real dejavu_letters stage, a short 5-task stream on the real MNIST-5k
-stage, PPT on the prompted backbone, the OVOR parent and its PPT version registered, the baselines measured in the
-same run. OVOR trains on two datasets: both are prepared and validated, recorded and named in the lineage, and a
+stage, PPT on the prompted backbone, the OVOR parent and its PPT version registered, OnePrompt (official schedule)
+and the VOR ablations trained in the same run as companions and scored on the same test images in evaluate. OVOR trains on two datasets: both are prepared and validated, recorded and named in the lineage, and a
 failed suite on the second stops the flow before training. What every recipe's run must do is in
 test_recipe_smoke.py, on the same run."""
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -17,8 +18,8 @@ from recipes import get_recipe
 from settings import project_root, tracking_uri
 from tasks.validate import DataValidationError
 
-VARIANTS = {"ovor_dense", "ovor_ppt", "oneprompt", "ovor_origin", "ovor_paper_thresholds", "ovor_lambda1",
-            "ovor_lambda1_calibrated"}
+VARIANTS = {"ovor_dense", "ovor_ppt", "oneprompt", "ovor_lambda0", "ovor_origin", "ovor_paper_thresholds",
+            "ovor_lambda1", "ovor_lambda1_calibrated"}
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +64,34 @@ def test_baselines_and_ablations_are_measured_in_the_same_run(ovor_run):
     assert by_name["ovor_ppt"]["macs_ratio"] < 0.8
 
 
+def test_every_variant_is_scored_per_image_on_the_same_test_images(ovor_run):
+    """The paired statistics need the same 1,000 test digits in the same order for every model of the run."""
+    from data.images import load_image_dataset
+    from tasks.evidence import load_per_item
+
+    y_test = load_image_dataset(project_root() / "data" / "mnist5k").y_test
+    by_name = {v["variant"]: v for v in ovor_run["variants"]}
+    for name in VARIANTS:
+        scores = load_per_item(ovor_run["evaluation_run_id"], name)
+        assert set(scores) == {"a_n", "top1", "inter_task_error"}, name
+        assert all(len(x) == len(y_test) for x in scores.values()), name
+        # every task has the same number of test images: A_N per image is 100 * correct
+        assert np.array_equal(scores["a_n"], scores["top1"]) and np.isin(scores["top1"], (0.0, 100.0)).all()
+        assert scores["a_n"].mean() == pytest.approx(by_name[name]["a_n"])
+        assert scores["inter_task_error"].mean() == pytest.approx(by_name[name]["inter_task_error"])
+    assert [row["name"] for row in ovor_run["decisive"]] == ["vor_beats_oneprompt", "vor_cuts_cross_task_predictions"]
+
+
 def test_accuracy_matrix_heatmap_and_thresholds_are_logged(ovor_run):
     client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
     experiment = client.get_experiment_by_name("paperops-ovor")
-    evaluate = client.search_runs([experiment.experiment_id], "tags.`paperops.step` = 'evaluate'")[0]
-    figures = {a.path for a in client.list_artifacts(evaluate.info.run_id, "figures")}
-    assert "figures/accuracy_matrix.png" in figures
     train = client.search_runs([experiment.experiment_id], "tags.`paperops.step` = 'train'")[0]
-    assert "ovor.a_n" in train.data.metrics and "vor_gain.a_n" in train.data.metrics
-    assert "ovor.acc_after4_task0" in train.data.metrics
+    figures = {a.path for a in client.list_artifacts(train.info.run_id, "figures")}
+    assert "figures/accuracy_matrix_val.png" in figures
+    for name in ("ovor", "oneprompt", "ovor_lambda0"):  # the streams as measured on val
+        assert f"{name}.a_n" in train.data.metrics and f"{name}.acc_after4_task0" in train.data.metrics
+    assert train.data.metrics["vor_gain.a_n"] == pytest.approx(
+        train.data.metrics["ovor.a_n"] - train.data.metrics["oneprompt.a_n"])
     tables = {a.path for a in client.list_artifacts(train.info.run_id, "tables")}
     assert {"tables/vor_thresholds.json", "tables/accuracy_matrices.json"} <= tables
 

@@ -65,7 +65,7 @@ def test_bad_overrides_name_the_key(override, fragment):
     ("ovor", "vor.wieght=1", "vor.wieght: Unexpected keyword argument"),
     ("ovor", "vor.ablations=[{name: Bad}]", "vor.ablations.0: Value error, name must be lower-case"),
     ("ovor", "prompt.g_length=3", "prompt: Value error, g_length and e_length count keys + values and must be even"),
-    ("ovor", "stream.seeds=[]", "stream: Value error, seeds must hold at least one seed"),
+    ("ovor", "vor.head_schedules=[{passes: 0}]", "vor.head_schedules.0: Value error, passes must be >= 1, got 0"),
     ("ovor", "pretrain.train.label_smoothing=1", "pretrain.train: Value error, label_smoothing must be < 1, got 1.0"),
     ("feat", "meta.one_shot.gamma=2", "meta.one_shot: Value error, gamma must be <= 1, got 2.0"),
     ("feat", "model.adapter=protonet", "model: Value error, adapter must be one of ('feat', 'none'), got 'protonet'"),

@@ -15,8 +15,8 @@ from models import ppt
 from recipes import available_recipes, get_recipe
 from models.common.reporting import RecordingReporter
 from models.ovor.cil import (
-    Stream, StreamConfig, VORAblation, VORConfig, average_accuracy, average_forgetting, class_order,
-    cross_task_confusion, run_stream, split_tasks,
+    HeadSchedule, Stream, StreamConfig, VORAblation, VORConfig, average_accuracy, average_forgetting, class_order,
+    cross_task_confusion, final_scores, run_stream, split_tasks,
 )
 from models.ovor.model import (
     BackboneConfig, OnePromptViT, PromptConfig, PromptedAttention, TwoPassPromptViT, prompts_disabled,
@@ -200,30 +200,125 @@ def test_class_order_and_tasks():
         split_tasks(list(range(6)), 4, 2)
 
 
-def test_stream_trains_only_prompts_and_head_and_shares_phase_a_across_variants():
+def test_final_scores_per_image_keep_the_order_and_average_to_the_metrics():
+    tasks = [[0, 1], [2, 3]]
+    target = np.array([0, 1, 1, 2, 3, 3, 3, 2])  # task 0: 3 images, task 1: 5 images
+    pred = np.array([0, 0, 2, 2, 3, 0, 3, 3])
+    metrics, per_item = final_scores(pred, target, tasks)
+    # task 0: 1 of 3 right; task 1: 3 of 5 right -> A_N = (33.3 + 60) / 2; top-1 4 of 8
+    assert metrics["a_n"] == pytest.approx((100 / 3 + 60) / 2) and metrics["top1"] == 50.0
+    assert per_item["top1"].tolist() == [100, 0, 0, 100, 100, 0, 100, 0]
+    # each image weighs N / (T * n_task): 8 / 6 in task 0, 8 / 10 in task 1
+    assert per_item["a_n"] == pytest.approx([800 / 6, 0, 0, 80, 80, 0, 80, 0])
+    assert per_item["a_n"].mean() == pytest.approx(metrics["a_n"])
+    # into another task: image 2 (1 -> 2) and image 5 (3 -> 0)
+    assert per_item["inter_task_error"].tolist() == [0, 0, 100, 0, 0, 100, 0, 0]
+    assert per_item["inter_task_error"].mean() == pytest.approx(metrics["inter_task_error"])
+    # equal tasks: the A_N score of an image is its 100 * correct (what McNemar needs)
+    _, equal = final_scores(np.array([0, 1, 3, 3]), np.array([0, 0, 2, 3]), tasks)
+    assert equal["a_n"].tolist() == equal["top1"].tolist() == [100, 0, 0, 100]
+    with pytest.raises(ValueError, match=r"tasks \[1\] have no evaluation items"):
+        final_scores(np.array([0]), np.array([0]), tasks)
+
+
+class StepRecorder(RecordingReporter):
+    """Snapshots the prompts and the head at every logged optimizer step of the prompt phase."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.snapshots = model, []
+
+    def log_metrics(self, metrics, step=None):
+        super().log_metrics(metrics, step)
+        self.snapshots.append(([p.detach().clone() for p in self.model.prompt_parameters()],
+                               self.model.head.weight.detach().clone()))
+
+
+def _tiny_stream():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(4).repeat(16)
+    x = torch.randn(64, 1, 16, 16, generator=g) + y[:, None, None, None].float()  # separable classes
+    return Stream([[0, 1], [2, 3]], x, y, x[:16], y[:16])
+
+
+STREAM_CFG = StreamConfig(num_tasks=2, classes_per_task=2, prompt_epochs=1, vor_epochs=1, batch_size=16)
+
+
+def test_oneprompt_schedule_trains_prompt_and_head_together_for_every_epoch_of_the_task():
+    """The official OnePrompt (--epochs 0 E1+E2 0): every step of all E1 + E2 epochs updates prompts and head;
+    there is no head-only phase."""
+    model = small_model()
+    recorder = StepRecorder(model)
+    result = run_stream(model, _tiny_stream(), STREAM_CFG, None, recorder, torch.Generator().manual_seed(0), None)
+    traces = result.traces
+    assert set(traces) == {"oneprompt"} and result.schedule is None and result.schedule_a_n == []
+    # 32 images per task at batch 16 = 2 steps per epoch; E1 + E2 = 2 epochs; 2 tasks
+    assert len(recorder.series("prompt_loss")) == 8
+    before = ([p.detach().clone() for p in small_model().prompt_parameters()], small_model().head.weight.clone())
+    for (p0, h0), (p1, h1) in zip([before, *recorder.snapshots], recorder.snapshots):
+        assert all(not torch.equal(a, b) for a, b in zip(p0, p1))  # the prompts moved in this step
+        assert not torch.equal(h0, h1)  # and so did the head
+    assert torch.equal(traces["oneprompt"].head.weight, model.head.weight)
+    assert traces["oneprompt"].thresholds == []  # no VOR
+
+
+def test_ovor_stream_trains_only_prompts_and_head_and_shares_phase_a_across_variants():
     model = small_model()
     backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items() if not k.endswith("prompt")}
-    prompts_before = [p.detach().clone() for p in model.prompt_parameters()]
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 1, 16, 16, generator=g)
-    y = torch.arange(4).repeat(16)
-    x = x + y[:, None, None, None].float()  # separable classes
-    stream = Stream([[0, 1], [2, 3]], x, y, x[:16], y[:16])
-    cfg = StreamConfig(num_tasks=2, classes_per_task=2, prompt_epochs=1, vor_epochs=1, batch_size=16)
+    recorder = StepRecorder(model)
     vor = VORConfig(k=3, select=4, sample_from=8, num_per_class=4, thresholds="calibrate",
-                    ablations=(VORAblation(name="ovor_origin", outlier_center="origin"),))
-    traces = run_stream(model, stream, cfg, vor, RecordingReporter(), g, None)
-    assert set(traces) == {"oneprompt", "ovor", "ovor_origin"}
+                    ablations=(VORAblation(name="ovor_origin", outlier_center="origin"),
+                               VORAblation(name="ovor_lambda0", weight=0.0)))
+    traces = run_stream(model, _tiny_stream(), STREAM_CFG, vor, recorder, torch.Generator().manual_seed(0),
+                        None).traces
+    assert set(traces) == {"ovor", "ovor_origin", "ovor_lambda0"}
+    assert len(recorder.series("prompt_loss")) == 4  # phase (a): E1 = 1 epoch of 2 steps per task, 2 tasks
     for k, v in model.backbone.state_dict().items():
         if not k.endswith("prompt"):
             assert torch.equal(v, backbone_before[k]), k
-    assert all(not torch.equal(a, b) for a, b in zip(prompts_before, model.prompt_parameters()))
+    # phase (d) leaves the prompts as phase (a) of the last task left them
+    assert all(torch.equal(a, b) for a, b in zip(recorder.snapshots[-1][0], model.prompt_parameters()))
     assert torch.equal(model.head.weight, traces["ovor"].head.weight)
-    assert not torch.equal(traces["oneprompt"].head.weight, traces["ovor"].head.weight)
+    assert not torch.equal(traces["ovor_lambda0"].head.weight, traces["ovor"].head.weight)
     for trace in traces.values():
         assert trace.matrix.shape == (2, 2) and np.isnan(trace.matrix[0, 1]) and not np.isnan(trace.matrix[1, 0])
-    # thresholds calibrated once, after the first task's phase (a), then kept
+    # thresholds calibrated once, after the first task's phase (a), then kept; none without VOR
     assert traces["ovor"].thresholds[0] == traces["ovor"].thresholds[1]
+    assert traces["ovor_lambda0"].thresholds == []
+
+
+def test_the_kept_phase_d_schedule_is_the_one_with_the_best_eval_a_n_and_holds_for_every_variant():
+    model = small_model()
+    schedules = (HeadSchedule(1, None), HeadSchedule(1, 1e-2), HeadSchedule(10, 1e-2))
+    vor = VORConfig(k=3, select=4, sample_from=8, num_per_class=4, thresholds="calibrate", head_schedules=schedules,
+                    ablations=(VORAblation(name="ovor_lambda0", weight=0.0),))
+    recorder = StepRecorder(model)
+    result = run_stream(model, _tiny_stream(), STREAM_CFG, vor, recorder, torch.Generator().manual_seed(0), None)
+    assert len(recorder.series("prompt_loss")) == 4  # one phase (a) for all candidates
+    assert len(result.schedule_a_n) == 3
+    kept = int(np.argmax(result.schedule_a_n))
+    assert result.schedule == schedules[kept]
+    assert average_accuracy(result.traces["ovor"].matrix) == pytest.approx(max(result.schedule_a_n))
+    assert torch.equal(model.head.weight, result.traces["ovor"].head.weight)
+    with pytest.raises(ValueError, match="head_schedules must hold at least one schedule"):
+        VORConfig(head_schedules=())
+    with pytest.raises(ValueError, match="passes must be >= 1, got 0"):
+        HeadSchedule(passes=0)
+
+
+def test_more_head_passes_move_the_head_further_and_leave_the_prompts():
+    def head_after(passes):
+        model = small_model()
+        vor = VORConfig(k=3, select=4, sample_from=8, num_per_class=4, thresholds="calibrate",
+                        head_schedules=(HeadSchedule(passes, 1e-2),))
+        one_task = _tiny_stream()
+        one_task.tasks = one_task.tasks[:1]  # a later task's phase (a) would draw after phase (d)'s draws
+        run_stream(model, one_task, STREAM_CFG, vor, RecordingReporter(), torch.Generator().manual_seed(0), None)
+        return model
+
+    one, ten = head_after(1), head_after(10)
+    assert all(torch.equal(a, b) for a, b in zip(one.prompt_parameters(), ten.prompt_parameters()))
+    assert not torch.equal(one.head.weight, ten.head.weight)
 
 
 def test_an_ablation_overrides_only_what_it_sets_and_is_checked_like_the_method():
@@ -235,6 +330,10 @@ def test_an_ablation_overrides_only_what_it_sets_and_is_checked_like_the_method(
         VORAblation(name="ovor_centre", outlier_center="centre")
     with pytest.raises(ValueError, match="name must be lower-case"):
         VORAblation(name="OVOR-origin")
+    with pytest.raises(ValueError, match="'oneprompt' is the OnePrompt baseline's"):
+        VORAblation(name="oneprompt")
+    with pytest.raises(ValueError, match="VOR ablation name 'ovor' is taken"):
+        VORConfig(ablations=(VORAblation(name="ovor"),)).variants()
 
 
 @pytest.mark.parametrize("kwargs, message", [
