@@ -36,7 +36,7 @@ TARGET_RATIO = 1.05
 # Pipeline steps grouped by what they add to the recipe's work (task names as in tasks/).
 STEP_GROUPS = {
     "data: DVC prepare + GX validate": ("prepare-data", "validate", "record-dataset", "record-validation"),
-    "pipeline run bookkeeping": ("open-pipeline-run", "close-abandoned-steps", "close-pipeline-run"),
+    "pipeline run bookkeeping": ("open-pipeline-run", "close-abandoned-runs", "close-pipeline-run"),
     "registry: register, promote (incl. serving smoke request), Pareto, lineage": (
         "register", "promote", "pareto-front", "store-lineage"),
 }

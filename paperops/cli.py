@@ -132,6 +132,7 @@ def promote(
     except PromotionRequestError as exc:
         console.print(f"[red]cannot promote:[/] {exc}")
         raise typer.Exit(5) from exc
+    console.print(f"gate: {decision['evidence']}")
     if decision["promoted"]:
         console.print(f"[green]@{decision['alias']} -> v{decision['version']}[/] (was "
                       f"{('v' + decision['previous_version']) if decision['previous_version'] else 'unset'})")
@@ -141,6 +142,72 @@ def promote(
     for reason in decision["reasons"]:
         console.print(f"  - {reason}")
     raise typer.Exit(6)
+
+
+@app.command()
+def reproduce(
+    paper: str = typer.Argument(..., help="registered paper, see `paperops list`"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", "-n", help="seeds 0..N-1, one pipeline run each; default: "
+                                        "the profile's reproduce.seeds (5 unless the config says otherwise)"),
+    profile: str = typer.Option("tiny", "--profile", "-p", help="profile of configs/<paper>.yaml"),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="config override key=value for every "
+                                                  "seed (repeatable), after the profile's reproduce.overrides"),
+    deployed: bool = typer.Option(False, "--deployed", help="run every seed as a deployment child on the gpu pool "
+                                  "(needs PREFECT_API_URL and `paperops deploy`); default: in this process"),
+    concurrency: int = typer.Option(2, "--concurrency", min=1, help="seeds at once in process, each in its own "
+                                    "worker process"),
+) -> None:
+    """Run the paper's profile once per seed as parallel Prefect flow runs that register nothing, then aggregate them
+    into one `reproduction` MLflow run: every variant's mean and 95 % t interval over seeds, and every decisive
+    criterion and the headline on the paired per-seed differences, with their verdicts."""
+    apply_runtime_defaults()
+    from settings.config import ConfigError
+    from tasks.reproduce import ReproductionError, reproduction_plan
+
+    try:
+        plan = reproduction_plan(paper, profile, seeds, overrides or [])  # fail fast, before Prefect starts
+    except (ConfigError, KeyError) as exc:
+        console.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    from flows.reproduce import reproduce as run_reproduction
+
+    quiet_library_logs()  # after the imports: mlflow sets its own log level when it is imported
+    console.print(f"{paper} / {profile}: seeds {plan.seeds}"
+                  + (f", overrides {plan.overrides}" if plan.overrides else "")
+                  + (" as deployment children on the gpu pool" if deployed else f", {concurrency} at a time"))
+    try:
+        result = run_reproduction(paper, profile, seeds, list(overrides or []), deployed, concurrency)
+    except ReproductionError as exc:
+        console.print(f"[red]reproduction failed:[/] {exc}")
+        raise typer.Exit(7) from exc
+    print_reproduction(paper, result)
+
+
+@app.command()
+def report(
+    out: str = typer.Option("docs/results.md", "--out", "-o", help="where to write the page (relative to the "
+                            "project root unless absolute)"),
+    profile: str = typer.Option("tiny", "--profile", "-p", help="the profile whose reproduction runs it reads"),
+) -> None:
+    """Write the results page from the reproduction runs and the registry only: per paper the paper's figure and
+    its source, ours with its interval over seeds, the baseline in the same runs, the verdict, the decisive
+    criteria, seeds, profile, data md5 and run ids."""
+    apply_runtime_defaults()
+    import datetime as dt
+    from pathlib import Path
+
+    from settings import project_root
+    from tasks.report import collect_results, results_page
+
+    quiet_library_logs()  # after the imports: mlflow sets its own log level when it is imported
+    results = collect_results(profile)
+    path = Path(out) if Path(out).is_absolute() else project_root() / out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(results_page(results, dt.datetime.now(dt.timezone.utc), profile))
+    reproduced = [r.paper for r in results if r.reproduction is not None]
+    missing = [r.paper for r in results if r.reproduction is None]
+    console.print(f"wrote {path}: reproduction runs of {', '.join(reproduced) or 'no paper'}"
+                  + (f"; none yet for {', '.join(missing)} (`paperops reproduce <paper>`)" if missing else ""))
 
 
 @app.command()
@@ -321,6 +388,11 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(steps)
     if summary["variants"]:
         console.print(variants_table(summary))
+    if summary.get("decisive") or summary.get("headline"):
+        console.print(judgements_table(summary.get("decisive", []), summary.get("headline"),
+                      "decisive criteria (fixed in the config before the run), paired over the test items"))
+    if not summary.get("registered", True):
+        console.print("not registered: reproduction run")
     versions, promotion = summary["versions"], summary["promotion"]
     if versions:
         compressed = f", compressed v{versions['method_version']}" if versions["method_version"] else \
@@ -329,6 +401,8 @@ def print_summary(summary: dict[str, Any]) -> None:
                       + compressed
                       + ("" if versions["created"] else " (already registered: same data, config and code)"))
     if promotion:
+        if promotion.get("evidence"):
+            console.print(f"gate: {promotion['evidence']}")
         if promotion["promoted"]:
             console.print(f"[green]@{promotion['alias']} -> v{promotion['version']}[/] "
                           f"(was {('v' + promotion['previous_version']) if promotion['previous_version'] else 'unset'})")
@@ -360,13 +434,66 @@ def variants_table(summary: dict[str, Any]) -> Table:
     for _, header, _ in columns:
         table.add_column(header, justify="right")
     for row in summary["variants"]:
-        table.add_row(row["variant"], row["role"], *(_fmt(row.get(metric), scale) for metric, _, scale in columns))
+        table.add_row(row["variant"], row["role"], *(_cell(row, metric, scale) for metric, _, scale in columns))
     return table
 
 
+def _cell(row: dict[str, Any], metric: str, scale: float) -> str:
+    """A figure of the variants table; the delta vs the parent with its interval paired over the test items."""
+    interval = row.get("delta_vs_parent_interval") if metric == "delta_vs_parent" else None
+    if interval is None:
+        return _fmt(row.get(metric), scale)
+    return f"{_fmt(row.get(metric), scale)} [{interval['low']:+.3g}, {interval['high']:+.3g}]"
+
+
+def judgements_table(criteria: list[dict[str, Any]], headline: dict[str, Any] | None, title: str) -> Table:
+    """Each decisive criterion (and the headline) as it came out: the claim, method − baseline with its 95 %
+    interval and how it was computed, and holds / does not hold / not measured."""
+    from tasks.evidence import interval_text
+
+    table = Table(title=title)
+    for column in ("criterion", "claim", "method − baseline [95 %]", "outcome"):
+        table.add_column(column)
+    rows = [*criteria, *([headline] if headline else [])]
+    for row in rows:
+        claim = (f"{row['method']} {'better than' if row['claim'] == 'better' else 'not worse than'} "
+                 f"{row['baseline']} on {row['metric']}"
+                 + (f" (margin {row['margin']:g})" if row["claim"] == "not_worse" else ""))
+        outcome = row["outcome"]
+        colour = "green" if row["holds"] else ("yellow" if row["holds"] is None else "red")
+        table.add_row(row["name"], claim, interval_text(row), f"[{colour}]{outcome}[/]")
+    return table
+
+
+def print_reproduction(paper: str, result: dict[str, Any]) -> None:
+    """The reproduction run: every variant's figures over seeds, then the criteria on the paired differences."""
+    seeds = result["seeds"]
+    table = Table(title=f"{paper} / {result['profile']}: mean [95 % t interval] over seeds {seeds}")
+    metrics = sorted({m for by_metric in result["variants"].values() for m in by_metric})
+    table.add_column("variant")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    for name, by_metric in result["variants"].items():
+        table.add_row(name, *(_over_seeds(by_metric.get(metric)) for metric in metrics))
+    console.print(table)
+    console.print(judgements_table(result["criteria"], result["headline"],
+                                   f"decisive criteria over {len(seeds)} seeds (paired per-seed differences)"))
+    console.print(f"reproduction run {result['run_id']} in {tracking_uri()} (experiment paperops-{paper}); seed "
+                  f"pipeline runs {', '.join(result['pipeline_run_ids'].values())}, none registered")
+
+
+def _over_seeds(over_seeds: dict[str, Any] | None) -> str:
+    if over_seeds is None:
+        return ""
+    i = over_seeds["interval"]
+    return f"{i['estimate']:.4g} [{i['low']:.4g}, {i['high']:.4g}]"
+
+
 def headline_row(summary: dict[str, Any]) -> dict[str, str]:
-    """The paper's method against its main baseline from one pipeline summary (same run, same machine)."""
+    """The paper's method against its main baseline from one pipeline summary (same run, same machine); the verdict
+    is the headline's judgement on the paired per-item scores: "beats" only when its interval excludes zero."""
     from recipes import get_recipe
+    from tasks.evidence import judgement_text
 
     recipe = get_recipe(summary["paper"])
     row = {"paper": summary["paper"], "metric": recipe.primary_metric, "ours": "", "baseline": "",
@@ -381,17 +508,14 @@ def headline_row(summary: dict[str, Any]) -> dict[str, str]:
             "ours": f"{_fmt(ours)} ({headline.method_variant})" if ours is not None else "not measured",
             "baseline": f"{_fmt(base)} ({headline.baseline_variant})" if base is not None else "not measured",
             "paper figure": (f"{headline.paper_value:g}: " if headline.paper_value is not None else "")
-            + headline.paper_note}
-    if ours is None or base is None:
-        row["verdict"] = "not measured in this run"
-    else:
-        better = ours > base if recipe.higher_is_better else ours < base
-        row["verdict"] = ("beats " if better else "does not beat ") + headline.baseline_variant
+            + headline.paper_note,
+            "verdict": judgement_text(summary.get("headline")) if summary.get("headline") else "not judged"}
     return row
 
 
 def print_headlines(summaries: list[dict[str, Any]]) -> None:
-    table = Table(title="every paper: the method against its baseline, measured in the same run")
+    table = Table(title="every paper: the method against its baseline, measured in the same run (95 % intervals "
+                  "paired over the test items)")
     rows = [headline_row(summary) for summary in summaries]
     for column in rows[0]:
         table.add_column(column)

@@ -9,13 +9,14 @@ Recipe subclass decorated with @register_recipe, plus one configs/<paper>.yaml.
 """
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from data.views import DatasetViews
@@ -70,6 +71,51 @@ class RuntimeSection(Section):
     evaluate_timeout_s: float = Field(2 * 3600, gt=0)
 
 
+class DecisiveCriterion(Section):
+    """One decisive claim of the paper, written into the config before the run: `method` compared with `baseline`
+    on `metric`, both variants as the recipe's evaluate names them. The platform judges it after evaluate with
+    models/common/stats.py (claim_holds): in one run on the paired per-item scores, in `paperops reproduce` on the
+    paired per-seed figures. It is reported as it comes out; a criterion that cannot be measured says so."""
+
+    metric: str = Field(min_length=1, description="a metric both variants report (per item, for a single run)")
+    method: str = Field(min_length=1, description="the variant the claim is about")
+    baseline: str = Field(min_length=1, description="the variant it is compared with")
+    claim: Literal["better", "not_worse"] = Field(description="better: the interval of method − baseline excludes "
+                                                  "zero on the good side; not_worse: its worse end is within margin")
+    margin: float = Field(0.0, ge=0, description="not_worse only: how much worse, in the metric's units, still "
+                          "counts as not worse")
+    higher_is_better: bool | None = Field(None, description="the metric's direction; default: the recipe's "
+                                          "(Recipe.higher_is_better), set it for a metric that goes the other way")
+
+    @model_validator(mode="after")
+    def _margin_only_for_not_worse(self) -> "DecisiveCriterion":
+        if self.claim == "better" and self.margin != 0:
+            raise ValueError(f"margin {self.margin} applies to claim not_worse only; claim better has no margin")
+        return self
+
+
+class ReproduceSection(Section):
+    """What `paperops reproduce` runs besides the profile itself: how many seeds (0..seeds-1, one pipeline run each)
+    and `key=value` overrides that only a reproduction applies (more test episodes, a longer schedule)."""
+
+    seeds: int = Field(5, ge=2, description="seeds of a reproduction: an interval over seeds needs two at least")
+    overrides: tuple[str, ...] = ()
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides_are_key_value(cls, overrides: tuple[str, ...]) -> tuple[str, ...]:
+        for text in overrides:
+            key, sep, _ = text.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"{text!r} is not key=value")
+            if key.strip().split(".")[0] in ("seed", "reproduce"):
+                raise ValueError(f"{text!r}: a reproduction sets the seed itself and cannot change its own block")
+        return overrides
+
+
+CRITERION_NAME = r"^[a-z][a-z0-9_]*$"
+
+
 class RecipeConfig(Section):
     """Base of every recipe's resolved config. Subclasses add the paper's own sections."""
 
@@ -77,6 +123,17 @@ class RecipeConfig(Section):
     data: DataSection
     promote: PromotionSection = PromotionSection()
     runtime: RuntimeSection = RuntimeSection()
+    decisive: dict[str, DecisiveCriterion] = Field(default_factory=dict, description="the paper's decisive "
+                                                   "criteria by name, fixed before the run")
+    reproduce: ReproduceSection = ReproduceSection()
+
+    @field_validator("decisive")
+    @classmethod
+    def _criterion_names(cls, decisive: dict[str, DecisiveCriterion]) -> dict[str, DecisiveCriterion]:
+        bad = [name for name in decisive if not re.match(CRITERION_NAME, name)]
+        if bad:
+            raise ValueError(f"criterion names {bad} must match {CRITERION_NAME} (they name logged metrics)")
+        return decisive
 
 
 @dataclass(frozen=True)
@@ -155,13 +212,19 @@ class RunModels:
 
 @dataclass(frozen=True)
 class VariantResult:
-    """One evaluated model of a paper's comparison: the method, its parent, its baselines, its ablations."""
+    """One evaluated model of a paper's comparison: the method, its parent, its baselines, its ablations.
+
+    `per_item` holds, for every metric a decisive criterion, the headline or the gate compares, the variant's score
+    on each test item, the same items in the same order for every variant (top-1: 100 · correct per image; few-shot:
+    accuracy per episode; a language model: mean NLL per window, with the metric = exp(mean) declared in
+    `Recipe.per_item_transforms`). The platform logs them and computes every paired interval from them."""
 
     name: str
     role: str  # "parent" | "method" | "baseline" | "ablation"
     method: str
     knobs: dict[str, Any]
     metrics: dict[str, float]
+    per_item: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # Metrics every recipe names the same: each measured variant's cost (models/common/profiling.py: measure_latency,
@@ -202,6 +265,9 @@ class Recipe(ABC):
     primary_metric: ClassVar[str]
     cost_metric: ClassVar[str]  # metric holding compressed/dense cost (MACs, bits, bytes): the gate's ratio
     higher_is_better: ClassVar[bool] = True  # of the primary metric: accuracy yes, perplexity no
+    # Metrics that are a function of their items' mean rather than the mean itself, with that function (vectorised):
+    # {"ppl": np.exp} when per_item holds NLL per window. The paired intervals apply it to every resampled mean.
+    per_item_transforms: ClassVar[dict[str, Callable[[np.ndarray], np.ndarray]]] = {}
     serving_params: ClassVar[dict[str, Any]] = {}  # inference parameters a request may set, with defaults
     paper_figures: ClassVar[tuple[PaperFigure, ...]] = ()
     headline: ClassVar[Headline | None] = None

@@ -13,8 +13,10 @@ from typing import Any, Sequence
 import yaml
 from pydantic import BaseModel, ValidationError
 
-# Sections that cannot change a result (timeouts): left out of every digest, so tuning them re-runs nothing.
-RESULT_NEUTRAL_SECTIONS = ("runtime",)
+# Sections that cannot change a result: timeouts, the decisive criteria (they judge a result, written before the
+# run) and what only a reproduction applies (its overrides change the config they are applied to, and so its digest).
+# Left out of every digest, so editing them re-runs nothing.
+RESULT_NEUTRAL_SECTIONS = ("runtime", "decisive", "reproduce")
 
 
 class ConfigError(ValueError):

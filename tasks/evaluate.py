@@ -1,5 +1,7 @@
 """Evaluate the dense parent, the compressed model and the paper's baselines side by side, in one run on one
-machine, and log every variant as a child run of the paper's run (the decisive comparison is one query away)."""
+machine, and log every variant as a child run of the paper's run (the decisive comparison is one query away), its
+per-item scores as `per_item/<variant>.npz` of the evaluate run, and its primary-metric delta vs the parent with the
+interval paired over the test items (tasks/evidence.py)."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,6 +11,7 @@ from prefect import task
 from models.common.profiling import device_fingerprint
 from recipes.base import Recipe, RecipeConfig, RunModels
 from tasks.data import SPLITS_READ_TAG, DatasetRef, dataset_views, splits_read
+from tasks.evidence import delta_intervals, log_per_item
 from tasks.scaleout import HEAVY_STEP_OPTIONS, gpu_slot
 from tasks.refs import EvaluationRef, ModelRef, VariantRef
 from tasks.tracking import (
@@ -51,15 +54,25 @@ def evaluate_models(paper: str, config: dict[str, Any], step_key: str, datasets:
                 for f in recipe.paper_figures])
             reporter.log_metrics({f"ours.{k}": v for k, v in ours.items()}
                                  | {f"paper_figure.{f.metric}": f.value for f in recipe.paper_figures})
+            per_item = log_per_item(client, reporter.run_id, evaluation.variants)
+            deltas = delta_intervals(evaluation.variants, recipe.primary_metric,
+                                     recipe.per_item_transforms.get(recipe.primary_metric))
             variants: dict[str, VariantRef] = {}
             for v in evaluation.variants:
                 tags = {"paperops.step": "evaluate-variant", "paperops.variant": v.name, "paperops.role": v.role,
                         "paperops.method": v.method, "paperops.evaluation_run_id": reporter.run_id, **base_tags}
+                delta = deltas.get(v.name)
+                if delta is not None:
+                    tags["delta_vs_parent.method"] = delta.method
                 with child_run(client, parent_run_id, f"variant-{v.name}", tags) as variant_reporter:
                     variant_reporter.log_metrics(v.metrics)
+                    if delta is not None:
+                        variant_reporter.log_metrics({"delta_vs_parent.low": delta.low,
+                                                      "delta_vs_parent.high": delta.high})
                     client.log_dict(variant_reporter.run_id, v.knobs, "knobs.json")
-                variants[v.name] = VariantRef(name=v.name, role=v.role, method=v.method, run_id=variant_reporter.run_id,
-                                              knobs=v.knobs, metrics=v.metrics)
+                variants[v.name] = VariantRef(name=v.name, role=v.role, method=v.method,
+                                              run_id=variant_reporter.run_id, knobs=v.knobs, metrics=v.metrics,
+                                              per_item_metrics=per_item.get(v.name, []), delta_interval=delta)
                 reporter.log_metrics({f"{v.name}.{k}": m for k, m in v.metrics.items()})
         return EvaluationRef(run_id=reporter.run_id, variants=variants, device=fingerprint)
 

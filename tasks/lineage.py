@@ -1,15 +1,18 @@
 """The paper's pipeline run in MLflow: opened before any step, it carries the resolved config, every dataset (DVC
-md5 tag + `log_input`) and its GX result, and at the end the summary and status; every step is its child run."""
+md5 tag + `log_input`) and its GX result, its owner process and heartbeat, and at the end the summary and status;
+every step is its child run. Before its first step, a pipeline run closes the runs a dead process left RUNNING."""
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 import warnings
 from typing import Any
 
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag
+from mlflow.entities import DatasetInput, InputTag, Run
+from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import DEFAULT, NONE
 
@@ -17,6 +20,7 @@ from recipes.base import MAIN_DATASET
 from settings.config import ResolvedConfig
 from settings import project_root
 from tasks.data import DatasetRef
+from tasks.ownership import Heartbeat, ProcessOwner, owner_liveness
 from tasks.record import data_tag, validation_artifact
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 from tasks.tracking import configure_tracking, ensure_experiment, log_params_flat, source_digest
@@ -47,35 +51,81 @@ def git_commit() -> str:
 # Cached per flow run and persisted: a retried flow run (its worker died) continues the same pipeline run.
 @task(name="open-pipeline-run", cache_policy=DEFAULT, persist_result=True, **IO_RETRIES,
       retry_condition_fn=retry_on_infrastructure_errors)
-def open_pipeline_run(resolved: ResolvedConfig, overrides: list[str], flow_run_id: str | None) -> str:
+def open_pipeline_run(resolved: ResolvedConfig, overrides: list[str], flow_run_id: str | None,
+                      registers: bool = True) -> str:
+    """The paper's pipeline run, created with its owner (this process) so that no other run ever sees it RUNNING
+    without one. `registers` False: a reproduction's seed run, tagged `paperops.registers=false` (it registers
+    nothing)."""
     client = configure_tracking()
     experiment_id = ensure_experiment(client, resolved.paper)
     run = client.create_run(experiment_id, run_name=f"{resolved.paper}-{resolved.profile}", tags={
         "paperops.paper": resolved.paper, "paperops.profile": resolved.profile, "paperops.step": "pipeline",
         "paperops.config_hash": resolved.digest(), "paperops.config_source": resolved.source,
         "paperops.overrides": json.dumps(overrides), "paperops.git_commit": git_commit(),
-        "paperops.prefect_flow_run_id": flow_run_id or "",
+        "paperops.prefect_flow_run_id": flow_run_id or "", "paperops.registers": str(registers).lower(),
+        **ProcessOwner.current().tags(),
     })
     log_params_flat(client, run.info.run_id, resolved.as_dict())
     return run.info.run_id
 
 
-@task(name="close-abandoned-steps", cache_policy=NONE, **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
-def close_abandoned_steps(parent_run_id: str) -> list[str]:
-    """Closes as KILLED the step runs an earlier attempt of this flow run left RUNNING; returns their ids.
-
-    A retried flow run reuses its pipeline run (open-pipeline-run's result is cached per flow run), so when this
-    runs, before any step of this attempt, a running child can only belong to an attempt whose worker died
-    mid-step — nothing else would ever close it."""
+def hold_pipeline_run(pipeline_run_id: str) -> Heartbeat:
+    """Records this process as the pipeline run's owner (a retried flow run takes over from the attempt that
+    died) and starts its heartbeat; the caller stops it when the steps are done."""
     client = configure_tracking()
-    parent = client.get_run(parent_run_id)
-    abandoned = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
-                                                                "and attributes.status = 'RUNNING'")
-    for run in abandoned:
-        client.set_tag(run.info.run_id, "paperops.error", "abandoned: the flow-run attempt running this step died "
-                                                          "(worker lost); the retry redoes it")
-        client.set_terminated(run.info.run_id, status="KILLED")
-    return [run.info.run_id for run in abandoned]
+    for key, value in ProcessOwner.current().tags().items():
+        client.set_tag(pipeline_run_id, key, value)
+    return Heartbeat(client, pipeline_run_id)
+
+
+@task(name="close-abandoned-runs", cache_policy=NONE, **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)
+def close_abandoned_runs(pipeline_run_id: str) -> list[str]:
+    """Closes as KILLED the runs of this paper that a dead process left RUNNING, tagged with why and by whom;
+    returns their ids. Runs before any step of this run.
+
+    Other pipeline runs (and their steps) are closed only on proof that their owner is gone
+    (tasks/ownership.py: `owner_liveness`); a live one, such as an identical run started beside this one, and one
+    that records no owner are left alone. This pipeline run's own running steps exist only when it is a retried
+    flow run continuing the pipeline run of an attempt that died (open-pipeline-run is cached per flow run): they
+    are closed unless that attempt's process is seen alive on this machine."""
+    client = configure_tracking()
+    own = client.get_run(pipeline_run_id)
+    here, now = ProcessOwner.current(), time.time()
+    running = client.search_runs([own.info.experiment_id], "attributes.status = 'RUNNING'")
+    by_pipeline: dict[str, list[Run]] = {}
+    for run in running:
+        pipeline = (run.info.run_id if run.data.tags.get("paperops.step") == "pipeline"
+                    else run.data.tags.get("mlflow.parentRunId"))
+        if pipeline is not None:
+            by_pipeline.setdefault(pipeline, []).append(run)
+    closed = []
+    for pipeline_id, runs in by_pipeline.items():
+        if pipeline_id == pipeline_run_id:
+            liveness = owner_liveness(own.data.tags, here, now)
+            if liveness.alive and liveness.seen:
+                continue  # else Prefect's verdict stands: it retries a flow run only after the attempt crashed
+            runs = [run for run in runs if run.info.run_id != pipeline_run_id]  # this flow run continues it
+            reason = (f"abandoned: the attempt of this flow run that ran this step died ({liveness.reason}); "
+                      "the retry redoes it")
+        else:
+            try:
+                pipeline = next((run for run in runs if run.info.run_id == pipeline_id), None) or \
+                    client.get_run(pipeline_id)
+            except MlflowException:
+                continue  # a step whose pipeline run was deleted: nothing records its owner
+            if pipeline.data.tags.get("paperops.step") != "pipeline":
+                continue
+            liveness = owner_liveness(pipeline.data.tags, here, now)
+            if liveness.alive is not False:
+                continue
+            reason = f"abandoned: {liveness.reason}"
+        # Steps first: a pipeline run is never closed while a step of it is still shown running.
+        for run in sorted(runs, key=lambda r: r.info.run_id == pipeline_id):
+            client.set_tag(run.info.run_id, "paperops.error", reason)
+            client.set_tag(run.info.run_id, "paperops.closed_by", f"pipeline run {pipeline_run_id}, {here}")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
 
 
 @task(name="record-dataset", **IO_RETRIES, retry_condition_fn=retry_on_infrastructure_errors)

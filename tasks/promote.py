@@ -1,5 +1,6 @@
 """The promotion gate: a compressed version becomes `@champion` only when its data passed validation, its primary
-metric worsened no more than allowed vs its parent, its cost ratio is below the threshold, and it loads from the
+metric worsened no more than allowed vs its parent (the configured threshold on the point estimate; the reasons quote
+the delta's item-level interval and verdict beside it), its cost ratio is below the threshold, and it loads from the
 registry and answers a serving smoke request in its logged signature. Otherwise the alias stays where it was and
 the version records why it was rejected. The pipeline runs it on the version it registered; `paperops promote`
 (flows/promote.py) runs it on any version."""
@@ -18,28 +19,48 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
+from models.common.stats import Interval, verdict
 from recipes import get_recipe
 from recipes.base import PromotionSection
+from tasks.ownership import registry_lock
 from tasks.pareto import tag_float
+from tasks.record import delta_interval_from_tags
 from tasks.refs import PromotionDecision
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 from tasks.tracking import configure_tracking, registered_model_name
 
 
+def delta_evidence(primary_metric: str, delta: float, reference: str, higher_is_better: bool = True,
+                   interval: tuple[float, float, str] | None = None) -> str:
+    """The primary metric's change vs `reference` as the gate quotes it: the point estimate its threshold applies to,
+    with the interval paired over the test items and its verdict when the version has one."""
+    sentence = (f"{primary_metric} changed by {delta:+.2f} vs {reference} "
+                f"({'higher' if higher_is_better else 'lower'} is better)")
+    if interval is None:
+        return sentence + ", no item-level interval (no per-item scores for this comparison)"
+    low, high, method = interval
+    words = {"better": f"better than {reference}", "tie": f"no difference from {reference}",
+             "worse": f"worse than {reference}"}
+    judged = verdict(Interval(delta, low, high, n=0, method=method), higher_is_better)
+    return (sentence + f", 95 % interval [{low:+.2f}, {high:+.2f}] ({method}): {words[judged]} at 95 %")
+
+
 def promotion_failures(metrics: dict[str, float], gate: PromotionSection, primary_metric: str, cost_metric: str,
                        data_passed: bool, higher_is_better: bool = True, reference: str = "the parent",
-                       check_cost: bool = True) -> list[str]:
+                       check_cost: bool = True, interval: tuple[float, float, str] | None = None) -> list[str]:
     """Every check that fails, as a sentence naming the figure and the threshold; empty = promote.
-    `metrics["delta_vs_parent"]` is the change vs `reference`; `check_cost` is off for uncompressed recipes."""
+    `metrics["delta_vs_parent"]` is the change vs `reference`, `interval` its item-level interval (low, high, how)
+    when there is one: quoted in the reason, while the rule stays the threshold on the point estimate.
+    `check_cost` is off for uncompressed recipes."""
     failures = []
     if not data_passed:
         failures.append("dataset did not pass its validation suite")
     delta = metrics.get("delta_vs_parent", math.nan)
     worsening = -delta if higher_is_better else delta
     if not worsening <= gate.max_metric_drop:  # written so NaN fails
-        failures.append(f"{primary_metric} changed by {delta:+.2f} vs {reference} "
-                        f"({'higher' if higher_is_better else 'lower'} is better); the gate allows "
-                        f"{gate.max_metric_drop:.2f} worse at most")
+        failures.append(delta_evidence(primary_metric, delta, reference, higher_is_better, interval)
+                        + f"; the gate allows {gate.max_metric_drop:.2f} worse at most (its rule: the threshold on "
+                          "the point estimate)")
     cost = metrics.get(cost_metric, math.nan)
     if check_cost and not cost <= gate.max_cost_ratio:
         failures.append(f"{cost_metric} is {cost:.3f}; the gate requires <= {gate.max_cost_ratio:.3f}")
@@ -137,7 +158,14 @@ def promote_version(paper: str, version: str, gate: PromotionSection, actor: str
     """The gate on one registered compressed version, read entirely from the registry: its data passed
     validation, its primary metric is within the threshold of its parent's, its cost ratio is below the threshold,
     and it loads and answers a serving smoke request. Passing moves `@challenger` then `gate.alias` to it (the
-    old champion is restored if recording the approval fails); failing tags it rejected with every reason."""
+    old champion is restored if recording the approval fails); failing tags it rejected with every reason.
+    The paper's registry lock is held throughout, so two promotions at once do not both judge against, and
+    replace, the same champion."""
+    with registry_lock(paper):
+        return _promote_version(paper, version, gate, actor)
+
+
+def _promote_version(paper: str, version: str, gate: PromotionSection, actor: str) -> PromotionDecision:
     client = configure_tracking()
     recipe = get_recipe(paper)
     name = registered_model_name(paper)
@@ -146,11 +174,15 @@ def promote_version(paper: str, version: str, gate: PromotionSection, actor: str
     compresses = recipe.compression is not None
     if compresses:
         delta, reference = tag_float(tags, "metrics.delta_vs_parent"), "the parent"
-    else:
+        interval = delta_interval_from_tags(tags, recipe.primary_metric)
+    else:  # the champion was measured in another run: no paired items to build an interval on
         delta, reference = delta_vs_champion(client, name, version, recipe.primary_metric, gate.alias)
+        interval = None
     metrics = {"delta_vs_parent": delta, recipe.cost_metric: tag_float(tags, f"metrics.{recipe.cost_metric}")}
     failures = promotion_failures(metrics, gate, recipe.primary_metric, recipe.cost_metric,
-                                  tags.get("gx.success") == "true", recipe.higher_is_better, reference, compresses)
+                                  tags.get("gx.success") == "true", recipe.higher_is_better, reference, compresses,
+                                  interval)
+    evidence = delta_evidence(recipe.primary_metric, delta, reference, recipe.higher_is_better, interval)
     role = candidate_role(paper)
     if tags.get("paperops.role") != role:
         failures.append(f"v{version} is a {tags.get('paperops.role', 'untracked')} version, not a "
@@ -167,11 +199,11 @@ def promote_version(paper: str, version: str, gate: PromotionSection, actor: str
         client.set_model_version_tag(name, version, "validation_status", "rejected")
         client.set_model_version_tag(name, version, "promotion.reasons", " | ".join(failures))
         client.set_model_version_tag(name, version, "promotion.checked_at", checked_at)
-        return PromotionDecision(name, version, gate.alias, False, failures, previous)
+        return PromotionDecision(name, version, gate.alias, False, failures, previous, evidence)
     cost_check = (f"{recipe.cost_metric} <= {gate.max_cost_ratio}" if compresses
                   else f"no cost check (not compressed: {recipe.compression_skip_reason})")
     checks = (f"data valid ({tags['gx.suite']}), {recipe.primary_metric} worse by <= {gate.max_metric_drop} vs "
-              f"{reference}, {cost_check}, serving smoke request answered")
+              f"{reference} on the point estimate ({evidence}), {cost_check}, serving smoke request answered")
     client.set_registered_model_alias(name, "challenger", version)
     client.set_registered_model_alias(name, gate.alias, version)
     try:
@@ -190,4 +222,4 @@ def promote_version(paper: str, version: str, gate: PromotionSection, actor: str
         else:
             client.set_registered_model_alias(name, gate.alias, previous)
         raise
-    return PromotionDecision(name, version, gate.alias, True, [], previous)
+    return PromotionDecision(name, version, gate.alias, True, [], previous, evidence)

@@ -43,6 +43,18 @@ class CompressionRecord(Record):
     summary: dict[str, str] = Field(default_factory=dict, description="the recipe's filterable knobs")
 
 
+class DeltaInterval(Record):
+    """The interval of a version's primary-metric delta vs its parent, paired over the test items (computed at
+    evaluation, tasks/evidence.py); the gate quotes it beside the point estimate its threshold applies to."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float = Field(gt=0, lt=1)
+    n: int = Field(ge=1, description="test items the interval rests on")
+    method: str
+
+
 class DatasetRecord(Record):
     """A dataset beside the main one (e.g. a pre-training set): its DVC stage and md5 and its GX verdict."""
 
@@ -75,6 +87,8 @@ class VersionRecord(Record):
     higher_is_better: bool
     primary_value: float
     delta_vs_parent: float | None = None
+    delta_vs_parent_interval: DeltaInterval | None = Field(None, description="of delta_vs_parent, paired over the "
+                                                           "test items; None when the recipe logs no per-item scores")
     cost_metric: str
     cost_ratio: float | None = Field(None, description="compressed / parent MACs or bytes; None for parents")
     macs_per_item: float | None = None
@@ -94,11 +108,14 @@ class VersionRecord(Record):
                                                      "besides the main one, by their Recipe.datasets name")
 
     @model_serializer(mode="wrap")
-    def _without_empty_extra_datasets(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A one-dataset paper's record reads as it did before papers could have several datasets."""
+    def _without_empty_optional_parts(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A one-dataset paper's record reads as it did before papers could have several datasets, and a version
+        without per-item scores as it did before deltas had intervals."""
         data = handler(self)
         if not self.extra_datasets:
             data.pop("extra_datasets", None)
+        if self.delta_vs_parent_interval is None:
+            data.pop("delta_vs_parent_interval", None)
         return data
 
     def tags(self) -> dict[str, str]:
@@ -136,7 +153,25 @@ class VersionRecord(Record):
                 "compression.throughput_ratio": _fixed(self.metrics.get("throughput_ratio")),
                 "compression.latency_p50_ms": _fixed(self.latency_p50_ms),
             }
+            if self.delta_vs_parent_interval is not None:
+                interval = self.delta_vs_parent_interval
+                tags[delta_interval_tag(self.primary_metric)] = f"[{_fixed(interval.low)}, {_fixed(interval.high)}]"
+                tags[f"{delta_interval_tag(self.primary_metric)}_method"] = interval.method
         return tags
+
+
+def delta_interval_tag(primary_metric: str) -> str:
+    """The tag holding a compressed version's delta interval, `[low, high]` in the primary metric's units."""
+    return f"compression.delta_{primary_metric}_ci"
+
+
+def delta_interval_from_tags(tags: dict[str, str], primary_metric: str) -> tuple[float, float, str] | None:
+    """(low, high, how it was computed) of a version's delta vs its parent, from its tags; None when it has none."""
+    text = tags.get(delta_interval_tag(primary_metric))
+    if text is None:
+        return None
+    low, high = json.loads(text)
+    return float(low), float(high), tags.get(f"{delta_interval_tag(primary_metric)}_method", "")
 
 
 def _fixed(value: float | None) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.common.stats import Interval
+
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -24,6 +26,8 @@ class VariantRef:
     run_id: str
     knobs: dict[str, Any]
     metrics: dict[str, float]
+    per_item_metrics: list[str] = field(default_factory=list)  # saved as per_item/<name>.npz in the evaluate run
+    delta_interval: Interval | None = None  # of metrics["delta_vs_parent"], paired over the test items
 
 
 @dataclass(frozen=True)
@@ -55,3 +59,4 @@ class PromotionDecision:
     promoted: bool
     reasons: list[str]
     previous_version: str | None
+    evidence: str = ""  # the primary metric's delta vs the reference, with its item-level interval when it has one

@@ -333,13 +333,15 @@ class FannedOutRun:
 
 @task(name="run-paper-deployment", task_run_name="{paper}", retry_condition_fn=retry_on_infrastructure_errors,
       **IO_RETRIES)
-def run_paper_deployment(paper: str, profile: str, overrides: list[str], idempotency_key: str) -> FannedOutRun:
+def run_paper_deployment(paper: str, profile: str, overrides: list[str], idempotency_key: str,
+                         registers: bool = True) -> FannedOutRun:
     """Runs `paper-pipeline/<paper>` on the GPU pool and waits for it; a key seen before returns that flow run
-    instead of starting another."""
+    instead of starting another. `registers` False: a reproduction's seed run, which registers nothing."""
     from prefect.deployments import run_deployment
 
     child = run_deployment(f"{PIPELINE_FLOW}/{paper}",
-                           parameters={"paper": paper, "profile": profile, "overrides": overrides},
+                           parameters={"paper": paper, "profile": profile, "overrides": overrides,
+                                       "registers": registers},
                            idempotency_key=idempotency_key, as_subflow=True)
     return FannedOutRun(paper=paper, flow_run_id=str(child.id), state=child.state.name if child.state else "unknown",
                         idempotency_key=idempotency_key)

@@ -15,6 +15,7 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 
 from recipes import get_recipe
 from recipes.base import Companion, Recipe, RecipeConfig
@@ -55,7 +56,12 @@ def ensure_experiment(client: MlflowClient, paper: str) -> str:
         return experiment.experiment_id
     # A local store keeps artifacts beside the DB; a tracking server chooses (and proxies) its own location.
     location = (state_dir() / "artifacts" / paper).as_uri() if tracking_uri().startswith("sqlite:") else None
-    return client.create_experiment(name, artifact_location=location, tags={"paperops.paper": paper})
+    try:
+        return client.create_experiment(name, artifact_location=location, tags={"paperops.paper": paper})
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id  # a run started at the same time created it
 
 
 def package_sources(*packages: str) -> list[Path]:

@@ -11,13 +11,14 @@ Two sources of uncertainty, two intervals:
   this interval covers item sampling and seed-to-seed variation together; with a handful of seeds the t multiplier
   (4.30 for n = 3, 2.78 for n = 5) is what makes it honest, never 1.96.
 
-`verdict` turns an interval into better / tie / worse in the metric's own direction.
+`verdict` turns an interval into better / tie / worse in the metric's own direction; `claim_holds` decides a
+decisive criterion (claim "better", or "not_worse" within a margin) from the same interval.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -54,21 +55,31 @@ def _as_pair(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -
 
 
 def paired_bootstrap(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *,
-                     resamples: int = 10_000, level: float = LEVEL, seed: int = 0) -> Interval:
-    """Percentile bootstrap interval of mean(a − b), resampling the paired items (a[i], b[i]) with replacement.
+                     resamples: int = 10_000, level: float = LEVEL, seed: int = 0,
+                     transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Interval:
+    """Percentile bootstrap interval of mean(a) − mean(b), resampling the paired items (a[i], b[i]) with
+    replacement.
 
     `a` and `b` are per-item scores of two variants on the same items: 0/1 correctness (×100 for points), per-episode
-    accuracy, per-window log-likelihood. Deterministic for a given `seed`."""
+    accuracy, per-window negative log-likelihood. A metric that is not the mean of its items but a function of that
+    mean (perplexity = exp(mean NLL)) gives that function as `transform` (vectorised: it gets an array of means);
+    the estimate is then transform(mean a) − transform(mean b), and every resample is transformed the same way.
+    Deterministic for a given `seed`."""
     a, b = _as_pair(a, b)
-    diff = a - b
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
+    diff = a - b
     for start in range(0, resamples, 1000):  # chunks keep the index matrix small for long test sets
         count = min(1000, resamples - start)
-        means[start:start + count] = diff[rng.integers(0, len(diff), size=(count, len(diff)))].mean(axis=1)
+        index = rng.integers(0, len(diff), size=(count, len(diff)))
+        if transform is None:
+            means[start:start + count] = diff[index].mean(axis=1)
+        else:
+            means[start:start + count] = transform(a[index].mean(axis=1)) - transform(b[index].mean(axis=1))
+    estimate = diff.mean() if transform is None else transform(np.asarray(a.mean())) - transform(np.asarray(b.mean()))
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
-    return Interval(float(diff.mean()), float(low), float(high), n=len(diff),
+    return Interval(float(estimate), float(low), float(high), n=len(diff),
                     method=f"paired bootstrap over {len(diff)} items ({resamples} resamples)", level=level)
 
 
@@ -129,6 +140,20 @@ def verdict(interval: Interval, higher_is_better: bool = True) -> Verdict:
         return "tie"
     improved = interval.low > 0 if higher_is_better else interval.high < 0
     return "better" if improved else "worse"
+
+
+Claim = Literal["better", "not_worse"]
+
+
+def claim_holds(interval: Interval, claim: Claim, margin: float = 0.0, higher_is_better: bool = True) -> bool:
+    """Whether a decisive claim about (method − baseline) holds at the interval's level: "better" when the verdict
+    is better; "not_worse" when the interval's worse end is no more than `margin` worse than zero (in the metric's
+    units), i.e. the data exclude a loss larger than the margin."""
+    if claim == "better":
+        return verdict(interval, higher_is_better) == "better"
+    if claim == "not_worse":
+        return interval.low >= -margin if higher_is_better else interval.high <= margin
+    raise ValueError(f"unknown claim {claim!r}: better or not_worse")
 
 
 def verdict_phrase(interval: Interval, baseline: str, higher_is_better: bool = True) -> str:

@@ -9,10 +9,6 @@ it trains in seconds, registers, passes the gate, and shows in `paperops list` a
 `paperops deploy` would register. No other file of the project was touched."""
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,62 +17,22 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import recipes
-from settings import PROJECT_ROOT
-
-GUIDE = PROJECT_ROOT / "docs" / "adding-a-paper.md"
-# "`recipes/<paper>.py`:" or "`configs/<paper>.yaml`:", a blank line, then the fenced file
-SHOWN_FILE = re.compile(r"^`((?:recipes/\w+\.py)|(?:configs/\w+\.yaml))`:\n\n```\w*\n(.*?)^```$", re.M | re.S)
-
-
-def the_guides_files() -> dict[str, str]:
-    """The files docs/adding-a-paper.md tells the reader to write, by path."""
-    return dict(SHOWN_FILE.findall(GUIDE.read_text()))
-
-
-FILES = the_guides_files()
-PAPER = next((Path(path).stem for path in FILES if path.startswith("recipes/")), "")
+from guide_paper import FILES, PAPER, copy_project_with_the_guides_paper, git, running_in
 
 
 def test_the_guide_shows_exactly_one_recipe_file_and_its_config_file():
     assert sorted(FILES) == [f"configs/{PAPER}.yaml", f"recipes/{PAPER}.py"], sorted(FILES)
 
 
-def git(root: Path, *arguments: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=paperops", "-c", "user.email=paperops@localhost", *arguments],
-                          cwd=root, check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture(scope="module")
 def project_copy(tmp_path_factory) -> Path:
-    """The project's files as git has them (tracked and not ignored: no datasets, no state), plus the guide's two."""
-    copy = tmp_path_factory.mktemp("new-paper") / "project"
-    for name in git(PROJECT_ROOT, "ls-files", "--cached", "--others", "--exclude-standard", "-z").split("\0"):
-        if name and (PROJECT_ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(PROJECT_ROOT / name, copy / name)
-    for path, text in FILES.items():
-        assert not (copy / path).exists(), f"{path} is already part of the project"
-        (copy / path).write_text(text)
-    git(copy, "init", "--quiet")
-    git(copy, "add", "--all")
-    git(copy, "commit", "--quiet", "-m", "a new paper: one recipe file and one config file")
-    return copy
+    return copy_project_with_the_guides_paper(tmp_path_factory.mktemp("new-paper") / "project")
 
 
 @pytest.fixture(scope="module")
 def in_the_copy(project_copy: Path) -> Iterator[Path]:
-    """This process as if started in the copy: its project root, and its recipes/ as the recipes package's path."""
-    from recipes.base import _RECIPES
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PAPEROPS_ROOT", str(project_copy))
-        patch.setattr(recipes, "__path__", [str(project_copy / "recipes")])
-        try:
-            yield project_copy
-        finally:
-            _RECIPES.pop(PAPER, None)
-            sys.modules.pop(f"recipes.{PAPER}", None)
+    with running_in(project_copy) as copy:
+        yield copy
 
 
 @pytest.fixture(scope="module")

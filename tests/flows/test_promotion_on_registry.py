@@ -61,6 +61,8 @@ def test_passing_version_moves_champion_and_challenger_with_an_audit_trail(promo
     tags = client.get_model_version("paperops-ppt", promoted).tags
     assert tags["validation_status"] == "approved"
     assert "serving smoke request answered" in tags["promotion.audit"] and "by paperops test" in tags["promotion.audit"]
+    assert ("top1 worse by <= 0.5 vs the parent on the point estimate (top1 changed by -0.20 vs the parent (higher "
+            "is better), no item-level interval") in tags["promotion.audit"]
     history = json.loads(client.get_registered_model("paperops-ppt").tags["promotion.history"])
     assert history[-1]["version"] == promoted and history[-1]["alias"] == "champion"
 
@@ -68,6 +70,11 @@ def test_passing_version_moves_champion_and_challenger_with_an_audit_trail(promo
 @pytest.mark.parametrize("changes, reason", [
     ({"gx.success": "false"}, "did not pass its validation suite"),
     ({"metrics.delta_vs_parent": "-0.51"}, "top1 changed by -0.51"),
+    ({"metrics.delta_vs_parent": "-0.51", "compression.delta_top1_ci": "[-0.9000, -0.1000]",
+      "compression.delta_top1_ci_method": "paired bootstrap over 256 items (10000 resamples)"},
+     "top1 changed by -0.51 vs the parent (higher is better), 95 % interval [-0.90, -0.10] (paired bootstrap over "
+     "256 items (10000 resamples)): worse than the parent at 95 %; the gate allows 0.50 worse at most (its rule: the "
+     "threshold on the point estimate)"),
     ({"metrics.macs_ratio": "0.71"}, "macs_ratio is 0.710"),
     ({"paperops.role": "parent"}, "not a compressed one"),
     ({"broken": "true"}, "serving smoke request failed"),

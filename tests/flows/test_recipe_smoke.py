@@ -116,9 +116,36 @@ def test_the_summary_shows_the_declared_columns_and_headline(paper, smoke_run):
     declared = [header for _, header, _ in recipe.summary_columns]
     assert headers[:2 + len(declared)] == ["variant", "role", *declared]  # every declared column is filled
     if recipe.headline is not None:
-        row = headline_row(run)
-        assert row["verdict"] in (f"beats {recipe.headline.baseline_variant}",
-                                  f"does not beat {recipe.headline.baseline_variant}")
+        row, judged = headline_row(run), run["headline"]
+        baseline = recipe.headline.baseline_variant
+        if judged["interval"] is None:  # the run's variants logged no per-item scores of the headline metric
+            assert row["verdict"] == judged["outcome"] and row["verdict"].startswith("not measured: ")
+        else:
+            assert row["verdict"].split(" (")[0] in (f"beats {baseline}", f"no difference from {baseline}",
+                                                    f"worse than {baseline}")
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_every_decisive_criterion_is_reported_as_it_came_out(paper, smoke_run):
+    """Each criterion of the config is judged and logged on the pipeline run: measured when both its variants logged
+    per-item scores of its metric, otherwise "not measured" with the reason (never a silent pass)."""
+    recipe = get_recipe(paper)
+    run = smoke_run(paper)
+    cfg = load_config(paper, "tiny", recipe.smoke_overrides).config
+    assert [row["name"] for row in run["decisive"]] == list(cfg.decisive)
+    client = registry()
+    logged = {a.path for a in client.list_artifacts(run["evaluation_run_id"], "per_item")}
+    pipeline = client.get_run(run["pipeline_run_id"]).data
+    for row in run["decisive"]:
+        prefix = f"decisive.{row['name']}"
+        assert pipeline.tags[f"{prefix}.outcome"] == row["outcome"]
+        scored = all(f"per_item/{variant}.npz" in logged for variant in (row["method"], row["baseline"]))
+        if row["holds"] is None:
+            assert row["outcome"].startswith("not measured: ") and f"{prefix}.holds" not in pipeline.metrics
+        else:
+            assert scored and pipeline.metrics[f"{prefix}.holds"] == float(row["holds"])
+            assert pipeline.metrics[f"{prefix}.low"] <= pipeline.metrics[f"{prefix}.estimate"] <= \
+                pipeline.metrics[f"{prefix}.high"]
 
 
 @pytest.mark.parametrize("paper", PAPERS)

@@ -70,3 +70,23 @@ def test_an_uncompressed_candidate_is_compared_with_the_champion_only_on_the_sam
     assert delta_vs_champion(client, "m", version(78.5, "a" * 32), "acc", "champion") == (-1.5, "the champion v1")
     delta, reference = delta_vs_champion(client, "m", version(60.0, "b" * 32), "acc", "champion")
     assert delta == 0.0 and "no comparable champion" in reference and "dataset.md5" in reference
+
+
+def test_the_reason_quotes_the_item_level_interval_while_the_rule_stays_the_threshold():
+    from tasks.promote import delta_evidence
+
+    interval = (-1.9, -0.1, "paired bootstrap over 1000 items (10000 resamples)")
+    (reason,) = promotion_failures({"delta_vs_parent": -1.0, "macs_ratio": 0.5}, GATE, "top1", "macs_ratio", True,
+                                   interval=interval)
+    assert reason.startswith("top1 changed by -1.00 vs the parent (higher is better), 95 % interval [-1.90, -0.10] "
+                             "(paired bootstrap over 1000 items (10000 resamples)): worse than the parent at 95 %")
+    assert reason.endswith("the gate allows 0.50 worse at most (its rule: the threshold on the point estimate)")
+    # The rule is the point estimate: a drop within the threshold passes even when its interval says "worse".
+    assert promotion_failures({"delta_vs_parent": -0.4, "macs_ratio": 0.5}, GATE, "top1", "macs_ratio", True,
+                              interval=(-0.7, -0.1, "bootstrap")) == []
+    assert delta_evidence("top1", -0.4, "the parent", True, (-1.2, 0.4, "bootstrap")).endswith(
+        "[-1.20, +0.40] (bootstrap): no difference from the parent at 95 %")
+    assert delta_evidence("ppl", -3.0, "the parent", False, (-4.0, -2.0, "bootstrap")).endswith(
+        "better than the parent at 95 %")
+    assert delta_evidence("top1", -0.4, "the champion v3", True).endswith(
+        "no item-level interval (no per-item scores for this comparison)")

@@ -63,3 +63,22 @@ def test_tag_and_artifact_names_of_the_main_and_of_another_dataset():
     assert data_tag("gx", "pretrain", "success") == "gx.pretrain.success"
     assert validation_artifact("data", "image_classification") == "validation/image_classification.json"
     assert validation_artifact("pretrain", "image_classification") == "validation/pretrain/image_classification.json"
+
+
+def test_a_compressed_versions_delta_interval_is_a_tag_the_gate_reads_back():
+    from tasks.record import CompressionRecord, DeltaInterval, delta_interval_from_tags
+
+    interval = DeltaInterval(estimate=-0.4, low=-1.25, high=0.375, level=0.95, n=1000,
+                             method="paired bootstrap over 1000 items (10000 resamples)")
+    compression = CompressionRecord(parent_version="1", method="ppt", knobs={"r": 4})
+    record = _record(role="method", variant="ovor_ppt", delta_vs_parent=-0.4, cost_ratio=0.7,
+                     compression=compression, delta_vs_parent_interval=interval)
+    tags = record.tags()
+    assert tags["compression.delta_a_n"] == "-0.4000"
+    assert tags["compression.delta_a_n_ci"] == "[-1.2500, 0.3750]"
+    assert delta_interval_from_tags(tags, "a_n") == (-1.25, 0.375, interval.method)
+    assert VersionRecord.model_validate(record.model_dump(mode="json")) == record
+    # A version without per-item scores records no interval, and its record reads as before intervals existed.
+    plain = _record(role="method", variant="ovor_ppt", delta_vs_parent=-0.4, cost_ratio=0.7, compression=compression)
+    assert "delta_vs_parent_interval" not in plain.model_dump(mode="json")
+    assert delta_interval_from_tags(plain.tags(), "a_n") is None

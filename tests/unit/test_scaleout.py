@@ -140,7 +140,7 @@ def test_deploy_and_worker_without_a_server_exit_2_saying_what_to_set(monkeypatc
 
 
 def test_a_retry_closes_the_step_runs_a_dead_attempt_left_running():
-    from tasks.lineage import close_abandoned_steps
+    from tasks.lineage import close_abandoned_runs
 
     client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
     experiment = client.get_experiment_by_name("abandoned-steps") or client.create_experiment("abandoned-steps")
@@ -151,7 +151,7 @@ def test_a_retry_closes_the_step_runs_a_dead_attempt_left_running():
     running = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
     unrelated = client.create_run(experiment_id).info.run_id
 
-    assert close_abandoned_steps.fn(parent) == [running]
+    assert close_abandoned_runs.fn(parent) == [running]
     assert client.get_run(running).info.status == "KILLED"
     assert "abandoned" in client.get_run(running).data.tags["paperops.error"]
     assert client.get_run(finished).info.status == "FINISHED"

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from models.common.stats import (
-    Interval, mcnemar, paired_bootstrap, seed_t_interval, t_interval, verdict, verdict_phrase,
+    Interval, claim_holds, mcnemar, paired_bootstrap, seed_t_interval, t_interval, verdict, verdict_phrase,
 )
 
 
@@ -79,3 +79,40 @@ def test_mismatched_or_empty_pairs_are_refused():
         paired_bootstrap([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="empty"):
         seed_t_interval([], [])
+
+
+def test_a_transform_applies_to_the_resampled_means_not_to_the_items():
+    # Two windows, NLL 0 and 2 ln 2 for the method, 0 and 0 for the baseline. A resample's mean NLL is 0, ln 2 or
+    # 2 ln 2 (probabilities 1/4, 1/2, 1/4), so its perplexity gap exp(mean) - 1 is 0, 1 or 3: the 2.5 % and 97.5 %
+    # quantiles are 0 and 3, and the estimate is exp(ln 2) - exp(0) = 1 (the mean of exp per item would say 1.5).
+    nll_method, nll_baseline = np.array([0.0, 2 * math.log(2)]), np.zeros(2)
+    ppl = paired_bootstrap(nll_method, nll_baseline, transform=np.exp)
+    assert (ppl.estimate, ppl.low, ppl.high) == pytest.approx((1.0, 0.0, 3.0))
+    assert verdict(ppl, higher_is_better=False) == "tie"
+    plain = paired_bootstrap(nll_method, nll_baseline)  # the same resamples, untransformed: mean NLL gaps
+    assert (plain.estimate, plain.low, plain.high) == pytest.approx((math.log(2), 0.0, 2 * math.log(2)))
+
+
+def test_a_transform_of_a_constant_gap_is_exact():
+    interval = paired_bootstrap(np.full(30, math.log(2)), np.full(30, math.log(4)), transform=np.exp)
+    assert (interval.estimate, interval.low, interval.high) == pytest.approx((-2.0, -2.0, -2.0))
+    assert verdict(interval, higher_is_better=False) == "better"
+
+
+@pytest.mark.parametrize("interval, claim, margin, higher_is_better, holds", [
+    (Interval(1.0, 0.2, 1.8, n=5, method="t"), "better", 0.0, True, True),
+    (Interval(1.0, -0.2, 2.2, n=5, method="t"), "better", 0.0, True, False),     # a tie is not better
+    (Interval(-1.0, -1.8, -0.2, n=5, method="t"), "better", 0.0, False, True),   # lower is better: ppl fell
+    (Interval(-0.3, -0.4, 0.2, n=5, method="t"), "not_worse", 0.5, True, True),  # worst case 0.4 worse <= 0.5
+    (Interval(-0.3, -0.6, 0.2, n=5, method="t"), "not_worse", 0.5, True, False),  # 0.6 worse cannot be excluded
+    (Interval(0.3, -0.2, 0.45, n=5, method="t"), "not_worse", 0.5, False, True),  # ppl up by 0.45 at most
+    (Interval(0.3, -0.2, 0.55, n=5, method="t"), "not_worse", 0.5, False, False),
+    (Interval(-0.1, -0.2, 0.0, n=5, method="t"), "not_worse", 0.0, True, False),  # no margin: must exclude a loss
+])
+def test_claim_holds_by_the_interval_the_claim_and_the_margin(interval, claim, margin, higher_is_better, holds):
+    assert claim_holds(interval, claim, margin, higher_is_better) is holds
+
+
+def test_an_unknown_claim_is_refused():
+    with pytest.raises(ValueError, match="unknown claim 'same'"):
+        claim_holds(Interval(0.0, -1.0, 1.0, n=3, method="t"), "same")  # type: ignore[arg-type]
