@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,3 +111,9 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> 
 def top1_accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     """Percent of rows whose arg-max equals the label."""
     return 100.0 * (logits.argmax(-1) == y).float().mean().item()
+
+
+def top1_per_item(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """100 for each row whose arg-max equals the label, else 0: the per-item top-1 scores paired intervals are
+    computed from (their mean is `top1_accuracy`)."""
+    return 100.0 * (logits.argmax(-1) == y).numpy().astype(np.float64)
