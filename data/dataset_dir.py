@@ -46,7 +46,7 @@ def read_dataset_meta(root: Path, data_files: tuple[str, ...]) -> dict[str, Any]
             raise FileNotFoundError(f"dataset file {required} is missing")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetFormatError(f"{meta_path} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict):
         raise DatasetFormatError(f"{meta_path} does not hold a JSON object")

@@ -362,7 +362,7 @@ def load_image_dataset(source: str | Path | DatasetView) -> ImageDataset:
         with np.load(images_path, allow_pickle=False) as archive:  # lazy: a withheld split is never read
             found = list(archive.files)
             arrays: dict[str, Any] = {key: archive[key] for key in wanted if key in found}
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
         raise DatasetFormatError(f"{images_path} is not a readable .npz archive: {exc}") from exc
     missing = [key for key in wanted if key not in arrays]
     if missing:

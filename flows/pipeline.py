@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from recipes import get_recipe
+from recipes import check_config, get_recipe
 from recipes import load_config
 from recipes.base import MAIN_DATASET
 from tasks.compress import compress_model
@@ -63,6 +63,7 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
                    registers: bool = True) -> dict[str, Any]:
     overrides = list(overrides or [])
     resolved = load_config(paper, profile, overrides)
+    check_config(resolved)  # knobs that depend on the model, before anything is prepared or trained
     cfg, config, keys = resolved.config, resolved.as_dict(), step_keys(resolved)
     parent = open_pipeline_run(resolved, overrides, flow_run.get_id(), registers)
     close_abandoned_runs(parent)

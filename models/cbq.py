@@ -30,7 +30,8 @@ from models.quant import (
     grouped, quant_params, replace_modules,
 )
 
-__all__ = ["LoRARoundingLinear", "reconstruction_loss", "window_schedule", "CBQConfig", "apply_cfp", "compress"]
+__all__ = ["LoRARoundingLinear", "reconstruction_loss", "window_schedule", "CBQConfig", "apply_cfp", "compress",
+           "check_fits", "decoder_linears"]
 
 # AdaRound's rectified sigmoid stretch: h(V) reaches exactly 0 and 1 at finite V, so rounding can become binary
 ZETA, GAMMA = 1.1, -0.1
@@ -217,6 +218,28 @@ class CBQConfig:
         at_most(self, 1, "temperature_end")
         if self.overlap >= self.window:
             raise ValueError(f"overlap ({self.overlap}) must be smaller than window ({self.window})")
+
+
+def decoder_linears(model: LlamaForCausalLM) -> list[nn.Linear]:
+    """The linears every method quantizes: those of the decoder blocks (embeddings and lm_head stay FP)."""
+    return [m for m in model.model.layers.modules() if isinstance(m, nn.Linear)]
+
+
+def check_fits(model: LlamaForCausalLM, cfg: CBQConfig) -> None:
+    """Raises ValueError, naming the field and its bound, when `cfg` does not fit `model`: a window longer than the
+    decoder (window_schedule would clip it silently), a LoRA-Rounding rank above min(in, out) of the smallest decoder
+    linear (the low-rank part would no longer be low rank), weight groups that do not divide a linear's input."""
+    layers = len(model.model.layers)
+    if cfg.window > layers:
+        raise ValueError(f"window={cfg.window} exceeds the model's {layers} decoder layers")
+    linears = decoder_linears(model)
+    smallest = min(min(linear.in_features, linear.out_features) for linear in linears)
+    if cfg.rank > smallest:
+        raise ValueError(f"rank={cfg.rank} exceeds {smallest}, min(in, out) of the model's smallest decoder linear")
+    try:
+        cfg.setting.check_fits({linear.in_features for linear in linears})
+    except ValueError as exc:
+        raise ValueError(f"setting.{exc}") from exc
 
 
 def wrap_block_linears(block: nn.Module, weight_spec: QuantSpec, act_spec: QuantSpec | None, rank: int,

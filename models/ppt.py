@@ -106,6 +106,12 @@ def significance_scores(cls_attention: torch.Tensor, values: torch.Tensor) -> to
     return scores / scores.sum(dim=-1, keepdim=True)
 
 
+def removable_tokens(tokens: int) -> int:
+    """Most tokens one reduction block removes from a sequence of `tokens` (cls included): half the patch tokens.
+    The cls token is not a candidate, and in bipartite matching side A must keep at least as many as it gives."""
+    return (tokens - 1) // 2
+
+
 def bipartite_soft_matching(metric: torch.Tensor, r: int) -> Callable[..., torch.Tensor]:
     """ToMe's matching: returns merge(x, reduce="sum") that takes (B, N, C) to (B, N - r, C).
 
@@ -114,7 +120,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int) -> Callable[..., torch
     unmerged A tokens in their original order (so cls stays at index 0) followed by the B tokens.
     """
     B, N, _ = metric.shape
-    r = min(r, (N - 1) // 2)  # the cls token is not a candidate, and A must keep at least as many as it gives
+    r = min(r, removable_tokens(N))
     with torch.no_grad():  # the matching is a discrete choice; gradients flow through merge() only
         metric = metric / metric.norm(dim=-1, keepdim=True)
         a, b = metric[:, ::2], metric[:, 1::2]  # (B, Na, c), (B, Nb, c)
@@ -320,7 +326,7 @@ class TokenReductionBlock(Block):
         B, N, _ = x.shape
         r = 0
         if self._block_index in state.reduction_blocks:
-            r = min(cfg.r, (N - 1) // 2)  # cls is protected; bipartite matching can merge at most half the rest
+            r = min(cfg.r, removable_tokens(N))
         reduce_tokens, needs_cls_attention = _STRATEGIES[cfg.method]
 
         x_attn, info = self.attn(self.norm1(x), size=state.size if cfg.prop_attn else None, attn_mask=attn_mask,
@@ -346,6 +352,25 @@ class TokenReductionBlock(Block):
 # Public entry points
 
 
+def _check_blocks_exist(cfg: TokenReductionConfig, depth: int) -> None:
+    missing = [b for b in cfg.blocks if b >= depth]
+    if missing:
+        raise ValueError(f"blocks {missing} do not exist in a model with {depth} blocks")
+
+
+def check_fits(model: VisionTransformer, cfg: TokenReductionConfig) -> None:
+    """Raises ValueError, naming the field and its bound, when `cfg` asks `model` for what it does not have: a
+    reduction block beyond its depth, or an r its first reduction block cannot remove in full. Later blocks remove
+    r capped at `removable_tokens` of what reaches them, ToMe's schedule (r=50 at blocks 3/6/9 of DeiT-S removes 50,
+    50, 48), so only the first block bounds r. `compress` itself caps r silently: it must rebuild recorded models."""
+    _check_blocks_exist(cfg, len(model.blocks))
+    tokens = int(model.patch_embed.num_patches) + 1  # + cls; nothing is removed before the first reduction block
+    first = min(cfg.blocks, default=0)
+    if cfg.r > removable_tokens(tokens):
+        raise ValueError(f"r={cfg.r} exceeds {removable_tokens(tokens)}, the most tokens block {first} can remove "
+                         f"({tokens} tokens enter it, cls included; a block removes at most half the patch tokens)")
+
+
 def compress(model: VisionTransformer, cfg: TokenReductionConfig,
              calib: torch.Tensor | None = None) -> VisionTransformer:
     """Patch `model` in place for token reduction and return it; calling again re-configures it.
@@ -361,9 +386,7 @@ def compress(model: VisionTransformer, cfg: TokenReductionConfig,
                          f"(cls_token={'yes' if model.cls_token is not None else 'no'}, "
                          f"num_prefix_tokens={model.num_prefix_tokens})")
     depth = len(model.blocks)
-    bad = [b for b in cfg.blocks if b >= depth]
-    if bad:
-        raise ValueError(f"blocks {bad} do not exist in a model with {depth} blocks")
+    _check_blocks_exist(cfg, depth)
     for i, blk in enumerate(model.blocks):
         if type(blk) not in (Block, TokenReductionBlock) or _reduction_attention_class(type(blk.attn)) is None:
             raise TypeError(f"block {i} is {type(blk).__name__} with {type(blk.attn).__name__}; only timm's "

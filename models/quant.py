@@ -99,6 +99,16 @@ class QuantSetting:
         return cls(knobs["setting"], weight["bits"], weight["granularity"], weight["group_size"],
                    act["bits"] if act else None, act["granularity"] if act else "per_token")
 
+    def check_fits(self, in_features: set[int]) -> None:
+        """Raises ValueError when weight groups of `group_size` do not divide every input width in `in_features` (of
+        the linears the setting quantizes); grouped() would fail on them in the middle of a run."""
+        if self.group_size is None:
+            return
+        misfits = sorted(width for width in in_features if width % self.group_size)
+        if misfits:
+            raise ValueError(f"group_size={self.group_size} does not divide the input width of the model's linears "
+                             f"({', '.join(map(str, misfits))} of {', '.join(map(str, sorted(in_features)))})")
+
 
 def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
     """Smallest and largest integer code: signed for symmetric grids, unsigned otherwise."""

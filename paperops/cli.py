@@ -1,6 +1,8 @@
 """The `paperops` command: list the papers, run a paper's pipeline, build datasets."""
 from __future__ import annotations
 
+import logging
+import re
 import sys
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -8,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from settings import apply_runtime_defaults, tracking_uri
 
@@ -18,6 +21,17 @@ app = typer.Typer(help="paperops: research papers from raw data to a served mode
                   no_args_is_help=True, add_completion=False)
 # Logs and CI are not terminals: give the tables room instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 140)
+PORT = {"min": 1, "max": 65535}  # typer bounds of every --port: a bad one is a usage error (exit 2)
+
+
+def print_error(headline: str, detail: object, on_new_line: bool = False) -> None:
+    """`headline` in red, then `detail` (an exception's message) exactly as it is: no markup, no emoji codes, no
+    line wrapping, so `[train]` or `[share=0, label=7]` in a message reach the user."""
+    console.print(Text.assemble((headline, "red"), "\n" if on_new_line else " ", str(detail)), soft_wrap=True)
+
+
+def print_verbatim(text: str, style: str = "") -> None:
+    console.print(Text(text, style=style), soft_wrap=True)
 
 
 @app.command("list")
@@ -33,7 +47,7 @@ def list_papers() -> None:
         try:
             names = ", ".join(profiles(config_path(name)))
         except ConfigError as exc:
-            names = f"[red]{exc}[/]"
+            names = Text(str(exc), style="red")
         table.add_row(name, cls.title, cls.compression, cls.primary_metric, names)
     console.print(table)
 
@@ -43,13 +57,17 @@ def data(stages: list[str] = typer.Argument(None, help="DVC stages to build; def
     """Build (or pull) datasets with DVC and push them to the default remote."""
     apply_runtime_defaults()
     from settings import project_root
-    from tasks.data import reproduce_dataset
+    from tasks.data import DataInfrastructureError, DataStageError, reproduce_dataset
     import yaml
 
     names = stages or list((yaml.safe_load((project_root() / "dvc.yaml").read_text()) or {}).get("stages", {}))
     for stage in names:
-        ref = reproduce_dataset(stage, project_root())
-        console.print(f"[green]✓[/] {stage}: {ref.path} (md5 {ref.md5})")
+        try:
+            ref = reproduce_dataset(stage, project_root())
+        except (DataStageError, DataInfrastructureError) as exc:
+            print_error(f"{stage}: the dataset could not be prepared:", exc, on_new_line=True)
+            raise typer.Exit(4) from exc
+        console.print(Text.assemble(("✓", "green"), f" {stage}: {ref.path} (md5 {ref.md5})"), soft_wrap=True)
 
 
 @app.command()
@@ -60,19 +78,20 @@ def run(
     overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="config override key=value (repeatable)"),
 ) -> None:
     """Run the paper's pipeline: prepare data -> validate -> train -> compress -> evaluate -> register -> promote.
-    `all` runs every registered paper in turn and ends with one table: each method against its baseline."""
+    `all` runs every registered paper in turn and ends with one table: each method against its baseline. Exits 6
+    when the gate rejected a candidate (with `all`: any paper's, after running every paper)."""
     apply_runtime_defaults()
-    from recipes import available_recipes, load_config
+    from recipes import available_recipes, check_config, load_config
     from settings.config import ConfigError
 
     papers = list(available_recipes()) if paper == "all" else [paper]
     try:
         if paper == "all" and overrides:
             raise ConfigError("--set applies to one paper's config: run the papers one by one to override keys")
-        for name in papers:
-            load_config(name, profile, overrides or [])  # fail fast, before Prefect starts, on a bad config
+        for name in papers:  # fail fast, before Prefect starts, on a bad config or a knob the model cannot take
+            check_config(load_config(name, profile, overrides or []))
     except (ConfigError, KeyError) as exc:
-        console.print(f"[red]config error:[/] {exc}")
+        print_error("config error:", exc.args[0] if isinstance(exc, KeyError) else exc)
         raise typer.Exit(2) from exc
 
     quiet_library_logs()
@@ -82,16 +101,22 @@ def run(
         print_summary(summaries[-1])
     if len(summaries) > 1:
         print_headlines(summaries)
+    rejected = [s["paper"] for s in summaries if s["promotion"] and not s["promotion"]["promoted"]]
+    if rejected:
+        print_verbatim(f"the promotion gate rejected the candidate of {', '.join(rejected)}", "yellow")
+        raise typer.Exit(6)
 
 
 def _run_pipeline(paper: str, profile: str, overrides: list[str]) -> dict[str, Any]:
-    """One paper's pipeline with progress bars; data errors exit 3 (validation) or 4 (stage)."""
+    """One paper's pipeline with progress bars; a config error exits 2, data errors 3 (validation) or 4 (stage)."""
     from flows.pipeline import paper_pipeline
-    from tasks.data import DataStageError
+    from settings.config import ConfigError
+    from tasks.data import DataInfrastructureError, DataStageError
     from tasks.progress import add_progress_listener, remove_progress_listener
     from tasks.validate import DataValidationError
 
     quiet_library_logs()  # after the imports: mlflow sets its own log level when it is imported
+    hide_handled_failures(ConfigError, DataValidationError, DataStageError, DataInfrastructureError)
     with Progress(TextColumn("{task.fields[step]:<10}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=False) as bars:
         rows: dict[str, Any] = {}
@@ -104,12 +129,15 @@ def _run_pipeline(paper: str, profile: str, overrides: list[str]) -> dict[str, A
         add_progress_listener(show)
         try:
             return paper_pipeline(paper, profile, overrides)
+        except ConfigError as exc:
+            print_error(f"{paper}: config error — nothing was trained or registered:", exc, on_new_line=True)
+            raise typer.Exit(2) from exc
         except DataValidationError as exc:
-            console.print(f"[red]{paper}: data validation failed — nothing was trained or registered:[/]\n{exc}")
+            print_error(f"{paper}: data validation failed — nothing was trained or registered:", exc, on_new_line=True)
             raise typer.Exit(3) from exc
-        except DataStageError as exc:
-            console.print(f"[red]{paper}: the dataset could not be prepared — nothing was trained or "
-                          f"registered:[/]\n{exc}")
+        except (DataStageError, DataInfrastructureError) as exc:
+            print_error(f"{paper}: the dataset could not be prepared — nothing was trained or registered:", exc,
+                        on_new_line=True)
             raise typer.Exit(4) from exc
         finally:
             remove_progress_listener(show)
@@ -123,16 +151,28 @@ def promote(
     """Run the promotion gate on a version: data valid, metric within threshold of its parent, cost ratio below
     threshold, serving smoke request answered. Passing moves @challenger and @champion to it."""
     apply_runtime_defaults()
+    from recipes import get_recipe
+    from settings.config import ConfigError
+
+    try:
+        get_recipe(paper)
+    except KeyError as exc:
+        print_error("cannot promote:", exc.args[0])
+        raise typer.Exit(2) from exc
     from flows.promote import promote_flow
     from tasks.promote import PromotionRequestError
 
     quiet_library_logs()
+    hide_handled_failures(PromotionRequestError, ConfigError)
     try:
         decision = promote_flow(paper, version)
     except PromotionRequestError as exc:
-        console.print(f"[red]cannot promote:[/] {exc}")
+        print_error("cannot promote:", exc)
         raise typer.Exit(5) from exc
-    console.print(f"gate: {decision['evidence']}")
+    except ConfigError as exc:  # the profile the version was trained with is no longer in the config
+        print_error("cannot promote:", exc)
+        raise typer.Exit(2) from exc
+    print_verbatim(f"gate: {decision['evidence']}")
     if decision["promoted"]:
         console.print(f"[green]@{decision['alias']} -> v{decision['version']}[/] (was "
                       f"{('v' + decision['previous_version']) if decision['previous_version'] else 'unset'})")
@@ -140,7 +180,7 @@ def promote(
     console.print(f"[yellow]v{decision['version']} rejected; @{decision['alias']} stays at "
                   f"{('v' + decision['previous_version']) if decision['previous_version'] else 'unset'}:[/]")
     for reason in decision["reasons"]:
-        console.print(f"  - {reason}")
+        print_verbatim(f"  - {reason}")
     raise typer.Exit(6)
 
 
@@ -167,18 +207,19 @@ def reproduce(
     try:
         plan = reproduction_plan(paper, profile, seeds, overrides or [])  # fail fast, before Prefect starts
     except (ConfigError, KeyError) as exc:
-        console.print(f"[red]config error:[/] {exc}")
+        print_error("config error:", exc.args[0] if isinstance(exc, KeyError) else exc)
         raise typer.Exit(2) from exc
     from flows.reproduce import reproduce as run_reproduction
 
     quiet_library_logs()  # after the imports: mlflow sets its own log level when it is imported
+    hide_handled_failures(ReproductionError)
     console.print(f"{paper} / {profile}: seeds {plan.seeds}"
                   + (f", overrides {plan.overrides}" if plan.overrides else "")
                   + (" as deployment children on the gpu pool" if deployed else f", {concurrency} at a time"))
     try:
         result = run_reproduction(paper, profile, seeds, list(overrides or []), deployed, concurrency)
     except ReproductionError as exc:
-        console.print(f"[red]reproduction failed:[/] {exc}")
+        print_error("reproduction failed:", exc)
         raise typer.Exit(7) from exc
     print_reproduction(paper, result)
 
@@ -224,7 +265,7 @@ def lineage(
     try:
         view = version_lineage(paper, version)
     except LineageError as exc:
-        console.print(f"[red]no lineage:[/] {exc}")
+        print_error("no lineage:", exc)
         raise typer.Exit(5) from exc
     console.print(Markdown(view.markdown()))
 
@@ -234,23 +275,31 @@ def serve(
     paper: str = typer.Argument(..., help="registered paper, see `paperops list`"),
     alias: str = typer.Option("champion", "--alias", "-a", help="registry alias of the version to serve"),
     host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(5001, "--port"),
-    workers: int = typer.Option(1, "--workers"),
+    port: int = typer.Option(5001, "--port", **PORT),
+    workers: int = typer.Option(1, "--workers", min=1),
+    max_request_bytes: int = typer.Option(4 * 1024 * 1024, "--max-request-bytes", min=1,
+                                          help="largest request body; a larger one is refused with 413"),
 ) -> None:
-    """Serve paperops-<paper>@<alias> over REST (POST /invocations) with `mlflow models serve`, pickle-free."""
+    """Serve paperops-<paper>@<alias> over REST (POST /invocations), pickle-free: MLflow's pyfunc behind a body
+    limit and validation of every request against the logged signature (tasks/model_server.py)."""
     apply_runtime_defaults()
     import os
 
-    from tasks.serve import ServingError, resolve_served_model, serve_command
+    from tasks.serve import ServingError, check_address, resolve_served_model, serve_command
 
+    try:
+        check_address(host, port)
+    except ServingError as exc:
+        print_error("cannot serve:", exc)
+        raise typer.Exit(2) from exc
     try:
         model = resolve_served_model(paper, alias)
     except ServingError as exc:
-        console.print(f"[red]cannot serve:[/] {exc}")
+        print_error("cannot serve:", exc)
         raise typer.Exit(5) from exc
-    command, env = serve_command(model, host, port, workers)
-    console.print(f"serving {model.model_name} v{model.version} (@{model.alias} at start) on http://{host}:{port}"
-                  "/invocations; if the alias moves, it refuses requests until restarted")
+    command, env = serve_command(model, host, port, workers, max_request_bytes)
+    print_verbatim(f"serving {model.model_name} v{model.version} (@{model.alias} at start) on http://{host}:{port}"
+                   "/invocations; if the alias moves, it refuses requests until restarted")
     os.execvpe(command[0], command, env)
 
 
@@ -261,7 +310,7 @@ def serve_llm(
     policy: str = typer.Option("infercept", "--policy",
                                help="vllm, improved_discard, preserve, swap, heuristic, infercept, infercept_oracle"),
     host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(5002, "--port"),
+    port: int = typer.Option(5002, "--port", **PORT),
     gpu_blocks: int = typer.Option(256, "--gpu-blocks", help="KV blocks in the device pool"),
     host_blocks: int = typer.Option(1024, "--host-blocks", help="KV blocks in the host (swap) pool"),
     block_size: int = typer.Option(16, "--block-size", help="tokens per KV block"),
@@ -282,12 +331,12 @@ def serve_llm(
 
     given = [v is not None for v in (a_ms, c_ms, saturation)]
     if any(given) and not all(given):
-        console.print("[red]--a-ms, --c-ms and --saturation go together[/] (or leave all three out to measure)")
+        print_error("--a-ms, --c-ms and --saturation go together", "(or leave all three out to measure)")
         raise typer.Exit(2)
     try:
         served, model = load_language_model(paper, alias)
     except ServingError as exc:
-        console.print(f"[red]cannot serve:[/] {exc}")
+        print_error("cannot serve:", exc)
         raise typer.Exit(5) from exc
 
     import uvicorn
@@ -303,12 +352,12 @@ def serve_llm(
     try:
         engine, notes = engine_for_model(model, options)
     except ValueError as exc:
-        console.print(f"[red]cannot serve:[/] {exc}")
+        print_error("cannot serve:", exc)
         raise typer.Exit(2) from exc
     for note in notes:
-        console.print(note)
-    console.print(f"serving {served.model_name} v{served.version} (@{served.alias} at start) on "
-                  f"http://{host}:{port}/v1/completions")
+        print_verbatim(note)
+    print_verbatim(f"serving {served.model_name} v{served.version} (@{served.alias} at start) on "
+                   f"http://{host}:{port}/v1/completions")
     uvicorn.run(create_app(engine, model=f"{served.model_name}/{served.version}", policy=policy),
                 host=host, port=port, log_level="warning")
 
@@ -336,7 +385,7 @@ def deploy(
             return
         deployments = deploy_project(options)
     except (ScaleOutError, ConfigError) as exc:
-        console.print(f"[red]deploy failed:[/] {exc}")
+        print_error("deploy failed:", exc)
         raise typer.Exit(2) from exc
     table = Table(title="deployments")
     for column in ("deployment", "work pool", "parameters", "schedule (UTC)"):
@@ -356,7 +405,7 @@ def worker(
                                        "concurrency limit gpu:<slot> keeps one heavy step on it at a time; "
                                        "default <hostname>-0"),
     name: Optional[str] = typer.Option(None, "--name", help="worker name shown in the Prefect UI"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="most flow runs this worker runs at once"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="most flow runs this worker runs at once"),
 ) -> None:
     """Start a Prefect process worker with this project's environment (stop it with two SIGTERMs)."""
     apply_runtime_defaults()
@@ -365,18 +414,45 @@ def worker(
     try:
         exec_worker(pool, slot, name, limit)
     except ScaleOutError as exc:
-        console.print(f"[red]cannot start a worker:[/] {exc}")
+        print_error("cannot start a worker:", exc)
         raise typer.Exit(2) from exc
 
 
 def quiet_library_logs() -> None:
     """The progress bars and the summary are the run's output; library INFO chatter goes to the MLflow runs."""
-    import logging
     import warnings
 
     for name in ("mlflow", "great_expectations", "alembic", "dvc"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+class _HandledFailureFilter(logging.Filter):
+    def __init__(self, handled: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.handled = handled
+        # the run's final state, e.g. "Finished in state Failed('Task run encountered an exception DataStageError: ...')"
+        names = "|".join(re.escape(error.__name__) for error in handled)
+        self.final_state = re.compile(rf"Finished in state Failed\('(Task|Flow) run encountered an exception:? "
+                                      rf"({names}): ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            return not isinstance(record.exc_info[1], self.handled)
+        return not self.final_state.match(record.getMessage())
+
+
+def hide_handled_failures(*handled: type[BaseException]) -> None:
+    """Prefect logs a failed flow or task run on the console: the exception with its traceback, then the run's final
+    state. For the errors the command reports itself, as a clean message and an exit code, both only bury the
+    message: the console handler drops them (Prefect's API still gets them, so the UI shows the failure). Any other
+    exception, a crash, keeps its traceback."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, _HandledFailureFilter) and f.handled == handled for f in handler.filters):
+            handler.addFilter(_HandledFailureFilter(handled))
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -410,7 +486,7 @@ def print_summary(summary: dict[str, Any]) -> None:
             console.print(f"[yellow]v{promotion['version']} not promoted; @{promotion['alias']} stays at "
                           f"{('v' + promotion['previous_version']) if promotion['previous_version'] else 'unset'}:[/]")
             for reason in promotion["reasons"]:
-                console.print(f"  - {reason}")
+                print_verbatim(f"  - {reason}")
     console.print(f"MLflow run {summary['pipeline_run_id']} in {tracking_uri()}\n"
                   "Open the MLflow UI with [bold]make ui[/] (http://127.0.0.1:5000).")
 

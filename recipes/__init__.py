@@ -7,8 +7,9 @@ import pkgutil
 from pathlib import Path
 from typing import Sequence
 
+from data.suites import suite_spec
 from data.views import DatasetViews, step_views
-from recipes.base import Recipe, RecipeConfig, registered_recipes
+from recipes.base import MAIN_DATASET, Recipe, RecipeConfig, registered_recipes
 from settings import project_root
 from settings.config import ConfigError, ResolvedConfig, read_profile, validate
 
@@ -44,6 +45,23 @@ def load_config(paper: str, profile: str = "tiny", overrides: Sequence[str] = ()
     data = read_profile(path, profile, overrides)
     config = validate(recipe.config_model, data, f"{path} profile {profile!r}")
     return ResolvedConfig(paper=paper, profile=profile, source=str(path), config=config)
+
+
+def check_config(resolved: ResolvedConfig) -> None:
+    """What the schema cannot check alone, before any data is prepared or model trained: each dataset's `expect`
+    fits its suite, and the recipe's model-dependent knobs fit the model the config builds (Recipe.check_config).
+    A ConfigError names the file, the profile, the key and the bound."""
+    recipe = get_recipe(resolved.paper)
+    where = f"{resolved.source} profile {resolved.profile!r}"
+    for key, section in recipe.datasets(resolved.config).items():
+        try:
+            suite_spec(section.suite, section.expect)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {'' if key == MAIN_DATASET else f'dataset {key!r}: '}{exc}") from exc
+    try:
+        recipe.check_config(resolved.config)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def built_dataset_views(recipe: Recipe, config: RecipeConfig, step: str) -> DatasetViews:

@@ -356,6 +356,20 @@ class Recipe(ABC):
     def predict(self, model: nn.Module, batch: Any, params: dict[str, Any] | None = None) -> Any:
         """The served prediction for a batch in the input_example format; `params` as in `serving_params`."""
 
+    def check_config(self, cfg: RecipeConfig) -> None:
+        """Raises ValueError, naming the dotted key and its bound, when a knob does not fit the model `cfg` builds (a
+        PPT r above the tokens a block has, a LoRA rank above the smallest linear): what the schema cannot bound
+        alone. The platform calls it before any data is prepared (recipes.check_config); by default nothing."""
+
+    def architecture(self, cfg: RecipeConfig) -> nn.Module:
+        """`build_model(cfg)` as shapes only (meta tensors: no memory, no weights) with the global random state left
+        as it was: what check_config measures knobs against."""
+        numpy_state = np.random.get_state()
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = self.build_model(cfg)
+        np.random.set_state(numpy_state)
+        return model
+
 
 def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)

@@ -26,10 +26,10 @@ from tokenizers import Tokenizer
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from models.cbq import CBQConfig
+from models.cbq import CBQConfig, check_fits, decoder_linears
 from models.common.lm import (
-    LMConfig, LMTrainConfig, TokenizedLM, build_lm, calibration_segments, eval_windows, generate, perplexity,
-    train_bpe_tokenizer, train_lm,
+    LMConfig, LMTrainConfig, TokenizedLM, architecture, build_lm, calibration_segments, eval_windows, generate,
+    perplexity, train_bpe_tokenizer, train_lm,
 )
 from models.common.profiling import measure_latency, size_on_disk
 from recipes.base import (
@@ -309,6 +309,29 @@ class CBQRecipe(Recipe):
         if not 1 <= max_new_tokens <= 1024:
             raise ValueError(f"max_new_tokens must be in [1, 1024], got {max_new_tokens}")
         return generate(model, _prompts(batch), max_new_tokens)
+
+    def check_config(self, cfg: CBQRecipeConfig) -> None:
+        """The CBQ knobs, every setting's weight groups and the sequence lengths against the LLaMA `cfg.model` builds."""
+        try:
+            model = architecture(cfg.model)
+        except (OSError, TypeError) as exc:  # no checkpoint or package where the config says; not a LLaMA
+            raise ValueError(str(exc)) from exc
+        try:
+            check_fits(model, cfg.compress)
+        except ValueError as exc:
+            raise ValueError(f"compress.{exc}") from exc
+        in_features = {linear.in_features for linear in decoder_linears(model)}
+        for i, setting in enumerate(cfg.evaluate.settings):
+            try:
+                setting.check_fits(in_features)
+            except ValueError as exc:
+                raise ValueError(f"evaluate.settings[{i}] ({setting.name}): {exc}") from exc
+        context = model.config.max_position_embeddings
+        lengths = {"train.seq_len": cfg.train.seq_len, "compress.calib_seq_len": cfg.compress.calib_seq_len,
+                   "evaluate.seq_len": cfg.evaluate.seq_len}
+        for key, length in lengths.items():
+            if length > context:
+                raise ValueError(f"{key}={length} exceeds the model's context of {context} positions")
 
 
 def _ppl_by_setting_figure(grid: list[dict[str, Any]], parent: dict[str, float]) -> Any:

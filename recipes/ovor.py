@@ -344,6 +344,9 @@ class OVORRecipe(Recipe):
         logits = predict_logits(model, images_to_input(np.asarray(batch, dtype=np.float32), size))
         return torch.softmax(logits, -1).numpy()  # (n, classes) over every class of the finished stream
 
+    def check_config(self, cfg: OVORRecipeConfig) -> None:
+        cfg.compress.check_fits(self.architecture(cfg).backbone)  # building it checks the prompt blocks too
+
 
 def _mean_matrix(matrices: list[np.ndarray]) -> np.ndarray:
     """Seed mean of accuracy matrices; the upper triangle (tasks not yet seen) stays NaN."""

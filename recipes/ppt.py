@@ -236,6 +236,9 @@ class PPTRecipe(Recipe):
         logits = predict_logits(model, images_to_input(np.asarray(batch, dtype=np.float32), img_size))
         return torch.softmax(logits, -1).numpy()  # (n, num_classes) class probabilities
 
+    def check_config(self, cfg: PPTRecipeConfig) -> None:
+        cfg.compress.check_fits(self.architecture(cfg))
+
 
 def _accuracy_vs_macs_figure(variants: list[VariantResult]) -> Any:
     fig, ax = plt.subplots(figsize=(5, 4))

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from pydantic import Field
+from timm.models.vision_transformer import VisionTransformer
 
 from models import ppt
 from recipes.base import Section
@@ -30,6 +31,13 @@ class PPTSection(Section):
         tau = self.tau if self.tau is not None else ppt.tau_for_tokens(num_patches, cv)
         return ppt.TokenReductionConfig(method=method, r=self.r, blocks=tuple(self.blocks), tau=tau, tau_cv=cv,
                                         prop_attn=self.prop_attn and method in ppt.METHODS_WITH_TOKEN_SIZES)
+
+    def check_fits(self, vit: VisionTransformer) -> None:
+        """r and blocks against the ViT they compress (models/ppt.py: check_fits), named by their config keys."""
+        try:
+            ppt.check_fits(vit, self.reduction_config(int(vit.patch_embed.num_patches)))
+        except ValueError as exc:
+            raise ValueError(f"compress.{exc}") from exc
 
 
 class FinetunedPPTSection(PPTSection):

@@ -400,6 +400,9 @@ class W2SRecipe(Recipe):
         logits = predict_logits(model, images_to_input(np.asarray(batch, dtype=np.float32), img_size))
         return torch.softmax(logits, -1).numpy()  # (n, num_classes) class probabilities
 
+    def check_config(self, cfg: W2SRecipeConfig) -> None:
+        cfg.compress.check_fits(self.architecture(cfg))
+
 
 # ------------------------------------------------------------------------------------------------ reporting
 

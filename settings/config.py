@@ -43,14 +43,53 @@ class ResolvedConfig:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# What PyYAML raises on text it cannot read: its own errors, and what its constructors let through on a malformed
+# tagged or implicit scalar (`!!float abc`, `2001-13-45`, `!!timestamp x`) or on nesting deeper than the stack.
+_YAML_ERRORS = (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError, RecursionError)
+# The values a config holds: what JSON has. YAML's dates, bytes and sets would pass a free-form section and fail
+# later; anchors can make a value that refers to itself or expands exponentially, hence the depth and size bounds.
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+MAX_VALUE_DEPTH = 32
+MAX_VALUE_ITEMS = 10_000
+
+
+def _check_plain(value: Any, where: str) -> None:
+    pending, visited = [(value, 0)], 0
+    while pending:
+        item, depth = pending.pop()
+        visited += 1
+        if depth > MAX_VALUE_DEPTH:
+            raise ConfigError(f"{where}: the value nests deeper than {MAX_VALUE_DEPTH} levels")
+        if visited > MAX_VALUE_ITEMS:
+            raise ConfigError(f"{where}: the value holds more than {MAX_VALUE_ITEMS} items")
+        if isinstance(item, dict):
+            pending += [(child, depth + 1) for pair in item.items() for child in pair]
+        elif isinstance(item, list):
+            pending += [(child, depth + 1) for child in item]
+        elif not isinstance(item, _PLAIN_SCALARS):
+            raise ConfigError(f"{where}: YAML reads a {type(item).__name__} here; a value is a number, string, "
+                              "boolean, null, list or mapping (quote it for a string)")
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode()
+            except UnicodeEncodeError as exc:  # YAML's "\ud800" escapes decode to lone surrogates
+                raise ConfigError(f"{where}: a string holds a lone surrogate ({exc.reason}), not a character") \
+                    from exc
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
+    """`key=value` as (the dotted key's parts, the value read as YAML); ConfigError names the override."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.epochs=2")
+    where = f"--set {key.strip()}"
     try:
         value = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{where}: the value nests deeper than {MAX_VALUE_DEPTH} levels") from exc
+    except _YAML_ERRORS as exc:
+        raise ConfigError(f"{where}: value is not valid YAML: {exc}") from exc
+    _check_plain(value, where)
     return key.strip().split("."), value
 
 
@@ -70,7 +109,7 @@ def profiles(path: Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"{path} does not exist")
     try:
         document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+    except _YAML_ERRORS as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     return {k: v for k, v in document.items() if isinstance(v, dict)}
 

@@ -60,3 +60,11 @@ class PromotionDecision:
     reasons: list[str]
     previous_version: str | None
     evidence: str = ""  # the primary metric's delta vs the reference, with its item-level interval when it has one
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    model_name: str
+    alias: str
+    version: str
+    model_uri: str          # models:/<name>/<version>: pinned, not the moving alias

@@ -1,31 +1,27 @@
-"""Serve a registered paper model over REST with `mlflow models serve`, pickle-free.
+"""Serve a registered paper model over REST with paperops' model server (tasks/model_server.py), pickle-free.
 
 The alias is resolved once, before the server starts, and the version it names is what gets served. When the
-alias later moves, the running server refuses requests with a message naming the new version (see
-mlflow/paper_model.py) instead of silently answering for the old one: restart `paperops serve` to follow it.
+alias later moves, the running server refuses requests with a message naming the new version instead of silently
+answering for the old one: restart `paperops serve` to follow it.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import socket
 import sys
-from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
 
 from settings import tracking_uri
+from tasks.model_server import DEFAULT_MAX_REQUEST_BYTES, MAX_REQUEST_BYTES_ENV, SERVED_MODEL_ENV
+from tasks.refs import ServedModel
 from tasks.tracking import configure_tracking, registered_model_name
 
 
 class ServingError(RuntimeError):
     """The requested model cannot be served; the message says what is missing and how to get it."""
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    model_name: str
-    alias: str
-    version: str
-    model_uri: str          # models:/<name>/<version>: pinned, not the moving alias
 
 
 def resolve_served_model(paper: str, alias: str) -> ServedModel:
@@ -43,14 +39,29 @@ def resolve_served_model(paper: str, alias: str) -> ServedModel:
     return ServedModel(name, alias, version, f"models:/{name}/{version}")
 
 
-def serve_command(model: ServedModel, host: str, port: int, workers: int = 1) -> tuple[list[str], dict[str, str]]:
-    """The `mlflow models serve` command line and environment for `model`: the project's own interpreter
-    (--env-manager local), the registry it came from, and pickle deserialization off."""
-    # mlflow execs `uvicorn` by name: the project's environment must come first on PATH
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    env = dict(os.environ, PATH=path, MLFLOW_TRACKING_URI=tracking_uri(), MLFLOW_REGISTRY_URI=tracking_uri(),
-               MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false",
-               PAPEROPS_SERVED_ALIAS=f"{model.model_name}@{model.alias}={model.version}")
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model.model_uri, "--env-manager", "local",
+def check_address(host: str, port: int) -> None:
+    """Raises ServingError when a server could not listen on host:port (an unknown host, an address of another
+    machine, a port in use), before anything is loaded. The probe sets SO_REUSEADDR as uvicorn does."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ServingError(f"--host {host!r} does not resolve: {exc.strerror}") from exc
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ServingError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+def serve_command(model: ServedModel, host: str, port: int, workers: int = 1,
+                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> tuple[list[str], dict[str, str]]:
+    """The uvicorn command line and environment of the model server for `model`: the project's own interpreter,
+    the registry it came from, pickle deserialization off, and the request body limit."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri(), MLFLOW_REGISTRY_URI=tracking_uri(),
+               MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false", **{
+                   SERVED_MODEL_ENV: json.dumps(dataclasses.asdict(model)),
+                   MAX_REQUEST_BYTES_ENV: str(max_request_bytes)})
+    command = [sys.executable, "-m", "uvicorn", "tasks.model_server:app_from_environment", "--factory",
                "--host", host, "--port", str(port), "--workers", str(workers)]
     return command, env

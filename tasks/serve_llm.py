@@ -9,7 +9,8 @@ from transformers import LlamaForCausalLM
 
 from models.common.lm import TokenizedLM
 from settings import project_root
-from tasks.serve import ServedModel, ServingError, resolve_served_model
+from tasks.refs import ServedModel
+from tasks.serve import ServingError, resolve_served_model
 from tasks.tracking import configure_tracking, load_paper_model
 
 

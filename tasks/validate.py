@@ -21,16 +21,19 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.exceptions import GreatExpectationsError
 from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 from prefect import task
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from data.dataset_dir import DatasetFormatError
 from data.expectations import Batch, DataSuite, SuitePart
-from data.suites import SUITES
+from data.suites import suite_spec
 from recipes.base import DataSection
 from tasks.data import DatasetRef
 
 # Every ephemeral context logs an INFO line about its temporary docs directory: noise in flow logs.
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 _RESULT_FORMAT: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
+# The expectation a dataset fails when its files cannot be read at all (before any GX expectation can run).
+UNREADABLE = "dataset_files_readable"
 
 
 @dataclass(frozen=True)
@@ -186,29 +189,34 @@ def _report(
     )
 
 
+def _unreadable_report(path: str | Path, suite_name: str, spec: dict[str, Any], error: Exception) -> ValidationReport:
+    """The report of a dataset whose files the suite could not read: one failed expectation, the loader's message."""
+    failed = FailedExpectation(expectation=UNREADABLE, column=None, details=str(error))
+    result = {"dataset": str(path), "suite": suite_name, "spec": spec, "success": False,
+              "statistics": {"evaluated_expectations": 1, "successful_expectations": 0},
+              "unreadable": str(error)}
+    return ValidationReport(dataset=str(path), suite=suite_name, success=False, evaluated=1, successful=0,
+                            failed=[failed], result=result)
+
+
 # ------------------------------------------------------------------------------------------- runner
-
-
-def suite_spec(suite_name: str, expect: dict[str, Any]) -> tuple[DataSuite, BaseModel]:
-    """The registered suite `suite_name` and a config's `expect` block validated against its spec."""
-    if suite_name not in SUITES:
-        raise ValueError(f"data.suite {suite_name!r} is unknown; suites: {', '.join(SUITES)}")
-    suite = SUITES[suite_name]
-    try:
-        return suite, suite.spec.model_validate(expect)
-    except ValidationError as exc:
-        raise ValueError(f"data.expect does not fit suite {suite_name!r}: {exc}") from exc
 
 
 def validate_dataset(suite: DataSuite, path: str | Path, spec: BaseModel) -> ValidationReport:
     """Run `suite` with `spec` on the dataset directory at `path`.
 
     Returns the report whatever the outcome; call `raise_for_failure()` to turn a failure into
-    DataValidationError. A directory the suite cannot read raises its loader's error instead.
+    DataValidationError. A file the suite cannot read or decode (empty, truncated, unreadable, missing from the
+    directory) is a failed expectation that names it; a directory that does not exist raises its loader's error.
     """
     if not isinstance(spec, suite.spec):
         raise TypeError(f"suite {suite.name!r} takes a {suite.spec.__name__}, got {type(spec).__name__}")
-    declared = suite.declare(Path(path), spec)
+    try:
+        declared = suite.declare(Path(path), spec)
+    except (DatasetFormatError, OSError) as exc:
+        if not Path(path).is_dir():
+            raise
+        return _unreadable_report(path, suite.name, spec.model_dump(mode="json"), exc)
     validator = _Validator(suite.name)
     for part in declared.parts:
         validator.add_part(part)

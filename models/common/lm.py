@@ -13,6 +13,7 @@ Also the loops every recipe needs on them: language-model training, perplexity o
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -165,20 +166,45 @@ def _clean_llama(model: nn.Module) -> LlamaForCausalLM:
     return clean.eval()
 
 
+def _pretrained_files(source: str, checkpoint: str | None) -> tuple[Path, dict[str, str]]:
+    """The directory and the from_pretrained arguments of a 'small' or 'full' model."""
+    if source == "small":
+        return smollm2_directory(), {"gguf_file": SMOLLM2_GGUF}
+    if source == "full":
+        directory = Path(checkpoint or "")
+        if not (directory / "config.json").is_file():
+            raise FileNotFoundError(f"model.checkpoint {directory} is not a Hugging Face checkpoint directory "
+                                    "(no config.json)")
+        return directory, {}
+    raise ValueError(f"load_pretrained loads 'small' or 'full', not {source!r}")
+
+
+@functools.lru_cache(maxsize=4)
+def _pretrained_config(source: str, checkpoint: str | None) -> LlamaConfig:
+    from transformers import AutoConfig
+
+    directory, kwargs = _pretrained_files(source, checkpoint)
+    config = AutoConfig.from_pretrained(directory, **kwargs)
+    if not isinstance(config, LlamaConfig):
+        raise TypeError(f"{directory}: a {type(config).__name__}; the language recipes support LLaMA-architecture "
+                        "checkpoints (LlamaForCausalLM)")
+    return config
+
+
+def architecture(cfg: LMConfig) -> LlamaForCausalLM:
+    """The LLaMA `build_lm(cfg)` gives, as shapes only (meta tensors): no weights are read, nothing is trained. A
+    pretrained source's config is read once per process (SmolLM2's sits in its GGUF file)."""
+    config = llama_config(cfg) if cfg.source == "tiny" else _pretrained_config(cfg.source, cfg.checkpoint)
+    with torch.device("meta"):
+        return LlamaForCausalLM(config)
+
+
 def load_pretrained(source: str, checkpoint: str | None) -> TokenizedLM:
     """SmolLM2 from its package ('small') or a local checkpoint ('full'); never touches a hub."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if source == "small":
-        directory, kwargs = smollm2_directory(), {"gguf_file": SMOLLM2_GGUF}
-    elif source == "full":
-        directory, kwargs = Path(checkpoint or ""), {}
-        if not (directory / "config.json").is_file():
-            raise FileNotFoundError(f"model.checkpoint {directory} is not a Hugging Face checkpoint directory "
-                                    "(no config.json)")
-    else:
-        raise ValueError(f"load_pretrained loads 'small' or 'full', not {source!r}")
+    directory, kwargs = _pretrained_files(source, checkpoint)
     hf_tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
     lm = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kwargs)
     if not isinstance(lm, LlamaForCausalLM):

@@ -129,3 +129,11 @@ def test_a_val_image_that_is_a_base_image_is_a_leak(glyph_dir: Path, tmp_path: P
     report = validate_dataset(FEW_SHOT_CLASSES, _variant(glyph_dir, tmp_path / "leak", x_val=x_val), SPEC)
     assert _failed(report) == {(UNIQUE, "image_sha1")}
     assert report.failed[0].details.startswith("[base+val+novel]")
+
+
+def test_an_empty_archive_fails_validation_naming_it(glyph_dir: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(glyph_dir, tmp_path / "empty")
+    (copy / FEWSHOT_FILE).write_bytes(b"")
+    report = validate_dataset(FEW_SHOT_CLASSES, copy, SPEC)
+    assert _failed(report) == {("dataset_files_readable", None)}
+    assert f"{copy / FEWSHOT_FILE} is not a readable .npz archive" in report.failed[0].details

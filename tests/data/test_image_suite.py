@@ -8,6 +8,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 import json
+import re
 import logging
 import shutil
 import subprocess
@@ -271,3 +272,28 @@ def test_a_held_repository_lock_is_a_retryable_error(repo_copy: Path) -> None:
     with Repo(str(repo_copy)) as repo, repo.lock:
         with pytest.raises(DataInfrastructureError, match="LockError"):
             reproduce_dataset("digits", repo_copy, push=False)
+
+
+@pytest.mark.parametrize("broken, content", [("images.npz", b""), ("images.npz", b"PK\x03\x04 truncated"),
+                                             ("meta.json", b""), ("meta.json", b"\xff\xfe not utf-8")])
+def test_an_empty_or_undecodable_file_fails_validation_naming_it(mnist_dir: Path, tmp_path: Path, broken: str,
+                                                                  content: bytes) -> None:
+    copy = shutil.copytree(mnist_dir, tmp_path / "broken")
+    (copy / broken).write_bytes(content)
+    report = validate_dataset(IMAGE_CLASSIFICATION, copy, MNIST_SPEC)
+
+    assert not report.success and (report.evaluated, report.successful) == (1, 0)
+    assert _failed(report.failed) == {("dataset_files_readable", None)}
+    assert str(copy / broken) in report.failed[0].details
+    json.dumps(report.result)
+    with pytest.raises(DataValidationError, match=re.escape(str(copy / broken))):
+        report.raise_for_failure()
+
+
+def test_a_missing_file_fails_validation_but_a_missing_directory_raises(mnist_dir: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(mnist_dir, tmp_path / "incomplete")
+    (copy / "images.npz").unlink()
+    report = validate_dataset(IMAGE_CLASSIFICATION, copy, MNIST_SPEC)
+    assert not report.success and f"dataset file {copy / 'images.npz'} is missing" in report.failed[0].details
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        validate_dataset(IMAGE_CLASSIFICATION, tmp_path / "nowhere", MNIST_SPEC)

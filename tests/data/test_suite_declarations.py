@@ -102,7 +102,8 @@ def test_an_expectation_gx_does_not_know_is_a_clear_error(tmp_path: Path):
 
 
 def test_a_spec_of_another_suite_is_refused(tmp_path: Path):
-    from tasks.validate import suite_spec, validate_dataset
+    from data.suites import suite_spec
+    from tasks.validate import validate_dataset
 
     with pytest.raises(TypeError, match="takes a _Spec"):
         validate_dataset(_suite(), tmp_path, SUITES["text_corpus"].spec())

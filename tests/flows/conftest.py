@@ -1,6 +1,6 @@
 """A real Prefect API for the session (prefect_test_harness), each recipe's smoke pipeline run once per session
-whichever test module asks first, and a real `mlflow models serve` process per test, on a free 127.0.0.1 port,
-stopped even when the test fails."""
+whichever test module asks first, and a real `paperops serve` model server process per test, on a free 127.0.0.1
+port, stopped even when the test fails."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,8 @@ import pytest
 
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks.serve import ServedModel, serve_command
+from tasks.refs import ServedModel
+from tasks.serve import serve_command
 
 
 @pytest.fixture(scope="session")
@@ -66,14 +67,14 @@ def _post_json(url: str, payload: dict[str, Any]) -> Any:
 
 
 @pytest.fixture
-def running_server() -> Iterator[Callable[[ServedModel], str]]:
-    """Starts the server `paperops serve` would start for a model; returns its /invocations URL once /ping
-    answers."""
+def running_server() -> Iterator[Callable[..., str]]:
+    """Starts the server `paperops serve` would start for a model (keyword options as serve_command takes them);
+    returns its /invocations URL once /ping answers."""
     servers: list[subprocess.Popen] = []
 
-    def start(model: ServedModel) -> str:
+    def start(model: ServedModel, **options: Any) -> str:
         port = free_port()
-        command, env = serve_command(model, "127.0.0.1", port)
+        command, env = serve_command(model, "127.0.0.1", port, **options)
         server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         servers.append(server)
         deadline = time.monotonic() + 180

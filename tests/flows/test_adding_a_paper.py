@@ -59,6 +59,9 @@ def test_the_new_paper_runs_through_the_pipeline_and_is_registered_and_promoted(
     assert (record.paper, record.dataset_stage, record.gx_success) == (PAPER, stage, True)
     assert record.git_commit == git(in_the_copy, "rev-parse", "HEAD").strip()  # the copy's code made it
     assert new_paper_run["promotion"]["promoted"], new_paper_run["promotion"]["reasons"]
+    # The guide's decisive criterion was judged from the per-item scores (whichever way it came out), not skipped.
+    [criterion] = new_paper_run["decisive"]
+    assert criterion["outcome"] in ("holds", "does not hold") and criterion["interval"]["n"] > 100
 
 
 def test_the_new_paper_shows_in_paperops_list_and_gets_a_deployment(new_paper_run, monkeypatch):

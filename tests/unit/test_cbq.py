@@ -214,3 +214,18 @@ def test_rounding_is_binary_when_hardened(quantized_pair) -> None:
     assert all(fraction < 0.08 for fraction in fractions), fractions
     temperatures = reporter.series("cbq/temperature")
     assert temperatures[0] == 1.0 and temperatures[-1] == pytest.approx(0.02)
+
+
+def test_check_fits_bounds_window_rank_and_groups_by_the_model() -> None:
+    from models.cbq import check_fits
+
+    model = tiny_llama()  # 3 layers; hidden 64, intermediate 128: smallest linear min(in, out) = 64
+    check_fits(model, CBQConfig(window=3, overlap=1, rank=64,
+                                setting=QuantSetting("W2g32", 2, "per_group", group_size=32)))
+    with pytest.raises(ValueError, match=r"^window=4 exceeds the model's 3 decoder layers$"):
+        check_fits(model, CBQConfig(window=4))
+    with pytest.raises(ValueError, match=r"^rank=65 exceeds 64, min\(in, out\) of the model's smallest decoder linear"):
+        check_fits(model, CBQConfig(rank=65))
+    with pytest.raises(ValueError, match=r"^setting.group_size=48 does not divide the input width of the model's "
+                                         r"linears \(64, 128 of 64, 128\)"):
+        check_fits(model, CBQConfig(setting=QuantSetting("W4g48", 4, "per_group", group_size=48)))

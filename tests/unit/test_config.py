@@ -1,8 +1,10 @@
 import re
 
+import numpy as np
 import pytest
+import torch
 
-from recipes import get_recipe, load_config
+from recipes import check_config, get_recipe, load_config
 from settings import project_root
 from settings.config import ConfigError, profiles
 
@@ -85,3 +87,45 @@ def test_built_dataset_views_name_the_stage_to_build() -> None:
 
     with pytest.raises(ConfigError, match=r"data/miniimagenet is not built: .*dvc repro miniimagenet"):
         built_dataset_views(get_recipe("feat"), load_config("feat", "full").config, "train")
+
+
+@pytest.mark.parametrize("paper, profile", EVERY_PROFILE, ids=[f"{p}-{q}" for p, q in EVERY_PROFILE])
+def test_every_profile_fits_the_model_it_builds(paper, profile):
+    # recipes.check_config: each dataset's `expect` fits its suite, each knob the model it bounds. cbq's full profile
+    # names a placeholder checkpoint path, which the check reports before anything runs.
+    resolved = load_config(paper, profile)
+    if (paper, profile) == ("cbq", "full"):
+        with pytest.raises(ConfigError, match="model.checkpoint /path/to/a/local/llama/checkpoint is not a Hugging "
+                                              "Face checkpoint directory"):
+            check_config(resolved)
+    else:
+        check_config(resolved)
+
+
+@pytest.mark.parametrize("paper, override, message", [
+    ("ppt", "compress.r=33", "compress.r=33 exceeds 32, the most tokens block 3 can remove (65 tokens enter it"),
+    ("ovor", "compress.r=9", "compress.r=9 exceeds 8, the most tokens block 1 can remove (17 tokens enter it"),
+    ("ovor", "prompt.e_blocks=[2, 9]", "prompt block 9 does not exist in a ViT with 6 blocks"),
+    ("cbq", "compress.setting={name: W2g128, w_bits: 2, w_granularity: per_group, group_size: 128}",
+     "compress.setting.group_size=128 does not divide the input width of the model's linears (704 of 256, 704)"),
+    ("cbq", "evaluate.settings=[{name: W4g96, w_bits: 4, w_granularity: per_group, group_size: 96}]",
+     "evaluate.settings[0] (W4g96): group_size=96 does not divide the input width"),
+    ("cbq", "evaluate.seq_len=1024", "evaluate.seq_len=1024 exceeds the model's context of 512 positions"),
+    ("ppt", "data.suite=tabular", "data.suite 'tabular' is unknown; suites: image_classification"),
+    ("ovor", "pretrain.data.expect.height=0", "dataset 'pretrain': data.expect does not fit suite "
+     "'image_classification': height: Input should be greater than 0"),
+])
+def test_knobs_the_model_cannot_take_are_refused_naming_key_and_bound(paper, override, message):
+    resolved = load_config(paper, "tiny", [override])  # the schema alone accepts each of these
+    with pytest.raises(ConfigError, match=re.escape(f"profile 'tiny': {message}")):
+        check_config(resolved)
+
+
+def test_the_knob_check_leaves_the_global_random_state_alone():
+    torch.manual_seed(7)
+    np.random.seed(7)
+    expected = torch.rand(3), np.random.rand(3)
+    torch.manual_seed(7)
+    np.random.seed(7)
+    check_config(load_config("ppt", "tiny"))  # builds the ViT (seeding it) on the meta device
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])

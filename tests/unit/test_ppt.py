@@ -399,3 +399,15 @@ def test_macs_drop_by_the_analytic_ratio(dense):
     assert pool_macs / dense_macs == pytest.approx(_analytic_macs(attn, mlp) / _analytic_macs([65] * 12, [65] * 12),
                                                    rel=0.01)
     assert prune_macs / dense_macs < 0.7
+
+
+def test_check_fits_bounds_r_by_the_first_reduction_block_and_blocks_by_the_depth(dense):
+    # 65 tokens enter: at most (65 - 1) // 2 = 32 can go at the first block; later blocks cap r at half theirs
+    ppt.check_fits(dense, ppt.TokenReductionConfig("ppt", r=32, blocks=(3, 6, 9)))
+    with pytest.raises(ValueError, match=r"^r=33 exceeds 32, the most tokens block 3 can remove \(65 tokens"):
+        ppt.check_fits(dense, ppt.TokenReductionConfig("ppt", r=33, blocks=(9, 3, 6)))
+    with pytest.raises(ValueError, match=r"^r=100000 exceeds 32, the most tokens block 0 can remove"):
+        ppt.check_fits(dense, ppt.TokenReductionConfig("tome", r=100000, blocks=()))  # every block: block 0 first
+    with pytest.raises(ValueError, match=r"^blocks \[12, 15\] do not exist in a model with 12 blocks"):
+        ppt.check_fits(dense, ppt.TokenReductionConfig("ppt", r=1, blocks=(3, 12, 15)))
+    assert [ppt.removable_tokens(n) for n in (65, 51, 2, 1)] == [32, 25, 0, 0]
