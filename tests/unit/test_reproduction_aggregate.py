@@ -6,6 +6,7 @@ import datetime as dt
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats as scipy_stats
 
 from recipes import config_path, get_recipe, load_config
@@ -93,10 +94,10 @@ def test_seed_figures_take_the_numbers_of_a_pipeline_summary():
 
 
 def test_the_plan_runs_seeds_0_to_n_minus_1_after_the_profiles_reproduce_overrides(tmp_path, monkeypatch):
-    text = config_path("ppt").read_text().replace("\ntiny:\n", "\ntiny:\n  reproduce:\n    seeds: 3\n"
-                                       "    overrides: [evaluate.latency_runs=3]\n", 1)
+    profiles = yaml.safe_load(config_path("ppt").read_text())
+    profiles["tiny"]["reproduce"] = {"seeds": 3, "overrides": ["evaluate.latency_runs=3"]}
     (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "ppt.yaml").write_text(text)
+    (tmp_path / "configs" / "ppt.yaml").write_text(yaml.safe_dump(profiles))
     monkeypatch.setenv("PAPEROPS_ROOT", str(tmp_path))
     plan = reproduction_plan("ppt", "tiny", None, ["train.epochs=1"])
     assert plan.seeds == [0, 1, 2]
