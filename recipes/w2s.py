@@ -1,15 +1,17 @@
 """Vision weak-to-strong generalization with the adaptive confidence loss (AdaptConf; Guo et al., arXiv 2402.03749).
 
-One run, per seed: train a weak teacher (logistic regression / small MLP, optionally on noisy labels) on
-weak-train; train a strong student (a small timm ViT) on the disjoint w2s-train split from the teacher's outputs
-with KD, AugConf and AdaptConf; train the same ViT on w2s-train's ground truth (the ceiling); measure top-1 on
-the test split and the performance gap recovered, PGR = (acc_w2s − acc_weak) / (acc_ceiling − acc_weak).
+One run = one seed (`paperops reproduce w2s --seeds N` runs seeds 0..N-1 and aggregates). Train a weak teacher
+(logistic regression / small MLP, optionally on noisy labels) on weak-train; train strong students (a small timm
+ViT, all from the same initial weights and batch order) on the disjoint w2s-train split from the teacher's outputs
+with KD, AugConf and AdaptConf, and the same ViT on w2s-train's ground truth (the ceiling, = "GT only").
 
-Protocols (vision.md §4.5): B = Burns-style pure W2S (w_gt = 0, the student never sees a label: the primary
-protocol, on which PGR is defined); A = the official code's (w_gt = 1 plus the weak-teacher loss). The model this
-recipe trains and registers is the AdaptConf student of the primary protocol at the first seed; PPT then
-compresses it (models/ppt.py) with a short fine-tune on the same AdaptConf objective (weak teacher, no labels in
-protocol B), and that compressed ViT is the method version.
+Protocols (vision.md §4.5): A = the paper's and the official code's (w_gt = 1 plus the weak-teacher loss): the
+primary protocol, whose AdaptConf student is the registered model and whose AdaptConf − KD top-1 gain is the headline;
+B = Burns-style pure W2S (w_gt = 0, the student never sees a label), reported beside it with the performance gap
+recovered, PGR = (acc_w2s − acc_weak) / (acc_ceiling − acc_weak). Train sees fit and val only: every other model it
+trains is a Companion that evaluate scores on the test split, with per-image top-1 on the same images in the same
+order for every model, so every comparison is paired. PPT then compresses the registered student (models/ppt.py)
+with a short fine-tune on the student's own objective; the dense student gets exactly the same fine-tune beside it.
 """
 from __future__ import annotations
 
@@ -27,11 +29,11 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from models import ppt
-from models.common.classifier import predict_logits, top1_accuracy
+from models.common.classifier import predict_logits, top1_accuracy, top1_per_item
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from recipes.base import (
-    CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, RunModels, Section,
-    VariantResult, compare_to_parent, TrainResult, register_recipe, seed_everything,
+    Companion, CompressionResult, Evaluation, Headline, LatencySection, PaperFigure, Recipe, RecipeConfig, RunModels,
+    Section, VariantResult, compare_to_parent, TrainResult, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.common.vit import ViTConfig, build_vit, images_to_input, random_translate
@@ -44,6 +46,11 @@ from recipes.ppt_section import FinetunedPPTSection, ppt_knobs, ppt_record
 Protocol = Literal["A", "B"]
 W2S_LOSSES: tuple[str, ...] = ("kd", "augconf", "adaptconf")
 W_GT = {"A": 1.0, "B": 0.0}
+WEAK_TEACHER = "weak_teacher"
+CEILING = "ceiling_gt"  # the strong ViT trained on w2s-train's ground truth: PGR's ceiling, protocol A's "GT only"
+REGISTERED = "adaptconf"  # the registered dense student: AdaptConf of the primary protocol
+COMPRESSED = "adaptconf_ppt"
+SAME_FINETUNE = "adaptconf_same_finetune"  # the dense student fine-tuned exactly as its PPT copy: the reference for Δ
 
 
 class SplitSection(Section):
@@ -53,10 +60,9 @@ class SplitSection(Section):
 
 
 class ExperimentSection(Section):
-    seeds: int = Field(3, ge=1, description="training seeds cfg.seed, cfg.seed+1, ...; the first is registered")
-    protocols: tuple[Protocol, ...] = Field(("B", "A"), min_length=1)
-    primary_protocol: Protocol = "B"
-    teacher_conf_ablation: bool = Field(True, description="also train AdaptConf with the ASSUMED paper-text α "
+    protocols: tuple[Protocol, ...] = Field(("A", "B"), min_length=1)
+    primary_protocol: Protocol = Field("A", description="the protocol of the registered student and the headline")
+    teacher_conf_ablation: bool = Field(False, description="also train AdaptConf with the ASSUMED paper-text α "
                                         "(teacher's own confidence in the denominator), primary protocol")
     augment: bool = Field(False, description="random ±2 px translation of w2s-train batches (teacher sees the "
                           "same augmented images)")
@@ -66,16 +72,18 @@ class ExperimentSection(Section):
     def _primary_is_run(self) -> ExperimentSection:
         if self.primary_protocol not in self.protocols:
             raise ValueError(f"primary_protocol {self.primary_protocol} is not among protocols {self.protocols}")
+        if len(set(self.protocols)) != len(self.protocols):
+            raise ValueError(f"protocols {self.protocols} name a protocol twice")
         return self
 
 
 class CompressSection(FinetunedPPTSection):
-    """PPT, fine-tuned label-free with the student's own training loop."""
+    """PPT, fine-tuned with the student's own training loop; the dense student gets the same fine-tune beside it."""
 
     finetune_teacher: Literal["parent", "weak"] = Field(
-        "weak", description="fine-tune target, label-free either way: 'parent' = KD from the dense student "
-        "(self-distillation); 'weak' = the student's own AdaptConf objective from the weak teacher")
-    finetune: StudentTrainConfig = StudentTrainConfig(epochs=2, lr=2e-4, min_lr=1e-6, warmup_epochs=0.0)
+        "weak", description="fine-tune target: 'weak' = the student's own objective (the primary protocol's "
+        "AdaptConf from the weak teacher); 'parent' = KD from the dense student (self-distillation)")
+    finetune: StudentTrainConfig = StudentTrainConfig(epochs=1, lr=4e-5, min_lr=1e-5, warmup_epochs=0.17)
 
 
 class EvaluateSection(LatencySection):
@@ -89,7 +97,7 @@ class W2SRecipeConfig(RecipeConfig):
     train: StudentTrainConfig = StudentTrainConfig()
     loss: LossConfig = LossConfig()
     experiment: ExperimentSection = ExperimentSection()
-    compress: CompressSection = CompressSection(r=4, blocks=(1, 2))
+    compress: CompressSection = CompressSection(r=4, blocks=(1, 2, 3))
     evaluate: EvaluateSection = EvaluateSection()
 
 
@@ -116,8 +124,39 @@ def pgr(acc_w2s: float, acc_weak: float, acc_ceiling: float) -> float:
 
 
 def variant_name(protocol: Protocol, loss: str, primary: Protocol) -> str:
-    """'kd' for the primary protocol, 'A_kd' for the other one: the metric prefixes of train()'s dict."""
+    """'kd' for the primary protocol, 'B_kd' for the other one: the variant and companion names."""
     return loss if protocol == primary else f"{protocol}_{loss}"
+
+
+@dataclass(frozen=True)
+class StudentJob:
+    """One student of the run: its variant name, protocol, loss and α mode (None: the config's)."""
+
+    name: str
+    protocol: Protocol
+    kind: LossKind
+    alpha_mode: str | None = None
+
+
+def student_jobs(ex: ExperimentSection) -> list[StudentJob]:
+    """Every student a run trains besides the ceiling, in training order: the three losses per protocol, then the
+    α ablation (primary protocol)."""
+    jobs = [StudentJob(variant_name(p, loss, ex.primary_protocol), p, loss)  # type: ignore[arg-type]
+            for p in ex.protocols for loss in W2S_LOSSES]
+    if ex.teacher_conf_ablation:
+        jobs.append(StudentJob("adaptconf_teacher_conf", ex.primary_protocol, "adaptconf", "teacher_conf"))
+    return jobs
+
+
+def variant_knobs(name: str, cfg: W2SRecipeConfig) -> dict[str, Any]:
+    """How a student variant was trained: protocol, w_gt, loss and α mode ({} for the weak teacher and the ceiling;
+    the fine-tuned copies of the registered student carry its knobs)."""
+    key = REGISTERED if name in (COMPRESSED, SAME_FINETUNE) else name
+    for job in student_jobs(cfg.experiment):
+        if job.name == key:
+            return {"protocol": job.protocol, "w_gt": W_GT[job.protocol], "loss": job.kind,
+                    "alpha_mode": job.alpha_mode or cfg.loss.alpha_mode}
+    return {}
 
 
 def alpha_histogram(alpha: torch.Tensor, agree: torch.Tensor, bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,11 +168,6 @@ def alpha_histogram(alpha: torch.Tensor, agree: torch.Tensor, bins: int) -> tupl
     return np.histogram(a[g], edges)[0], np.histogram(a[~g], edges)[0]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
 @register_recipe
 class W2SRecipe(Recipe):
     name = "w2s"
@@ -142,9 +176,9 @@ class W2SRecipe(Recipe):
     config_model = W2SRecipeConfig
     primary_metric = "top1"
     cost_metric = "macs_ratio"
-    headline = Headline("pgr", "adaptconf_seed_mean", "kd", None,
-                        "no PGR in the paper; CIFAR-100 ResNet20 -> ResNet56 top-1 at w_gt = 1: AdaptConf 74.17 vs "
-                        "KD 73.81 (ggjy/vision_weak_to_strong README)")
+    headline = Headline("top1", REGISTERED, "kd", 74.17,
+                        "CIFAR-100 ResNet20 -> ResNet56 at w_gt = 1 (our protocol A): AdaptConf 74.17 vs KD 73.81, "
+                        "+0.36 pt (ggjy/vision_weak_to_strong README)")
     paper_figures = (
         PaperFigure("adaptconf_minus_kd_top1_pts", 74.17 - 73.81, "ggjy/vision_weak_to_strong README",
                     "CIFAR-100 ResNet20 -> ResNet56, w_gt = 1 (our protocol A): AdaptConf 74.17 vs KD 73.81"),
@@ -158,9 +192,8 @@ class W2SRecipe(Recipe):
     macs_per_item_metric = "macs_per_image"
     smoke_overrides = (
         "model.embed_dim=32", "model.num_heads=2",
-        "experiment.seeds=1", "experiment.teacher_conf_ablation=false",
-        "train.epochs=3", "train.max_train_images=512", "train.warmup_epochs=0.2", "weak.epochs=3",
-        "compress.finetune.epochs=1", "compress.finetune.max_train_images=128",
+        "train.epochs=2", "train.max_train_images=512", "train.warmup_epochs=0.2", "weak.epochs=3",
+        "compress.finetune.max_train_images=128",
         "evaluate.max_test_images=200", "evaluate.latency_batch=16", "evaluate.latency_runs=2",
         "evaluate.latency_warmup=1",
     )
@@ -188,23 +221,27 @@ class W2SRecipe(Recipe):
                        x_test, y_test, splits, raw)
 
     def build_model(self, cfg: W2SRecipeConfig) -> nn.Module:
+        """The strong ViT at the run's initial weights: every student and the ceiling start from these."""
         seed_everything(cfg.seed)
         return build_vit(cfg.model).eval()
 
-    def _student(self, cfg: W2SRecipeConfig, seed: int) -> nn.Module:
-        seed_everything(seed)
-        return build_vit(cfg.model).eval()
+    def companion_module(self, name: str, cfg: W2SRecipeConfig, knobs: dict[str, Any] | None) -> nn.Module:
+        if name == WEAK_TEACHER:
+            c, s = cfg.model.in_chans, cfg.model.img_size
+            return WeakTeacher(c * s * s, cfg.model.num_classes, cfg.weak.hidden).eval()
+        return super().companion_module(name, cfg, knobs)
 
-    def weak_teacher(self, data: W2SData, cfg: W2SRecipeConfig, seed: int) -> WeakTeacher:
-        """The weak teacher of training seed `seed`: deterministic, so compress() rebuilds the same one."""
-        generator = seed_everything(10_000 + seed)
+    def weak_teacher(self, data: W2SData, cfg: W2SRecipeConfig) -> WeakTeacher:
+        """The run's weak teacher (label noise drawn by cfg.seed): deterministic, so compress() rebuilds the same."""
+        generator = seed_everything(10_000 + cfg.seed)
         teacher, _ = train_weak_teacher(data.x_weak, data.y_weak, cfg.model.num_classes, cfg.weak, generator)
         return teacher
 
     def _train_one(self, student: nn.Module, teacher: nn.Module, data: W2SData, cfg: W2SRecipeConfig,
-                   kind: LossKind, w_gt: float, seed: int, reporter: Reporter, prefix: str,
-                   alpha_mode: str | None = None, train_cfg: StudentTrainConfig | None = None) -> StudentRun:
-        generator = torch.Generator().manual_seed(20_000 + seed)
+                   kind: LossKind, w_gt: float, reporter: Reporter, prefix: str, alpha_mode: str | None = None,
+                   train_cfg: StudentTrainConfig | None = None, order_seed: int = 0) -> StudentRun:
+        """One student on w2s-train; the same `order_seed` gives the same batches (and shifts) to every student."""
+        generator = torch.Generator().manual_seed(20_000 + cfg.seed + order_seed)
         return train_student(student, teacher, data.x_w2s, data.y_w2s, kind, w_gt, train_cfg or cfg.train,
                              cfg.loss, reporter, generator,
                              augment=random_translate if cfg.experiment.augment else None,
@@ -213,86 +250,53 @@ class W2SRecipe(Recipe):
     # ----------------------------------------------------------------------------------------------- train
 
     def train(self, model: nn.Module, data: W2SData, cfg: W2SRecipeConfig, reporter: Reporter) -> TrainResult:
-        """Trains `model` as the AdaptConf student (primary protocol, first seed) and, in the same call, the weak
-        teachers, the ceilings and every other student; returns their test top-1 and PGR, per seed and as
-        mean/std over seeds, under prefixes weak., ceiling., kd., augconf., adaptconf., A_*., and
-        adaptconf_teacher_conf. (ablation)."""
+        """Trains `model` as the AdaptConf student of the primary protocol and, from the same initial weights and
+        batch order, the weak teacher, the ceiling and every other student, returned as companions. Metrics are
+        val figures (`<variant>.val_top1`, `.val_pgr`) and training statistics (α, corrected share)."""
         ex = cfg.experiment
-        primary = ex.primary_protocol
-        per_seed: dict[str, list[float]] = {}
-        alphas, agrees, corrected_rows = [], [], []
-
-        def record(name: str, value: float) -> None:
-            per_seed.setdefault(name, []).append(value)
-
-        jobs: list[tuple[str, Protocol, LossKind, str | None]] = []
-        for protocol in ex.protocols:
-            for loss in W2S_LOSSES:
-                jobs.append((variant_name(protocol, loss, primary), protocol, loss, None))  # type: ignore[arg-type]
-        if ex.teacher_conf_ablation:
-            jobs.append(("adaptconf_teacher_conf", primary, "adaptconf", "teacher_conf"))
-        total = ex.seeds * (len(jobs) + 1)
-        done = 0
-        for i in range(ex.seeds):
-            seed = cfg.seed + i
-            teacher = self.weak_teacher(data, cfg, seed)
-            acc_weak = top1_accuracy(predict_logits(teacher, data.x_val), data.y_val)  # val, not test: CONTRACT19 §1
-            record("weak.top1", acc_weak)
-            record("weak.w2s_train_top1", top1_accuracy(predict_logits(teacher, data.x_w2s), data.y_w2s))
-            ceiling = self._student(cfg, seed)
-            self._train_one(ceiling, teacher, data, cfg, "gt", 1.0, seed, reporter, f"ceiling_s{seed}")
-            # val, not test: CONTRACT19 §1
-            acc_ceiling = top1_accuracy(predict_logits(ceiling, data.x_val), data.y_val)
-            record("ceiling.top1", acc_ceiling)
-            done += 1
-            reporter.progress(done, total, "w2s students")
-            del ceiling
-            for name, protocol, kind, alpha_mode in jobs:
-                registered = i == 0 and name == "adaptconf"
-                student = model if registered else self._student(cfg, seed)
-                run = self._train_one(student, teacher, data, cfg, kind, W_GT[protocol], seed, reporter,
-                                      f"{name}_s{seed}", alpha_mode)
-                acc = top1_accuracy(predict_logits(student, data.x_val), data.y_val)  # val, not test: CONTRACT19 §1
-                record(f"{name}.top1", acc)
-                record(f"{name}.pgr", pgr(acc, acc_weak, acc_ceiling))
-                record(f"{name}.corrected_share_last_epoch", run.metrics["corrected_share_last_epoch"])
-                corrected_rows += [{"variant": name, "seed": seed, "epoch": e + 1, "corrected_share": c}
-                                   for e, c in enumerate(run.corrected_share_by_epoch)]
-                if kind == "adaptconf":
-                    a, g = run.final_alpha, run.final_agree
-                    record(f"{name}.alpha_min", float(a.min()))
-                    record(f"{name}.alpha_max", float(a.max()))
-                    record(f"{name}.alpha_mean_agree", float(a[g].mean()) if g.any() else float("nan"))
-                    record(f"{name}.alpha_mean_disagree", float(a[~g].mean()) if (~g).any() else float("nan"))
-                    record(f"{name}.disagree_share", float((~g).float().mean()))
-                    if name == "adaptconf":
-                        alphas.append(a)
-                        agrees.append(g)
-                if registered:
-                    for k, v in run.metrics.items():
-                        record(f"train.{k}", v)
-                done += 1
-                reporter.progress(done, total, "w2s students")
-
+        initial = copy.deepcopy(model.state_dict())
+        teacher = self.weak_teacher(data, cfg)
         metrics: dict[str, float] = {}
-        for name, values in per_seed.items():
-            mean, std = _mean_std(values)
-            metrics[name] = mean
-            metrics[f"{name}_std"] = std
-            for i, v in enumerate(values):
-                metrics[f"{name}_s{cfg.seed + i}"] = v
-        # The registered model's own figure (first seed) is `top1`; the seed means are under the prefixes.
-        metrics["top1"] = per_seed["adaptconf.top1"][0]
-        metrics["seeds"] = float(ex.seeds)
-        agree_counts, disagree_counts = alpha_histogram(torch.cat(alphas), torch.cat(agrees), ex.histogram_bins)
-        for b in range(ex.histogram_bins):
-            metrics[f"alpha_hist.agree_bin{b:02d}"] = float(agree_counts[b])
-            metrics[f"alpha_hist.disagree_bin{b:02d}"] = float(disagree_counts[b])
-        metrics.update(decisive_checks(metrics))
-        reporter.log_table("w2s_results", results_table(metrics, cfg))
+        companions: dict[str, Companion] = {WEAK_TEACHER: Companion(teacher)}
+
+        def val_top1(module: nn.Module) -> float:
+            return top1_accuracy(predict_logits(module, data.x_val), data.y_val)
+
+        acc_weak = metrics["weak_teacher.val_top1"] = val_top1(teacher)
+        metrics["weak_teacher.w2s_train_top1"] = top1_accuracy(predict_logits(teacher, data.x_w2s), data.y_w2s)
+        jobs = student_jobs(ex)
+        total = len(jobs) + 1
+        ceiling = self.build_model(cfg)
+        self._train_one(ceiling, teacher, data, cfg, "gt", 1.0, reporter, CEILING)
+        acc_ceiling = metrics[f"{CEILING}.val_top1"] = val_top1(ceiling)
+        companions[CEILING] = Companion(ceiling)
+        reporter.progress(1, total, "w2s students")
+        corrected_rows: list[dict[str, Any]] = []
+        for done, job in enumerate(jobs, start=2):
+            student = model if job.name == REGISTERED else self.build_model(cfg)
+            student.load_state_dict(initial)
+            run = self._train_one(student, teacher, data, cfg, job.kind, W_GT[job.protocol], reporter, job.name,
+                                  job.alpha_mode)
+            acc = metrics[f"{job.name}.val_top1"] = val_top1(student)
+            metrics[f"{job.name}.val_pgr"] = pgr(acc, acc_weak, acc_ceiling)
+            metrics[f"{job.name}.corrected_share_last_epoch"] = run.metrics["corrected_share_last_epoch"]
+            corrected_rows += [{"variant": job.name, "epoch": e + 1, "corrected_share": c}
+                               for e, c in enumerate(run.corrected_share_by_epoch)]
+            if job.kind == "adaptconf":
+                metrics |= alpha_statistics(job.name, run.final_alpha, run.final_agree)
+            if job.name == REGISTERED:
+                metrics |= {f"train.{k}": v for k, v in run.metrics.items()}
+                agree_counts, disagree_counts = alpha_histogram(run.final_alpha, run.final_agree, ex.histogram_bins)
+                for b in range(ex.histogram_bins):
+                    metrics[f"alpha_hist.agree_bin{b:02d}"] = float(agree_counts[b])
+                    metrics[f"alpha_hist.disagree_bin{b:02d}"] = float(disagree_counts[b])
+            else:
+                companions[job.name] = Companion(student)
+            reporter.progress(done, total, "w2s students")
+        metrics["val_top1"] = metrics[f"{REGISTERED}.val_top1"]
         reporter.log_table("corrected_share_by_epoch", corrected_rows)
         reporter.log_figure("alpha_histogram", alpha_histogram_figure(metrics, ex.histogram_bins))
-        return TrainResult(metrics)
+        return TrainResult(metrics, companions)
 
     # -------------------------------------------------------------------------------------------- compress
 
@@ -300,23 +304,28 @@ class W2SRecipe(Recipe):
         return int(model.patch_embed.num_patches)
 
     def compress(self, model: nn.Module, data: W2SData, cfg: W2SRecipeConfig, reporter: Reporter) -> CompressionResult:
-        """PPT patch, then a short label-free fine-tune with PPT on: KD from the dense student (finetune_teacher
-        = 'parent') or the student's own AdaptConf objective from the weak teacher ('weak'), w_gt of the primary
-        protocol either way (no labels in protocol B)."""
+        """PPT patch, then cfg.compress.finetune with PPT on: the primary protocol's AdaptConf from the weak teacher
+        (finetune_teacher = 'weak') or KD from the dense student ('parent'). The dense student gets the same
+        fine-tune (same batches, same objective) as a companion: the reference for PPT's accuracy change."""
         trc = cfg.compress.finetune_reduction_config(self._num_patches(model))
         parent = copy.deepcopy(model).eval()
+        same_finetune = copy.deepcopy(model)
         ppt.compress(model, trc)
         if cfg.compress.finetune_teacher == "parent":
             teacher, kind = parent, "kd"
         else:
-            teacher, kind = self.weak_teacher(data, cfg, cfg.seed), "adaptconf"
+            teacher, kind = self.weak_teacher(data, cfg), "adaptconf"
         for p in teacher.parameters():
             p.requires_grad_(False)
-        run = self._train_one(model, teacher, data, cfg, kind, W_GT[cfg.experiment.primary_protocol],
-                              cfg.seed + 1, reporter, "finetune", train_cfg=cfg.compress.finetune)
-        metrics = {f"finetune_{k}": v for k, v in run.metrics.items()}
-        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_val), data.y_val)  # val, not test: CONTRACT19 §1
-        return CompressionResult(model=model, method="ppt", knobs=ppt_knobs(trc), metrics=metrics)
+        w_gt = W_GT[cfg.experiment.primary_protocol]
+        metrics: dict[str, float] = {}
+        for name, module in (("finetune", model), (SAME_FINETUNE, same_finetune)):
+            run = self._train_one(module, teacher, data, cfg, kind, w_gt, reporter, name,
+                                  train_cfg=cfg.compress.finetune, order_seed=1)
+            metrics |= {f"{name}_{k}": v for k, v in run.metrics.items()}
+            metrics[f"{name}_val_top1"] = top1_accuracy(predict_logits(module, data.x_val), data.y_val)
+        return CompressionResult(model=model, method="ppt", knobs=ppt_knobs(trc), metrics=metrics,
+                                 companions={SAME_FINETUNE: Companion(same_finetune)})
 
     def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
         return ppt_record(knobs)
@@ -327,68 +336,58 @@ class W2SRecipe(Recipe):
     # -------------------------------------------------------------------------------------------- evaluate
 
     def evaluate(self, models: RunModels, data: W2SData, cfg: W2SRecipeConfig, reporter: Reporter) -> Evaluation:
-        """Re-measures the registered dense AdaptConf student (parent) and its PPT copy (method) on the test
-        split (top-1, MACs, latency, size); the weak teacher, the ceiling, KD, AugConf, protocol A and the α
-        ablation come from train()'s metrics as the mean over seeds (top1, top1_std, pgr, pgr_std)."""
-        dense, compressed, tm = models.dense, models.compressed, models.train_metrics
+        """Scores every model of the run on the same test images in the same order: top-1 with its per-image
+        correctness (the paired intervals), PGR against this run's weak teacher and ceiling, and the cost
+        (MACs, latency, size) of the registered student and its PPT copy."""
+        dense, compressed = models.dense, models.compressed
+        candidates: list[tuple[str, str, nn.Module]] = [(REGISTERED, "parent", dense)]
+        if compressed is not None:
+            candidates.append((COMPRESSED, "method", compressed))
+        order = [WEAK_TEACHER, CEILING, *[j.name for j in student_jobs(cfg.experiment)], SAME_FINETUNE]
+        for name in order:
+            if name in models.companions:
+                candidates.append((name, companion_role(name), models.companions[name]))
+        correct = {name: top1_per_item(predict_logits(module, data.x_test), data.y_test)
+                   for name, _, module in candidates}
+        acc_weak = float(correct[WEAK_TEACHER].mean()) if WEAK_TEACHER in correct else float("nan")
+        acc_ceiling = float(correct[CEILING].mean()) if CEILING in correct else float("nan")
         latency_batch = data.x_test[: cfg.evaluate.latency_batch]
         dense_macs = count_macs(dense, latency_batch) / len(latency_batch)
         variants: list[VariantResult] = []
-        measured = [("adaptconf_dense", "parent", dense)]
-        if compressed is not None:
-            measured.append(("adaptconf_ppt", "method", compressed))
-        weak, ceiling = tm.get("weak.top1", float("nan")), tm.get("ceiling.top1", float("nan"))
-        for name, role, module in measured:
-            top1 = top1_accuracy(predict_logits(module, data.x_test), data.y_test)
-            macs = count_macs(module, latency_batch) / len(latency_batch)
-            timing = measure_latency(module, latency_batch, runs=cfg.evaluate.latency_runs,
-                                     warmup=cfg.evaluate.latency_warmup)
-            metrics = {"top1": top1, "pgr": pgr(top1, tm.get("weak.top1_s%d" % cfg.seed, weak),
-                                                 tm.get("ceiling.top1_s%d" % cfg.seed, ceiling)),
-                       "macs_per_image": macs, "macs_ratio": macs / dense_macs,
-                       "size_bytes": float(size_on_disk(module)), **timing}
-            knobs = ppt_knobs(ppt.current_config(module)) if role == "method" else {}
-            variants.append(VariantResult(name=name, role=role, method="ppt" if role == "method" else "adaptconf",
-                                          knobs=knobs, metrics=metrics))
-        primary = cfg.experiment.primary_protocol
-        # (variant name, role, metric prefix in trained_metrics)
-        rows: list[tuple[str, str, str]] = [("weak_teacher", "baseline", "weak"), ("ceiling_gt", "baseline", "ceiling")]
-        for protocol in cfg.experiment.protocols:
-            for loss in W2S_LOSSES:
-                prefix = variant_name(protocol, loss, primary)
-                if prefix == "adaptconf":  # the method's own seed mean, next to the registered first seed
-                    rows.append(("adaptconf_seed_mean", "ablation", prefix))
-                else:
-                    rows.append((prefix, "ablation" if loss == "adaptconf" else "baseline", prefix))
-        if cfg.experiment.teacher_conf_ablation:
-            rows.append(("adaptconf_teacher_conf", "ablation", "adaptconf_teacher_conf"))
-        for name, role, prefix in rows:
-            if f"{prefix}.top1" not in tm:
-                continue
-            metrics = {k.removeprefix(f"{prefix}."): v for k, v in tm.items()
-                       if k.startswith(f"{prefix}.") and not k.rsplit("_s", 1)[-1].isdigit()}
-            variants.append(VariantResult(name=name, role=role, method=prefix, knobs={"seeds": cfg.experiment.seeds},
-                                          metrics=metrics))
+        for name, role, module in candidates:
+            top1 = float(correct[name].mean())
+            metrics = {"top1": top1}
+            if name not in (WEAK_TEACHER, CEILING):
+                metrics["pgr"] = pgr(top1, acc_weak, acc_ceiling)
+            if name != WEAK_TEACHER:  # MACs and latency of the ViTs; the teacher is one linear layer
+                macs = count_macs(module, latency_batch) / len(latency_batch)
+                metrics |= {"macs_per_image": macs, "macs_ratio": macs / dense_macs,
+                            "size_bytes": float(size_on_disk(module))}
+            if role in ("parent", "method"):
+                metrics |= measure_latency(module, latency_batch, runs=cfg.evaluate.latency_runs,
+                                           warmup=cfg.evaluate.latency_warmup)
+            knobs = variant_knobs(name, cfg) | (ppt_knobs(ppt.current_config(module)) if role == "method" else {})
+            method = "ppt" if role == "method" else name
+            variants.append(VariantResult(name=name, role=role, method=method, knobs=knobs, metrics=metrics,
+                                          per_item={"top1": correct[name]}))
         compare_to_parent(variants, self.primary_metric)
-        table = [{"variant": v.name, "role": v.role, **{k: round(float(m), 6) for k, m in v.metrics.items()}}
-                 for v in variants]
-        figures = {"top1_and_pgr_by_loss": top1_pgr_figure(tm, cfg)} if "weak.top1" in tm else {}
-        if "alpha_hist.agree_bin00" in tm:
-            figures["alpha_histogram"] = alpha_histogram_figure(tm, cfg.experiment.histogram_bins)
-        return Evaluation(variants=variants, tables={"comparison": table, "w2s_results": results_table(tm, cfg)},
-                          figures=figures)
+        table = [{"variant": v.name, "role": v.role, "protocol": v.knobs.get("protocol", "-"),
+                  **{k: round(float(m), 6) for k, m in v.metrics.items()}} for v in variants]
+        figures = {"top1_and_pgr_by_model": top1_pgr_figure(table)}
+        if "alpha_hist.agree_bin00" in models.train_metrics:
+            figures["alpha_histogram"] = alpha_histogram_figure(models.train_metrics, cfg.experiment.histogram_bins)
+        return Evaluation(variants=variants, tables={"comparison": table}, figures=figures)
 
     def our_figures(self, evaluation: Evaluation) -> dict[str, float]:
-        by_name = {v.name: v.metrics for v in evaluation.variants}
-        nan = float("nan")
-
-        def top1(name: str) -> float:
-            return by_name[name]["top1"] if name in by_name else nan
-
-        # The paper's numbers are at w_gt = 1, i.e. our protocol A.
-        return {"adaptconf_minus_kd_top1_pts": top1("A_adaptconf") - top1("A_kd"),
-                "adaptconf_minus_augconf_top1_pts": top1("A_adaptconf") - top1("A_augconf"),
-                "adaptconf_minus_kd_top1_pts_vgg": top1("A_adaptconf") - top1("A_kd")}
+        """The paper's figures are at w_gt = 1: our protocol A's dense students (not measured without protocol A)."""
+        top1 = {v.knobs["loss"]: v.metrics["top1"] for v in evaluation.variants
+                if v.role != "method" and v.name != SAME_FINETUNE and v.knobs.get("protocol") == "A"
+                and v.knobs.get("alpha_mode") == "code"}
+        if not {"kd", "augconf", "adaptconf"} <= top1.keys():
+            return {}
+        return {"adaptconf_minus_kd_top1_pts": top1["adaptconf"] - top1["kd"],
+                "adaptconf_minus_augconf_top1_pts": top1["adaptconf"] - top1["augconf"],
+                "adaptconf_minus_kd_top1_pts_vgg": top1["adaptconf"] - top1["kd"]}
 
     # --------------------------------------------------------------------------------------------- serving
 
@@ -407,37 +406,18 @@ class W2SRecipe(Recipe):
 # ------------------------------------------------------------------------------------------------ reporting
 
 
-def decisive_checks(metrics: dict[str, float]) -> dict[str, float]:
-    """The issue's decisive criterion on seed means (1.0 = holds): PGR(AdaptConf) > PGR(KD) > 0 and
-    top-1(AdaptConf) ≥ top-1(KD), primary protocol; plus the spec's protocol-A ordering when A was run."""
-    out = {"decisive.pgr_adaptconf_gt_kd": float(metrics["adaptconf.pgr"] > metrics["kd.pgr"]),
-           "decisive.pgr_kd_gt_0": float(metrics["kd.pgr"] > 0),
-           "decisive.top1_adaptconf_ge_kd": float(metrics["adaptconf.top1"] >= metrics["kd.top1"])}
-    out["decisive.holds"] = float(all(v == 1.0 for v in out.values()))
-    if "A_adaptconf.top1" in metrics:
-        a = [metrics["A_adaptconf.top1"], metrics["A_augconf.top1"], metrics["A_kd.top1"], metrics["ceiling.top1"]]
-        out["protocol_A.ordering_holds"] = float(a[0] >= a[1] >= a[2] >= a[3])
-    return out
+def companion_role(name: str) -> str:
+    """AdaptConf variants (other protocol, α ablation) are ablations; the rest are baselines."""
+    return "ablation" if "adaptconf" in name and name != SAME_FINETUNE else "baseline"
 
 
-def results_table(metrics: dict[str, float], cfg: W2SRecipeConfig) -> list[dict[str, Any]]:
-    """One row per model of the comparison: mean ± std of top-1 and PGR over the seeds."""
-    primary = cfg.experiment.primary_protocol
-    names = ["weak", "ceiling"] + [variant_name(p, loss, primary) for p in cfg.experiment.protocols
-                                   for loss in W2S_LOSSES] + ["adaptconf_teacher_conf"]
-    rows = []
-    for name in names:
-        if f"{name}.top1" not in metrics:
-            continue
-        other = [p for p in cfg.experiment.protocols if p != primary]
-        protocol = ("-" if name in ("weak", "ceiling")
-                    else other[0] if other and name.startswith(f"{other[0]}_") else primary)
-        row = {"model": name, "protocol": protocol, "top1_mean": round(metrics[f"{name}.top1"], 3),
-               "top1_std": round(metrics[f"{name}.top1_std"], 3)}
-        if f"{name}.pgr" in metrics:
-            row |= {"pgr_mean": round(metrics[f"{name}.pgr"], 4), "pgr_std": round(metrics[f"{name}.pgr_std"], 4)}
-        rows.append(row)
-    return rows
+def alpha_statistics(name: str, alpha: torch.Tensor, agree: torch.Tensor) -> dict[str, float]:
+    """α of the last epoch (w2s-train): range, mean on agreeing and on disagreeing samples, disagreement share."""
+    nan = float("nan")
+    return {f"{name}.alpha_min": float(alpha.min()), f"{name}.alpha_max": float(alpha.max()),
+            f"{name}.alpha_mean_agree": float(alpha[agree].mean()) if agree.any() else nan,
+            f"{name}.alpha_mean_disagree": float(alpha[~agree].mean()) if (~agree).any() else nan,
+            f"{name}.disagree_share": float((~agree).float().mean())}
 
 
 def alpha_histogram_figure(metrics: dict[str, float], bins: int) -> Any:
@@ -450,23 +430,21 @@ def alpha_histogram_figure(metrics: dict[str, float], bins: int) -> Any:
     ax.bar(edges[:-1], disagree, width=width, align="edge", alpha=0.6, label="student disagrees")
     ax.set_yscale("symlog")
     ax.set_xlabel("AdaptConf α (last epoch, w2s-train)")
-    ax.set_ylabel("samples (all seeds)")
+    ax.set_ylabel("samples")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def top1_pgr_figure(metrics: dict[str, float], cfg: W2SRecipeConfig) -> Any:
-    rows = [r for r in results_table(metrics, cfg)]
+def top1_pgr_figure(rows: list[dict[str, Any]]) -> Any:
+    """Test top-1 of every model and PGR of every student, from evaluate's comparison table."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    names = [r["model"] for r in rows]
-    axes[0].bar(names, [r["top1_mean"] for r in rows], yerr=[r["top1_std"] for r in rows], capsize=3)
+    axes[0].bar([r["variant"] for r in rows], [r["top1"] for r in rows])
     axes[0].set_ylabel("test top-1 (%)")
-    lo = min((r["top1_mean"] for r in rows), default=0)
+    lo = min((r["top1"] for r in rows), default=0)
     axes[0].set_ylim(max(0, lo - 5), 100)
-    pgr_rows = [r for r in rows if "pgr_mean" in r]
-    axes[1].bar([r["model"] for r in pgr_rows], [r["pgr_mean"] for r in pgr_rows],
-                yerr=[r["pgr_std"] for r in pgr_rows], capsize=3)
+    pgr_rows = [r for r in rows if "pgr" in r]
+    axes[1].bar([r["variant"] for r in pgr_rows], [r["pgr"] for r in pgr_rows])
     axes[1].axhline(0, color="black", lw=0.8)
     axes[1].set_ylabel("PGR")
     for ax in axes:

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import yaml
 
-from data import DatasetFormatError, ImageSuiteSpec, load_image_dataset
+from data import ImageSuiteSpec, load_image_dataset
 from tasks.data import DataInfrastructureError, DataStageError, dataset_ref, reproduce_dataset
 from data.images import FASHION_MNIST_ROOT_ENV
 from data.images_suite import IMAGE_CLASSIFICATION
-from tasks.validate import DataValidationError, FailedExpectation, validate_dataset
+from tasks.validate import UNREADABLE, DataValidationError, FailedExpectation, validate_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MNIST_SPEC = ImageSuiteSpec(height=28, width=28, classes=list(range(10)), min_share=0.5, max_share=1.5,
@@ -125,8 +125,11 @@ def test_a_dataset_without_a_val_split_cannot_be_validated(mnist_dir: Path, tmp_
     shutil.copy(mnist_dir / "meta.json", tmp_path / "old" / "meta.json")
     np.savez(tmp_path / "old" / "images.npz", x_train=dataset.x_train, y_train=dataset.y_train,
              x_test=dataset.x_test, y_test=dataset.y_test)  # the layout before val splits
-    with pytest.raises(DatasetFormatError, match=r"images.npz lacks array\(s\) x_val, y_val"):
-        validate_dataset(IMAGE_CLASSIFICATION, tmp_path / "old", MNIST_SPEC)
+    report = validate_dataset(IMAGE_CLASSIFICATION, tmp_path / "old", MNIST_SPEC)
+
+    assert not report.success
+    assert [f.expectation for f in report.failed] == [UNREADABLE]
+    assert re.search(r"images.npz lacks array\(s\) x_val, y_val", report.failed[0].details)
 
 
 def test_an_unbalanced_val_split_is_rejected(mnist_dir: Path, tmp_path: Path, variant) -> None:

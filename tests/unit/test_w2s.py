@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from recipes import available_recipes, get_recipe, load_config
-from recipes.base import RunModels
+from recipes.base import Evaluation, RunModels, VariantResult
 from models.common.reporting import RecordingReporter
 from models.w2s.losses import adapt_conf_alpha, aug_conf_alpha, kd_loss, kd_per_sample, self_ce_per_sample, w2s_loss
 from models.w2s.model import WeakConfig, noisy_labels, w2s_split
 from models.w2s.train import LossConfig, StudentTrainConfig
-from recipes.w2s import alpha_histogram, decisive_checks, pgr
+from recipes.w2s import alpha_histogram, pgr, student_jobs, variant_knobs
 from data import build, image_digests
 from data.views import TestSplitAccessError, step_views
 
@@ -124,18 +124,55 @@ def test_augconf_alpha_ramps_then_holds():
     assert aug_conf_alpha(0, 10, 0.5, 0.0) == 0.5
 
 
-def test_pgr_histogram_and_decisive_checks_by_hand():
+def test_pgr_and_alpha_histogram_by_hand():
     assert pgr(80.0, 70.0, 90.0) == pytest.approx(0.5)
     assert pgr(65.0, 70.0, 90.0) == pytest.approx(-0.25)
     assert math.isnan(pgr(80.0, 70.0, 70.0))
     agree_counts, disagree_counts = alpha_histogram(torch.tensor([0.5, 0.5, 0.01, 0.26, 0.49]),
                                                     torch.tensor([True, True, False, False, False]), bins=2)
     assert agree_counts.tolist() == [0, 2] and disagree_counts.tolist() == [1, 2]
-    ok = {"adaptconf.pgr": 0.6, "kd.pgr": 0.3, "adaptconf.top1": 81.0, "kd.top1": 80.0}
-    assert decisive_checks(ok)["decisive.holds"] == 1.0
-    assert decisive_checks(ok | {"kd.pgr": -0.1})["decisive.holds"] == 0.0
-    assert decisive_checks(ok | {"adaptconf.pgr": 0.2})["decisive.pgr_adaptconf_gt_kd"] == 0.0
-    assert decisive_checks(ok | {"adaptconf.top1": 79.0})["decisive.top1_adaptconf_ge_kd"] == 0.0
+
+
+def test_protocol_a_is_primary_and_every_student_is_named_by_protocol():
+    cfg = load_config("w2s", "tiny").config
+    assert cfg.experiment.primary_protocol == "A"
+    assert [(j.name, j.protocol, j.kind) for j in student_jobs(cfg.experiment)] == [
+        ("kd", "A", "kd"), ("augconf", "A", "augconf"), ("adaptconf", "A", "adaptconf"),
+        ("B_kd", "B", "kd"), ("B_augconf", "B", "augconf"), ("B_adaptconf", "B", "adaptconf")]
+    assert variant_knobs("kd", cfg) == {"protocol": "A", "w_gt": 1.0, "loss": "kd", "alpha_mode": "code"}
+    assert variant_knobs("B_adaptconf", cfg)["w_gt"] == 0.0
+    # The PPT copy and the dense student fine-tuned beside it carry the registered student's training.
+    assert variant_knobs("adaptconf_ppt", cfg) == variant_knobs("adaptconf_same_finetune", cfg) == \
+        variant_knobs("adaptconf", cfg)
+    assert variant_knobs("weak_teacher", cfg) == variant_knobs("ceiling_gt", cfg) == {}
+    ablation = load_config("w2s", "tiny", ["experiment.teacher_conf_ablation=true",
+                                           "experiment.protocols=[B,A]", "experiment.primary_protocol=B"]).config
+    names = [j.name for j in student_jobs(ablation.experiment)]
+    assert names == ["kd", "augconf", "adaptconf", "A_kd", "A_augconf", "A_adaptconf", "adaptconf_teacher_conf"]
+    assert variant_knobs("adaptconf_teacher_conf", ablation) == {"protocol": "B", "w_gt": 0.0, "loss": "adaptconf",
+                                                                 "alpha_mode": "teacher_conf"}
+
+
+def test_one_seed_per_run_and_each_protocol_once():
+    with pytest.raises(Exception, match="experiment.seeds"):
+        load_config("w2s", "tiny", ["experiment.seeds=3"])
+    with pytest.raises(Exception, match="name a protocol twice"):
+        load_config("w2s", "tiny", ["experiment.protocols=[A,A]"])
+
+
+def test_paper_figures_come_from_protocol_a_only():
+    def variant(name, loss, protocol, top1, alpha_mode="code", role="baseline"):
+        return VariantResult(name, role, name, {"protocol": protocol, "loss": loss, "alpha_mode": alpha_mode},
+                             {"top1": top1})
+
+    recipe = get_recipe("w2s")
+    a = [variant("adaptconf", "adaptconf", "A", 90.0, role="parent"), variant("kd", "kd", "A", 89.0),
+         variant("augconf", "augconf", "A", 89.5), variant("B_adaptconf", "adaptconf", "B", 80.0),
+         variant("B_kd", "kd", "B", 70.0), variant("x", "adaptconf", "A", 10.0, alpha_mode="teacher_conf")]
+    figures = recipe.our_figures(Evaluation(a))
+    assert figures["adaptconf_minus_kd_top1_pts"] == pytest.approx(1.0)
+    assert figures["adaptconf_minus_augconf_top1_pts"] == pytest.approx(0.5)
+    assert recipe.our_figures(Evaluation([v for v in a if v.knobs["protocol"] == "B"])) == {}
 
 
 # ------------------------------------------------------------------------------------------------- splits
@@ -179,9 +216,8 @@ def test_noisy_labels_changes_exactly_the_requested_share_to_other_classes():
 # ---------------------------------------------------------------------------------------- the recipe
 
 
-MICRO = ["experiment.protocols=[B,A]", "model.embed_dim=32", "model.depth=3", "train.epochs=1",
-         "train.max_train_images=128",
-         "experiment.seeds=2", "weak.epochs=2", "evaluate.max_test_images=100", "compress.finetune.epochs=1",
+MICRO = ["model.embed_dim=32", "model.depth=3", "compress.blocks=[1,2]", "train.epochs=1",
+         "train.max_train_images=128", "experiment.teacher_conf_ablation=true", "weak.epochs=2", "evaluate.max_test_images=100", "compress.finetune.epochs=1",
          "compress.finetune.max_train_images=64", "evaluate.latency_runs=1", "evaluate.latency_warmup=0",
          "evaluate.latency_batch=8"]
 
@@ -219,38 +255,64 @@ def test_recipe_trains_every_variant_and_evaluates_them(mnist_dir: Path):
     assert "w2s" in available_recipes()
     recipe = get_recipe("w2s")
     cfg = load_config("w2s", "tiny", MICRO).config
-    data = recipe.load_data(step_views({"data": mnist_dir}, "train"), cfg)
+    data = recipe.load_data(step_views({"data": mnist_dir}, "train"), cfg)  # test split withheld
     model = recipe.build_model(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     reporter = RecordingReporter()
-    metrics = recipe.train(model, data, cfg, reporter).metrics
+    trained = recipe.train(model, data, cfg, reporter)
+    metrics = trained.metrics
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # trained in place
-    for name in ("weak", "ceiling", "kd", "augconf", "adaptconf", "A_kd", "A_augconf", "A_adaptconf",
-                 "adaptconf_teacher_conf"):
-        assert {f"{name}.top1", f"{name}.top1_std", f"{name}.top1_s0", f"{name}.top1_s1"} <= metrics.keys()
-    assert metrics["top1"] == metrics["adaptconf.top1_s0"]
-    assert metrics["kd.pgr_s1"] == pytest.approx(
-        pgr(metrics["kd.top1_s1"], metrics["weak.top1_s1"], metrics["ceiling.top1_s1"]))
+    students = ["kd", "augconf", "B_kd", "B_augconf", "B_adaptconf", "adaptconf_teacher_conf"]
+    assert set(trained.companions) == {"weak_teacher", "ceiling_gt", *students}
+    for name in ["weak_teacher", "ceiling_gt", "adaptconf", *students]:
+        assert 0.0 <= metrics[f"{name}.val_top1"] <= 100.0
+    assert not any("test" in k for k in metrics)  # train reports val figures only
+    assert metrics["val_top1"] == metrics["adaptconf.val_top1"]
+    assert metrics["kd.val_pgr"] == pytest.approx(
+        pgr(metrics["kd.val_top1"], metrics["weak_teacher.val_top1"], metrics["ceiling_gt.val_top1"]))
     assert 0.0 <= metrics["adaptconf.alpha_min"] and metrics["adaptconf.alpha_max"] <= 0.5
+    assert metrics["adaptconf_teacher_conf.alpha_max"] <= 1.0
     hist = sum(metrics[k] for k in metrics if k.startswith("alpha_hist."))
-    assert hist == 2 * 128  # every w2s-train sample of the last epoch, both seeds
-    assert "alpha_histogram" in reporter.figures and reporter.tables["w2s_results"]
-    assert {"decisive.holds", "protocol_A.ordering_holds"} <= metrics.keys()
+    assert hist == 128  # every w2s-train sample of the last epoch, registered student only
+    assert "alpha_histogram" in reporter.figures and reporter.tables["corrected_share_by_epoch"]
+    # Companions are rebuilt from their tensors as the platform does: strict load into companion_module.
+    rebuilt = {}
+    for name, companion in trained.companions.items():
+        module = recipe.companion_module(name, cfg, companion.knobs)
+        module.load_state_dict(companion.module.state_dict(), strict=True)
+        rebuilt[name] = module.eval()
 
     dense = model
     compressed = recipe.compress(__import__("copy").deepcopy(model), data, cfg, reporter)
     assert compressed.method == "ppt" and compressed.knobs["r"] == cfg.compress.r
+    assert set(compressed.companions) == {"adaptconf_same_finetune"}
+    assert not torch.equal(compressed.companions["adaptconf_same_finetune"].module.state_dict()["head.weight"],
+                           dense.state_dict()["head.weight"])  # the dense student fine-tuned too
+    rebuilt["adaptconf_same_finetune"] = compressed.companions["adaptconf_same_finetune"].module
     data = recipe.load_data(step_views({"data": mnist_dir}, "evaluate"), cfg)
-    evaluation = recipe.evaluate(RunModels(dense, compressed.model, {}, metrics), data, cfg, reporter)
+    evaluation = recipe.evaluate(RunModels(dense, compressed.model, rebuilt, metrics), data, cfg, reporter)
     roles = {v.name: v.role for v in evaluation.variants}
-    assert roles["adaptconf_dense"] == "parent" and roles["adaptconf_ppt"] == "method"
-    assert {"weak_teacher", "ceiling_gt", "kd", "augconf", "adaptconf_seed_mean", "A_kd",
-            "adaptconf_teacher_conf"} <= roles.keys()
+    assert roles == {"adaptconf": "parent", "adaptconf_ppt": "method", "weak_teacher": "baseline",
+                     "ceiling_gt": "baseline", "kd": "baseline", "augconf": "baseline", "B_kd": "baseline",
+                     "B_augconf": "baseline", "B_adaptconf": "ablation", "adaptconf_teacher_conf": "ablation",
+                     "adaptconf_same_finetune": "baseline"}
+    by_name = {v.name: v for v in evaluation.variants}
     for v in evaluation.variants:
-        assert "top1" in v.metrics
-    method = next(v for v in evaluation.variants if v.role == "method").metrics
+        # Per-image top-1 on the same 100 test images for every model; its mean is the variant's top-1.
+        assert v.per_item["top1"].shape == (100,) and set(np.unique(v.per_item["top1"])) <= {0.0, 100.0}
+        assert v.metrics["top1"] == pytest.approx(v.per_item["top1"].mean())
+    weak_logits = rebuilt["weak_teacher"](data.x_test)
+    assert np.array_equal(by_name["weak_teacher"].per_item["top1"],
+                          100.0 * (weak_logits.argmax(-1) == data.y_test).numpy())
+    weak, ceiling = by_name["weak_teacher"].metrics["top1"], by_name["ceiling_gt"].metrics["top1"]
+    assert by_name["B_kd"].metrics["pgr"] == pytest.approx(pgr(by_name["B_kd"].metrics["top1"], weak, ceiling))
+    method = by_name["adaptconf_ppt"].metrics
     assert method["macs_ratio"] < 1.0 and "delta_vs_parent" in method
+    assert by_name["adaptconf_ppt"].knobs["protocol"] == "A" and by_name["adaptconf_ppt"].knobs["r"] == 4
     assert "alpha_histogram" in evaluation.figures
+    figures = recipe.our_figures(evaluation)
+    assert figures["adaptconf_minus_kd_top1_pts"] == pytest.approx(
+        by_name["adaptconf"].metrics["top1"] - by_name["kd"].metrics["top1"])
     probs = recipe.predict(compressed.model, recipe.input_example(data, 3))
     assert probs.shape == (3, 10) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
 
@@ -272,4 +334,4 @@ def test_compression_round_trips_through_recorded_knobs():
 
 def test_config_rejects_a_primary_protocol_that_is_not_run():
     with pytest.raises(Exception, match="primary_protocol"):
-        load_config("w2s", "tiny", ["experiment.protocols=[A]"])
+        load_config("w2s", "tiny", ["experiment.protocols=[B]"])
