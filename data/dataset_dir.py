@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 META_FILE = "meta.json"
+LABEL_DTYPE = "int64"  # the documented dtype of every stored label array (images.npz, fewshot.npz)
 
 
 class DatasetSourceMissingError(RuntimeError):

@@ -76,10 +76,12 @@ class Batch:
 
 @dataclass(frozen=True)
 class DeclaredSuite:
-    """A suite made concrete for one dataset: its parts and the batches (frames) they run on."""
+    """A suite made concrete for one dataset: its parts, the batches (frames) they run on, and the dataset's
+    profile (data/drift.py: the statistics the next version is compared with once this one has passed)."""
 
     parts: tuple[SuitePart, ...]
     batches: tuple[Batch, ...]
+    profile: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         names = [part.name for part in self.parts]
@@ -90,13 +92,19 @@ class DeclaredSuite:
             raise ValueError(f"batches name undeclared part(s) {orphans}; parts: {names}")
 
 
+# (reference profile, reference md5, new profile, spec) -> the drift parts and their batches (data/drift.py)
+DeclareDrift = Callable[[dict[str, Any], str, dict[str, Any], Any], list[tuple[SuitePart, Batch]]]
+
+
 @dataclass(frozen=True)
 class DataSuite:
     """A data family's suite: `spec` is what a config's `data.expect` must satisfy; `declare` reads the dataset
     directory and returns the frames and expectations for that spec (a directory it cannot read raises);
-    `split_roles` is the family's declaration of the role (data/views.py: fit, val, test) each split plays."""
+    `split_roles` is the family's declaration of the role (data/views.py: fit, val, test) each split plays;
+    `drift` compares the profile of a new version with that of the last validated one."""
 
     name: str  # a config's data.suite; recorded on registered versions (gx.suite): never rename
     spec: type[BaseModel]
     declare: Callable[[Path, Any], DeclaredSuite]
     split_roles: dict[str, str]
+    drift: DeclareDrift

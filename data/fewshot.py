@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from data.dataset_dir import (
     DatasetFormatError, DatasetSourceMissingError, read_dataset_meta, write_dataset_dir,
 )
+from data.drift import ClassDriftBounds
 from data.views import FIT, TEST, VAL, DatasetView, Withheld, as_view
 
 FEWSHOT_FILE = "fewshot.npz"
@@ -88,6 +89,7 @@ class FewShotSuiteSpec(BaseModel):
     min_images_per_class: int = Field(20, ge=1, description="an N-way K-shot Q-query episode needs K + Q per class")
     ink_fraction: tuple[float, float] = Field((0.003, 0.6), description="share of pixels above a quarter grey per "
                                               "image: catches blank, missing-glyph and inverted renders")
+    drift: ClassDriftBounds = ClassDriftBounds()
 
 
 # ----------------------------------------------------------------------------------------- glyphs (pip)

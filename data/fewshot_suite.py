@@ -1,9 +1,10 @@
 """The ``few_shot_classes`` suite: three class-disjoint splits base / val / novel (data/fewshot.py's layout).
 
 Summarised as: ``images`` (one row per image, run once per split: shape, dtype, value range, non-finite pixels,
-share of inked pixels), ``classes_<split>`` (one row per class of a split: images per class; the row count is the
-split's class count), ``class_splits`` (the distinct (class, split) pairs: a class id unique there is in one split
-only) and ``leakage`` (the distinct (image sha1, split) pairs: no byte-identical image in two splits).
+share of inked pixels, label dtype), ``classes_<split>`` (one row per class of a split: images per class; the row
+count is the split's class count), ``class_splits`` (the distinct (class, split) pairs: a class id unique there is
+in one split only) and ``leakage`` (the distinct (image sha1, split) pairs: no byte-identical image in two splits).
+Its profile and ``drift_*`` parts are the image suite's (data/drift.py: per split and class).
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.drift import class_drift, class_profile
 from data.expectations import Batch, DataSuite, DeclaredSuite, Expectation, SuitePart, between, unique
 from data.fewshot import SPLIT_ROLES, SPLITS, FewShotSuiteSpec, image_digests, load_fewshot_dataset
-from data.images_suite import image_frame, pixel_expectations
+from data.images_suite import image_frame, label_dtype_expectation, pixel_expectations
 
 INK_LEVEL = 63.75  # a quarter of the 0-255 range: 5.3 sigma above black for the builders' noise of sigma 12
 
@@ -33,6 +35,7 @@ def image_expectations(spec: FewShotSuiteSpec) -> list[Expectation]:
     return [
         Expectation("expect_table_row_count_to_be_between", {"min_value": 1}, "at least one image"),
         *pixel_expectations(spec.height, spec.width, 1, spec.dtype, spec.value_range),
+        label_dtype_expectation(),
         between("ink_fraction", ink_low, ink_high, description=f"{ink_low:g}-{ink_high:g} of the pixels inked "
                 f"(above {INK_LEVEL:g}): no blank, missing-glyph or inverted image"),
     ]
@@ -72,7 +75,7 @@ def declare(path: Path, spec: FewShotSuiteSpec) -> DeclaredSuite:
     digests = pd.DataFrame({"image_sha1": sum((image_digests(dataset.x[s]) for s in SPLITS), []),
                             "split": sum(([s] * len(dataset.x[s]) for s in SPLITS), [])})
     batches.append(Batch("leakage", all_splits, digests.drop_duplicates(ignore_index=True)))
-    return DeclaredSuite(parts, tuple(batches))
+    return DeclaredSuite(parts, tuple(batches), class_profile({s: (dataset.x[s], dataset.y[s]) for s in SPLITS}))
 
 
-FEW_SHOT_CLASSES = DataSuite("few_shot_classes", FewShotSuiteSpec, declare, SPLIT_ROLES)
+FEW_SHOT_CLASSES = DataSuite("few_shot_classes", FewShotSuiteSpec, declare, SPLIT_ROLES, class_drift)

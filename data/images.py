@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from data.dataset_dir import (
     DatasetFormatError, DatasetSourceMissingError, read_dataset_meta, write_dataset_dir,
 )
+from data.drift import ClassDriftBounds
 from data.views import FIT, TEST, VAL, DatasetView, Withheld, as_view
 
 IMAGES_FILE = "images.npz"
@@ -97,6 +98,7 @@ class ImageSuiteSpec(BaseModel):
     min_share: float = Field(default=0.5, ge=0.0)
     max_share: float = Field(default=1.5, gt=0.0)
     min_images_per_split: int = Field(default=1, ge=1)
+    drift: ClassDriftBounds = ClassDriftBounds()
 
     @model_validator(mode="after")
     def _check_consistency(self) -> ImageSuiteSpec:

@@ -4,13 +4,16 @@ layout).
 Pixels are summarised into three small frames (MNIST-5k alone would be 3.9 M pixel rows):
 
 * ``images``: one row per image and split - height, width, channels, dtype, min/max over finite pixels,
-  number of non-finite pixels, label. Shape, dtype, value range, NaN/inf, label set, "every class present"
-  and the minimum split size are expectations on this frame, run once per split: an empty val split fails here
+  number of non-finite pixels, label. Shape, pixel and label dtypes, value range, NaN/inf, label set, "every class
+  present" and the minimum split size are expectations on this frame, run once per split: an empty val split fails here
   (a dataset stored without one does not load: the loader names the missing arrays).
 * ``class_balance``: one row per declared class and split with the class's share of the split; its
   expectation holds every share within [min_share/K, max_share/K].
 * ``leakage``: the distinct (image sha1, split) pairs; a digest that is unique there occurs in one split
   only, so the uniqueness expectation fails exactly when a byte-identical image is in two of train, val and test.
+
+Its profile (data/drift.py) holds per split and class the share, pixel mean and std and the grid mean image; with a
+reference, the suite also runs the ``drift_*`` parts against the last validated version of the dataset.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.dataset_dir import LABEL_DTYPE
+from data.drift import class_drift, class_profile
 from data.expectations import Batch, DataSuite, DeclaredSuite, Expectation, SuitePart, between, in_set, unique
 from data.images import SPLIT_ROLES, SPLITS, ImageDataset, ImageSuiteSpec, image_digests, load_image_dataset
 
@@ -84,12 +89,20 @@ def pixel_expectations(height: int, width: int, channels: int, dtype: str,
     ]
 
 
+def label_dtype_expectation() -> Expectation:
+    """The label array's dtype (the frame's label column keeps it): float labels equal to the classes pass every
+    value check, so the stored type is checked on its own."""
+    return Expectation("expect_column_values_to_be_of_type", {"column": "label", "type_": LABEL_DTYPE},
+                       f"labels stored as {LABEL_DTYPE}")
+
+
 def image_expectations(spec: ImageSuiteSpec) -> list[Expectation]:
     classes = list(spec.classes)
     return [
         Expectation("expect_table_row_count_to_be_between", {"min_value": spec.min_images_per_split},
                     f"at least {spec.min_images_per_split} images"),
         *pixel_expectations(spec.height, spec.width, spec.channels, spec.dtype, spec.value_range),
+        label_dtype_expectation(),
         in_set("label", classes, description=f"labels only from {classes}"),
         Expectation("expect_column_distinct_values_to_contain_set", {"column": "label", "value_set": classes},
                     "every declared class present"),
@@ -119,7 +132,7 @@ def declare(path: Path, spec: ImageSuiteSpec) -> DeclaredSuite:
         *(Batch("class_balance", split, class_balance_frame(splits[split][1], list(spec.classes))) for split in SPLITS),
         Batch("leakage", "+".join(SPLITS), leakage_frame(dataset)),
     )
-    return DeclaredSuite(parts, batches)
+    return DeclaredSuite(parts, batches, class_profile(splits))
 
 
-IMAGE_CLASSIFICATION = DataSuite("image_classification", ImageSuiteSpec, declare, SPLIT_ROLES)
+IMAGE_CLASSIFICATION = DataSuite("image_classification", ImageSuiteSpec, declare, SPLIT_ROLES, class_drift)

@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from data.dataset_dir import (
     DatasetFormatError, DatasetSourceMissingError, read_dataset_meta, write_dataset_dir,
 )
+from data.drift import TextDriftBounds
 from data.views import FIT, TEST, VAL, DatasetView, Withheld, as_view
 
 SPLITS = ("train", "calib", "val", "eval_shakespeare", "eval_milton")
@@ -115,6 +116,10 @@ class TextSuiteSpec(BaseModel):
     max_nonprintable_fraction: float = Field(default=0.001, ge=0.0, le=1.0)
     min_vocab_coverage: float = Field(default=0.85, ge=0.0, le=1.0)
     overlap_min_chars: int = Field(default=DEFAULT_OVERLAP_MIN_CHARS, ge=1)
+    max_line_chars: int = Field(default=1_000, ge=1, description="longest line allowed (verse lines: under 100)")
+    max_empty_line_fraction: float = Field(default=0.5, ge=0.0, le=1.0, description="share of a split's lines that "
+                                           "are empty or whitespace only (between speeches: about 0.2)")
+    drift: TextDriftBounds = TextDriftBounds()
 
     @model_validator(mode="after")
     def _check_consistency(self) -> TextSuiteSpec:

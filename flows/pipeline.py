@@ -5,7 +5,8 @@ decisive criteria and headline judged -> register (MLflow) -> promote -> Pareto 
 Thin wiring only: each step is a task in tasks/, steps hand each other references, and the paper's MLflow run
 is closed FAILED with the error if any step raises. Before the first step, the runs a dead process left RUNNING
 are closed; while the steps run, the paper's run records this process as its owner and keeps a heartbeat. A
-reproduction's seed runs (`registers=False`) stop after the judgement: they add nothing to the registry.
+reproduction's seed runs (`registers=False`) stop after the judgement: they add nothing to the registry. A dataset
+that drifted beyond its bounds from its last validated version stops the run unless `accept_data_change`.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def _run(summary: PipelineSummary, step: str, task_fn: Any, *args: Any, **kwargs
 
 @flow(name="paper-pipeline", flow_run_name="{paper}-{profile}", validate_parameters=True)
 def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | None = None,
-                   registers: bool = True) -> dict[str, Any]:
+                   registers: bool = True, accept_data_change: bool = False) -> dict[str, Any]:
     overrides = list(overrides or [])
     resolved = load_config(paper, profile, overrides)
     check_config(resolved)  # knobs that depend on the model, before anything is prepared or trained
@@ -77,7 +78,8 @@ def paper_pipeline(paper: str, profile: str = "tiny", overrides: list[str] | Non
             step = "" if key == MAIN_DATASET else f":{key}"
             datasets[key] = _run(summary, f"prepare-data{step}", prepare_data, section.stage)
             record_dataset(parent, key, datasets[key])
-            reports[key] = _run(summary, f"validate{step}", validate_data, datasets[key], section)
+            reports[key] = _run(summary, f"validate{step}", validate_data, datasets[key], section, accept_data_change,
+                                parent)
             record_validation(parent, key, reports[key])
         for report in reports.values():
             report.raise_for_failure()

@@ -76,10 +76,14 @@ def run(
     profile: str = typer.Option("tiny", "--profile", "-p", help="profile of configs/<paper>.yaml: tiny (CPU "
                                 "minutes) or another the paper's config has (`paperops list` shows them)"),
     overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="config override key=value (repeatable)"),
+    accept_data_change: bool = typer.Option(False, "--accept-data-change", help="accept a dataset that drifted "
+                                            "beyond its bounds from its last validated version (recorded on the "
+                                            "run and the registered versions as gx.data_change_accepted)"),
 ) -> None:
     """Run the paper's pipeline: prepare data -> validate -> train -> compress -> evaluate -> register -> promote.
-    `all` runs every registered paper in turn and ends with one table: each method against its baseline. Exits 6
-    when the gate rejected a candidate (with `all`: any paper's, after running every paper)."""
+    `all` runs every registered paper in turn and ends with one table: each method against its baseline. Exits 3
+    when a dataset fails validation (drift included, unless accepted), 4 when it cannot be prepared, 6 when the gate
+    rejected a candidate (with `all`: any paper's, after running every paper)."""
     apply_runtime_defaults()
     from recipes import available_recipes, check_config, load_config
     from settings.config import ConfigError
@@ -97,7 +101,7 @@ def run(
     quiet_library_logs()
     summaries = []
     for name in papers:
-        summaries.append(_run_pipeline(name, profile, list(overrides or [])))
+        summaries.append(_run_pipeline(name, profile, list(overrides or []), accept_data_change))
         print_summary(summaries[-1])
     if len(summaries) > 1:
         print_headlines(summaries)
@@ -107,16 +111,16 @@ def run(
         raise typer.Exit(6)
 
 
-def _run_pipeline(paper: str, profile: str, overrides: list[str]) -> dict[str, Any]:
+def _run_pipeline(paper: str, profile: str, overrides: list[str], accept_data_change: bool) -> dict[str, Any]:
     """One paper's pipeline with progress bars; a config error exits 2, data errors 3 (validation) or 4 (stage)."""
     from flows.pipeline import paper_pipeline
     from settings.config import ConfigError
     from tasks.data import DataInfrastructureError, DataStageError
     from tasks.progress import add_progress_listener, remove_progress_listener
-    from tasks.validate import DataValidationError
+    from tasks.validate import DataReferenceError, DataValidationError
 
     quiet_library_logs()  # after the imports: mlflow sets its own log level when it is imported
-    hide_handled_failures(ConfigError, DataValidationError, DataStageError, DataInfrastructureError)
+    hide_handled_failures(ConfigError, DataValidationError, DataReferenceError, DataStageError, DataInfrastructureError)
     with Progress(TextColumn("{task.fields[step]:<10}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=False) as bars:
         rows: dict[str, Any] = {}
@@ -128,12 +132,15 @@ def _run_pipeline(paper: str, profile: str, overrides: list[str]) -> dict[str, A
 
         add_progress_listener(show)
         try:
-            return paper_pipeline(paper, profile, overrides)
+            return paper_pipeline(paper, profile, overrides, accept_data_change=accept_data_change)
         except ConfigError as exc:
             print_error(f"{paper}: config error — nothing was trained or registered:", exc, on_new_line=True)
             raise typer.Exit(2) from exc
-        except DataValidationError as exc:
+        except (DataValidationError, DataReferenceError) as exc:
             print_error(f"{paper}: data validation failed — nothing was trained or registered:", exc, on_new_line=True)
+            if isinstance(exc, DataValidationError) and exc.drifted:
+                print_verbatim("the dataset drifted from its last validated version; if the change is intended, run "
+                               "again with --accept-data-change", "yellow")
             raise typer.Exit(3) from exc
         except (DataStageError, DataInfrastructureError) as exc:
             print_error(f"{paper}: the dataset could not be prepared — nothing was trained or registered:", exc,

@@ -1,11 +1,13 @@
 """FEAT — Few-shot Learning via Embedding Adaptation with Set-to-Set Functions (Ye et al., CVPR 2020), as a paperops
 recipe (vision.md §6).
 
-One `train` call: pre-train ConvNet-4 as a many-way classifier on the base classes (model selection by ProtoNet
-accuracy on the val classes), then meta-train, each from that same encoder, FEAT (the registered model), ProtoNet
-and FEAT with λ = 0 at 5-way 1-shot (and, when the profile asks, FEAT and ProtoNet at 5-way 5-shot); every model is
-tested on the same novel-class episodes (paired), mean ± 1.96·std/√n. The model is not a ViT, so nothing is
-compressed: the registered version is the trained FEAT model.
+`train` reads the base and val classes only: it pre-trains ConvNet-4 as a many-way classifier on the base classes
+until ProtoNet accuracy on the val classes stops rising, then meta-trains, each from that same encoder, FEAT (the
+registered model), ProtoNet and FEAT with λ = 0 with the paper's 1-shot settings and, when the profile asks, the
+same three with the paper's 5-shot settings (the paper trains its 5-shot models separately). Every model but the
+registered one is a companion; `evaluate` scores them all on the same seeded novel-class episodes, one accuracy per
+episode (`per_item`), so every comparison is paired over episodes. The model is not a ViT, so nothing is compressed:
+the registered version is the trained FEAT model.
 
 Served format (one float32 array, MLflow tensor signature (-1, 1 + S*S)): an episode as rows
 [label, pixel_0 .. pixel_{S*S-1}] with pixels 0..255 row-major; label 0..N-1 marks a support row of class n,
@@ -30,14 +32,14 @@ from torch import nn
 
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from recipes.base import (
-    CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, RunModels, Section, VariantResult,
-    compare_to_parent, TrainResult, register_recipe, seed_everything,
+    Companion, CompressionResult, Evaluation, Headline, PaperFigure, Recipe, RecipeConfig, RunModels, Section,
+    TrainResult, VariantResult, compare_to_parent, register_recipe, seed_everything,
 )
 from models.common.reporting import Reporter
 from models.feat.model import QUERY_LABEL, FEATConfig, FewShotModel, images_to_input
 from models.feat.train import (
-    EpisodeStats, MetaTrainConfig, PretrainConfig, Split, embed_all, evaluate_episodes, mean_ci95, meta_train,
-    pretrain, sample_episode,
+    MetaTrainConfig, PretrainConfig, Split, embed_all, mean_ci95, meta_train, pretrain, sample_episode,
+    sample_episodes, score_episodes,
 )
 from data.fewshot import SPLITS, FewShotDataset, load_fewshot_dataset
 from data.views import DatasetViews
@@ -45,8 +47,9 @@ from data.views import DatasetViews
 
 class MetaSection(Section):
     one_shot: MetaTrainConfig = MetaTrainConfig()
-    five_shot: MetaTrainConfig | None = Field(None, description="the paper's separate 5-shot models; None = the "
-                                              "1-shot models are also tested at 5 shots (cheaper)")
+    five_shot: MetaTrainConfig | None = Field(None, description="the paper's separate 5-shot models (FEAT and the "
+                                              "baselines again, with the 5-shot settings); None: none are trained "
+                                              "and the 5-shot figures are the 1-shot models'")
     baselines: tuple[str, ...] = Field(("protonet", "feat_lambda0"), description="in-run baselines / ablations")
 
     @model_validator(mode="after")
@@ -63,7 +66,7 @@ class EvaluateSection(Section):
     way: int = Field(5, ge=2)
     shots: tuple[int, ...] = Field((1, 5), description="test settings: way-way k-shot for each k")
     query: int = Field(15, ge=1, description="queries per class in a test episode")
-    episodes: int = Field(2000, ge=1, description="test episodes per setting (the paper: 10,000)")
+    episodes: int = Field(2000, ge=2, description="test episodes per setting (the paper: 10,000)")
     seed: int = Field(2020, description="episode sampler seed: every model sees the same episodes")
     latency_runs: int = Field(10, ge=1)
     latency_warmup: int = Field(2, ge=0)
@@ -82,6 +85,31 @@ class FewShotData:
     val: Split
     novel: Split  # Withheld in train
     raw: FewShotDataset
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of the run: `meta` is its meta-training (None: the pre-trained encoder as a ProtoNet, untrained)."""
+
+    name: str
+    role: str
+    adapter: str  # "feat" | "none" (ProtoNet)
+    meta: MetaTrainConfig | None
+
+
+def variants(cfg: FEATRecipeConfig) -> list[Variant]:
+    """Every model of the run, the registered FEAT first. The 1-shot models use the paper's 1-shot settings, the
+    `_5shot` ones its 5-shot settings; each baseline and ablation gets the same schedule as FEAT in its setting."""
+    out = [Variant("feat", "parent", "feat", cfg.meta.one_shot)]
+    settings = [("", cfg.meta.one_shot)] + ([("_5shot", cfg.meta.five_shot)] if cfg.meta.five_shot else [])
+    for suffix, meta in settings:
+        if suffix:
+            out.append(Variant(f"feat{suffix}", "companion", "feat", meta))
+        if "protonet" in cfg.meta.baselines:
+            out.append(Variant(f"protonet{suffix}", "baseline", "none", meta))
+        if "feat_lambda0" in cfg.meta.baselines:
+            out.append(Variant(f"feat_lambda0{suffix}", "ablation", "feat", dataclasses.replace(meta, balance=0.0)))
+    return out + [Variant("pretrain_protonet", "baseline", "none", None)]
 
 
 def _acc_key(way: int, shot: int) -> str:
@@ -110,23 +138,25 @@ class FEATRecipe(Recipe):
                     "ours: rendered glyph classes, not comparable in absolute terms"),
         PaperFigure("protonet_acc_5w1s", 52.61, "Sha-Lab/FEAT README", "MiniImageNet, ConvNet-4 (same caveat)"),
         PaperFigure("feat_gain_5w1s_pts", 55.15 - 52.61, "Sha-Lab/FEAT README",
-                    "FEAT - ProtoNet, MiniImageNet ConvNet-4 5-way 1-shot (the issue asks >= +1 pt, CI-separated)"),
-        PaperFigure("feat_acc_5w5s", 71.61, "Sha-Lab/FEAT README", "MiniImageNet, ConvNet-4 (same caveat)"),
+                    "FEAT - ProtoNet, MiniImageNet ConvNet-4 5-way 1-shot"),
+        PaperFigure("feat_acc_5w5s", 71.61, "Sha-Lab/FEAT README", "MiniImageNet, ConvNet-4, 5-shot-trained "
+                    "(same caveat)"),
         PaperFigure("protonet_acc_5w5s", 71.33, "Sha-Lab/FEAT README", "MiniImageNet, ConvNet-4 (same caveat)"),
         PaperFigure("feat_gain_5w5s_pts", 71.61 - 71.33, "Sha-Lab/FEAT README",
-                    "FEAT - ProtoNet, MiniImageNet ConvNet-4 5-way 5-shot"),
+                    "FEAT - ProtoNet, MiniImageNet ConvNet-4 5-way 5-shot, each with its 5-shot-trained model"),
     )
     summary_columns = (("acc_5w1s", "5w1s %", 1.0), ("ci95_5w1s", "± 95 %", 1.0), ("acc_5w5s", "5w5s %", 1.0),
                        ("macs_per_image", "MMACs/img", 1e-6))
     macs_per_item_metric = "macs_per_image"
     smoke_overrides = (
         "model.hidden=16",
-        "pretrain.epochs=1", "pretrain.val_episodes=10",
+        "pretrain.max_epochs=1", "pretrain.val_episodes=10",
         "meta.one_shot.epochs=1", "meta.one_shot.episodes_per_epoch=4", "meta.one_shot.val_episodes=10",
+        "meta.five_shot.epochs=1", "meta.five_shot.episodes_per_epoch=2", "meta.five_shot.val_episodes=10",
         "evaluate.episodes=100", "evaluate.latency_runs=2", "evaluate.latency_warmup=1",
     )
     deployment_description = ("FEAT (few-shot embedding adaptation, set-to-set Transformer) vs ProtoNet and FEAT "
-                              "lambda=0, ConvNet-4")
+                              "lambda=0, ConvNet-4, 1-shot and 5-shot models")
     deployment_tags = ("vision",)
 
     # ------------------------------------------------------------------------------------------------ data
@@ -146,73 +176,41 @@ class FEATRecipe(Recipe):
         seed_everything(cfg.seed)
         return FewShotModel(cfg.model).eval()
 
+    def companion_module(self, name: str, cfg: FEATRecipeConfig, knobs: dict[str, Any] | None) -> nn.Module:
+        adapter = {v.name: v.adapter for v in variants(cfg)}
+        if name not in adapter:
+            raise KeyError(f"{name!r} is not a model of this FEAT run; its models: {sorted(adapter)}")
+        return FewShotModel(dataclasses.replace(cfg.model, adapter=adapter[name])).eval()
+
     # ----------------------------------------------------------------------------------------------- train
-
-    def _variants_to_train(self, cfg: FEATRecipeConfig) -> list[tuple[str, str, str, MetaTrainConfig]]:
-        """(name, role, adapter, meta-training config) of every meta-trained model; the first is the method."""
-        one = cfg.meta.one_shot
-        out = [("feat", "parent", "feat", one)]
-        if "protonet" in cfg.meta.baselines:
-            out.append(("protonet", "baseline", "none", one))
-        if "feat_lambda0" in cfg.meta.baselines:
-            out.append(("feat_lambda0", "ablation", "feat", dataclasses.replace(one, balance=0.0)))
-        five = cfg.meta.five_shot
-        if five is not None:
-            out.append(("feat_5shot", "baseline", "feat", five))
-            if "protonet" in cfg.meta.baselines:
-                out.append(("protonet_5shot", "baseline", "none", five))
-        return out
-
-    def _test(self, model: FewShotModel, classes: Split, cfg: FEATRecipeConfig) -> dict[str, float]:
-        """Every test setting on the same episodes (seeded) of `classes` for every model; embeddings computed once
-        per model."""
-        ev = cfg.evaluate
-        embeddings = embed_all(model, classes.x)
-        metrics: dict[str, float] = {}
-        for shot in ev.shots:
-            stats: EpisodeStats = evaluate_episodes(model, classes, ev.way, shot, ev.query, ev.episodes,
-                                                    ev.seed + shot, embeddings)
-            mean, ci = mean_ci95(stats.accuracies)
-            metrics[_acc_key(ev.way, shot)] = mean
-            metrics[_ci_key(ev.way, shot)] = ci
-            metrics[f"spread_raw_{ev.way}w{shot}s"] = float(stats.spread_raw.mean())
-            metrics[f"spread_adapted_{ev.way}w{shot}s"] = float(stats.spread_adapted.mean())
-            metrics[f"_episodes_{ev.way}w{shot}s"] = stats.accuracies  # type: ignore[assignment]  # paired diffs
-        return metrics
 
     def train(self, model: nn.Module, data: FewShotData, cfg: FEATRecipeConfig,
               reporter: Reporter) -> TrainResult:
-        """Pre-trains, meta-trains FEAT in place, and trains + tests every baseline/ablation; one flat dict."""
+        """Pre-trains the encoder (base classes, val plateau), then meta-trains FEAT in place and every baseline and
+        ablation from the same encoder. The models of one setting start from the same weights (the same Transformer
+        init for FEAT and FEAT λ = 0) and see the same training episodes, so they differ by their method alone.
+        Returns val figures only (best val accuracy per model) and the other models as companions."""
         assert isinstance(model, FewShotModel)
         generator = seed_everything(cfg.seed)
         metrics = pretrain(model, data.base, data.val, cfg.pretrain, reporter, generator, cfg.seed)
         encoder_state = copy.deepcopy(model.encoder.state_dict())
-        # val, not test: CONTRACT19 §1 (here and for every meta-trained model below)
-        tested: dict[str, dict[str, Any]] = {"pretrain_protonet": self._test(_as_protonet(model, cfg), data.val, cfg)}
-        for i, (name, _role, adapter, meta_cfg) in enumerate(self._variants_to_train(cfg)):
-            if i == 0:
-                target = model  # the method: trained in place, this is the registered model
+        companions: dict[str, Companion] = {}
+        for variant in variants(cfg):
+            if variant.name == "feat":
+                target = model  # the registered model, trained in place
             else:
-                seed_everything(cfg.seed + 100 * i)
-                target = FewShotModel(dataclasses.replace(cfg.model, adapter=adapter)).to(_device(model))
+                seed_everything(cfg.seed)  # the parent's construction order: FEAT λ = 0 gets FEAT's Transformer init
+                target = FewShotModel(dataclasses.replace(cfg.model, adapter=variant.adapter)).to(_device(model))
+                companions[variant.name] = Companion(target)
             target.encoder.load_state_dict(encoder_state)
-            metrics |= meta_train(target, data.base, data.val, meta_cfg, reporter, cfg.seed + i, prefix=name)
-            tested[name] = self._test(target, data.val, cfg)  # val, not test: CONTRACT19 §1
-        ev = cfg.evaluate
-        for name, result in tested.items():
-            metrics |= {f"{name}.{k}": v for k, v in result.items() if not k.startswith("_")}
-        # Paired differences on the same episodes: FEAT - ProtoNet, FEAT - FEAT(lambda=0).
-        for other in ("protonet", "feat_lambda0", "pretrain_protonet"):
-            if other not in tested:
+            if variant.meta is None:
+                target.temperature.fill_(cfg.meta.one_shot.temperature)  # no effect on which class wins
                 continue
-            for shot in ev.shots:
-                diff = tested["feat"][f"_episodes_{ev.way}w{shot}s"] - tested[other][f"_episodes_{ev.way}w{shot}s"]
-                mean, ci = mean_ci95(diff)
-                metrics[f"feat_minus_{other}.{_acc_key(ev.way, shot)}"] = mean
-                metrics[f"feat_minus_{other}.{_ci_key(ev.way, shot)}"] = ci
-        metrics |= _decisive(metrics, ev.way)
-        reporter.log_table("per_setting", per_setting_rows(metrics, cfg))
-        return TrainResult(metrics)
+            seed_everything(cfg.seed)  # the same dropout stream for every model
+            metrics |= meta_train(target, data.base, data.val, variant.meta, reporter,
+                                  cfg.seed + variant.meta.shot, prefix=variant.name)
+            target.eval()
+        return TrainResult(metrics, companions)
 
     # ---------------------------------------------------------------------------------------- compression
 
@@ -225,39 +223,35 @@ class FEATRecipe(Recipe):
     # -------------------------------------------------------------------------------------------- evaluate
 
     def evaluate(self, models: RunModels, data: FewShotData, cfg: FEATRecipeConfig, reporter: Reporter) -> Evaluation:
-        """Re-tests the registered FEAT model (it must reproduce train's figures: same episodes, frozen encoder),
-        measures its cost, and reports every baseline/ablation from what train measured."""
-        dense, trained_metrics = models.dense, models.train_metrics
+        """Scores the registered FEAT model and every companion on the same seeded novel-class episodes of each
+        test setting (per-episode accuracies in `per_item`, the paper's mean ± 1.96·std/√n beside them), and
+        measures the registered model's cost."""
+        dense = models.dense
         assert isinstance(dense, FewShotModel)
         ev = cfg.evaluate
-        measured = {k: v for k, v in self._test(dense, data.novel, cfg).items() if not k.startswith("_")}
+        by_name = {"feat": dense} | dict(models.companions)
+        episodes = seeded_episodes(data.novel, cfg)
+        results = []
+        for v in variants(cfg):
+            if v.name not in by_name:
+                raise KeyError(f"the train step saved no model {v.name!r}; it saved {sorted(by_name)}")
+            metrics, per_item = score_on_episodes(by_name[v.name], data.novel, episodes, cfg)
+            results.append(VariantResult(v.name, v.role, "protonet" if v.adapter == "none" else "feat",
+                                         _knobs(v), metrics, per_item))
         rows = torch.as_tensor(episode_rows(data.raw, "novel", ev.way, 1, ev.query, ev.seed))  # one served episode
         macs = count_macs(dense, rows)
-        timing = measure_latency(dense, rows, runs=ev.latency_runs, warmup=ev.latency_warmup)
-        parent_metrics = measured | {
-            "macs_per_episode": float(macs), "macs_per_image": float(macs) / len(rows),
-            "size_bytes": float(size_on_disk(dense)), **timing,
-            "reproduces_train": float(abs(measured[self.primary_metric]
-                                          - trained_metrics.get(f"feat.{self.primary_metric}", float("nan"))) < 1e-6),
-        }
-        variants = [VariantResult("feat", "parent", "feat", _knobs(cfg, "feat"), parent_metrics)]
-        for name, role, _adapter, _meta in self._variants_to_train(cfg)[1:] + [("pretrain_protonet", "baseline",
-                                                                                 "none", None)]:
-            prefix = f"{name}."
-            metrics = {k[len(prefix):]: float(v) for k, v in trained_metrics.items() if k.startswith(prefix)}
-            if self.primary_metric not in metrics:
-                raise KeyError(f"train did not measure {name}.{self.primary_metric}")
-            variants.append(VariantResult(name, role, "protonet" if "protonet" in name else "feat",
-                                          _knobs(cfg, name), metrics))
-        compare_to_parent(variants, self.primary_metric)
+        results[0].metrics.update({"macs_per_episode": float(macs), "macs_per_image": float(macs) / len(rows),
+                                   "size_bytes": float(size_on_disk(dense)),
+                                   **measure_latency(dense, rows, runs=ev.latency_runs, warmup=ev.latency_warmup)})
+        compare_to_parent(results, self.primary_metric)
         table = [{"variant": v.name, "role": v.role,
                   **{k: round(float(m), 4) for k, m in v.metrics.items() if k.startswith(("acc_", "ci95_", "delta",
-                                                                                            "spread_", "best_val"))}}
-                 for v in variants]
-        return Evaluation(variants=variants,
-                          tables={"comparison": table, "per_setting": per_setting_rows(trained_metrics, cfg),
-                                  "decisive": [_decisive(trained_metrics, ev.way)]},
-                          figures={"accuracy_per_setting": _accuracy_figure(variants, ev)})
+                                                                                            "spread_"))}}
+                 for v in results]
+        return Evaluation(variants=results,
+                          tables={"comparison": table,
+                                  "per_setting": per_setting_rows({v.name: v.metrics for v in results}, cfg)},
+                          figures={"accuracy_per_setting": _accuracy_figure(results, ev)})
 
     def our_figures(self, evaluation: Evaluation) -> dict[str, float]:
         by_name = {v.name: v.metrics for v in evaluation.variants}
@@ -291,26 +285,41 @@ class FEATRecipe(Recipe):
 # ------------------------------------------------------------------------------------------------ helpers
 
 
+def seeded_episodes(classes: Split, cfg: FEATRecipeConfig) -> dict[int, np.ndarray]:
+    """The seeded episodes of every test setting (shot -> (episodes, way * (shot + query)) indices into
+    `classes`), sampled once, so every model is scored on the same episodes in the same order."""
+    ev = cfg.evaluate
+    return {shot: sample_episodes(classes.y, ev.way, shot, ev.query, ev.episodes, ev.seed + shot) for shot in ev.shots}
+
+
+def score_on_episodes(model: FewShotModel, classes: Split, episodes: dict[int, np.ndarray], cfg: FEATRecipeConfig
+                      ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """`model` on the episodes of every test setting (`seeded_episodes`): per setting the mean accuracy, the paper's
+    95 % half-width over episodes and the prototype spread, and the accuracy of each episode (per_item, keyed like
+    the mean). The images are embedded once: the encoder is frozen at test time."""
+    ev = cfg.evaluate
+    embeddings = embed_all(model, classes.x)
+    metrics: dict[str, float] = {}
+    per_item: dict[str, np.ndarray] = {}
+    for shot, shot_episodes in episodes.items():
+        stats = score_episodes(model, embeddings, shot_episodes, ev.way, shot, ev.query)
+        key = _acc_key(ev.way, shot)
+        metrics[key], metrics[_ci_key(ev.way, shot)] = mean_ci95(stats.accuracies)
+        metrics[f"spread_raw_{ev.way}w{shot}s"] = float(stats.spread_raw.mean())
+        metrics[f"spread_adapted_{ev.way}w{shot}s"] = float(stats.spread_adapted.mean())
+        per_item[key] = stats.accuracies
+    return metrics, per_item
+
+
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _as_protonet(model: FewShotModel, cfg: FEATRecipeConfig) -> FewShotModel:
-    """A ProtoNet sharing `model`'s (pre-trained) encoder weights, for the no-meta-training sanity row."""
-    proto = FewShotModel(dataclasses.replace(cfg.model, adapter="none")).to(_device(model))
-    proto.encoder.load_state_dict(model.encoder.state_dict())
-    proto.temperature.fill_(cfg.meta.one_shot.temperature)
-    return proto.eval()
-
-
-def _knobs(cfg: FEATRecipeConfig, name: str) -> dict[str, Any]:
-    if name == "pretrain_protonet":
+def _knobs(variant: Variant) -> dict[str, Any]:
+    if variant.meta is None:
         return {"meta_training": False}
-    meta = cfg.meta.five_shot if name.endswith("5shot") and cfg.meta.five_shot else cfg.meta.one_shot
-    knobs = dataclasses.asdict(meta)
-    if name == "feat_lambda0":
-        knobs["balance"] = 0.0
-    if name.startswith("protonet"):
+    knobs = dataclasses.asdict(variant.meta)
+    if variant.adapter == "none":  # ProtoNet has no Transformer and no regulariser
         knobs = {k: v for k, v in knobs.items() if k not in ("balance", "temperature2", "lr_mul")}
     return knobs
 
@@ -326,57 +335,40 @@ def episode_rows(raw: FewShotDataset, split: str, way: int, shot: int, query: in
     return np.concatenate([labels[:, None], pixels], axis=1)
 
 
-def _decisive(metrics: dict[str, float], way: int) -> dict[str, float]:
-    """The issue's criterion: FEAT - ProtoNet >= +1 pt at way-way 1-shot with non-overlapping 95 % CIs; and whether
-    the regulariser helps: FEAT - FEAT(lambda=0) above zero by more than its paired 95 % CI."""
-    key, ci = _acc_key(way, 1), _ci_key(way, 1)
-    if f"protonet.{key}" not in metrics:
-        return {}
-    gain = metrics[f"feat.{key}"] - metrics[f"protonet.{key}"]
-    separated = metrics[f"feat.{key}"] - metrics[f"feat.{ci}"] > metrics[f"protonet.{key}"] + metrics[f"protonet.{ci}"]
-    out = {"decisive.gain_pts": gain, "decisive.cis_separated": float(separated),
-           "decisive.holds": float(gain >= 1.0 and separated)}
-    if f"feat_minus_feat_lambda0.{key}" in metrics:
-        # The ablation's paired difference must clear its own 95 % CI: a mean edge inside the noise is no help.
-        out["decisive.lambda_helps"] = float(
-            metrics[f"feat_minus_feat_lambda0.{key}"] - metrics[f"feat_minus_feat_lambda0.{ci}"] > 0)
-    return out
-
-
-def per_setting_rows(metrics: dict[str, float], cfg: FEATRecipeConfig) -> list[dict[str, Any]]:
-    """The paper's table: one row per method, one column per test setting (mean ± 95 % CI). A 5-shot column uses
-    the method's 5-shot-trained model when the profile trains one, else its 1-shot model."""
+def per_setting_rows(by_variant: dict[str, dict[str, float]], cfg: FEATRecipeConfig) -> list[dict[str, Any]]:
+    """The paper's table: one row per method, one column per test setting (mean ± the paper's 95 % half-width over
+    episodes). A 5-shot column uses the method's 5-shot-trained model when the run trained one, else its 1-shot
+    model."""
     ev = cfg.evaluate
-    names = [("pretrain_protonet", "ProtoNet, pre-trained encoder only")]
-    names += [("protonet", "ProtoNet"), ("feat_lambda0", "FEAT, lambda = 0"), ("feat", "FEAT")]
+    names = [("pretrain_protonet", "ProtoNet, pre-trained encoder only"), ("protonet", "ProtoNet"),
+             ("feat_lambda0", "FEAT, lambda = 0"), ("feat", "FEAT")]
     rows = []
     for name, label in names:
-        if f"{name}.{_acc_key(ev.way, 1)}" not in metrics:
+        if name not in by_variant:
             continue
         row: dict[str, Any] = {"method": label, "variant": name}
         for shot in ev.shots:
-            source = name
-            if shot == 5 and f"{name}_5shot.{_acc_key(ev.way, 5)}" in metrics:
-                source = f"{name}_5shot"
-            acc, ci = metrics[f"{source}.{_acc_key(ev.way, shot)}"], metrics[f"{source}.{_ci_key(ev.way, shot)}"]
-            row[f"{ev.way}-way {shot}-shot"] = f"{acc:.2f} ± {ci:.2f}"
+            source = f"{name}_5shot" if shot == 5 and f"{name}_5shot" in by_variant else name
+            metrics = by_variant[source]
+            row[f"{ev.way}-way {shot}-shot"] = (f"{metrics[_acc_key(ev.way, shot)]:.2f} ± "
+                                                f"{metrics[_ci_key(ev.way, shot)]:.2f}")
             row[f"{_acc_key(ev.way, shot)}_model"] = source
         rows.append(row)
     return rows
 
 
-def _accuracy_figure(variants: list[VariantResult], ev: EvaluateSection) -> Any:
+def _accuracy_figure(results: list[VariantResult], ev: EvaluateSection) -> Any:
     fig, ax = plt.subplots(figsize=(6, 4))
     width = 0.8 / max(1, len(ev.shots))
-    names = [v.name for v in variants]
+    names = [v.name for v in results]
     for j, shot in enumerate(ev.shots):
-        acc = [v.metrics.get(_acc_key(ev.way, shot), np.nan) for v in variants]
-        ci = [v.metrics.get(_ci_key(ev.way, shot), 0.0) for v in variants]
-        ax.bar(np.arange(len(variants)) + j * width, acc, width, yerr=ci, capsize=3, label=f"{ev.way}-way {shot}-shot")
-    ax.set_xticks(np.arange(len(variants)) + width * (len(ev.shots) - 1) / 2, names, rotation=25, ha="right",
+        acc = [v.metrics.get(_acc_key(ev.way, shot), np.nan) for v in results]
+        ci = [v.metrics.get(_ci_key(ev.way, shot), 0.0) for v in results]
+        ax.bar(np.arange(len(results)) + j * width, acc, width, yerr=ci, capsize=3, label=f"{ev.way}-way {shot}-shot")
+    ax.set_xticks(np.arange(len(results)) + width * (len(ev.shots) - 1) / 2, names, rotation=25, ha="right",
                   fontsize=8)
-    ax.set_ylabel("novel-class accuracy (%) ± 95 % CI")
-    finite = [a for v in variants for a in (v.metrics.get(_acc_key(ev.way, s)) for s in ev.shots) if a is not None]
+    ax.set_ylabel("novel-class accuracy (%) ± 95 % CI over episodes")
+    finite = [a for v in results for a in (v.metrics.get(_acc_key(ev.way, s)) for s in ev.shots) if a is not None]
     ax.set_ylim(max(0.0, min(finite) - 10), min(100.0, max(finite) + 5))
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -154,6 +154,13 @@ def record_validation(parent_run_id: str, key: str, report: ValidationReport) ->
     client.log_metric(parent_run_id, data_tag("gx", key, "evaluated_expectations"), report.evaluated)
     client.log_metric(parent_run_id, data_tag("gx", key, "successful_expectations"), report.successful)
     client.log_dict(parent_run_id, report.result, validation_artifact(key, report.suite))
+    reference = report.result.get("drift", {}).get("reference")
+    client.set_tag(parent_run_id, data_tag("gx", key, "drift_reference"), reference["md5"] if reference else "none")
+    if report.drift_exceeded:
+        client.set_tag(parent_run_id, data_tag("gx", key, "drift_exceeded"),
+                       "; ".join(f.details for f in report.drift_exceeded)[:5000])
+    if report.data_change_accepted:
+        client.set_tag(parent_run_id, data_tag("gx", key, "data_change_accepted"), "true")
     if report.failed:
         client.set_tag(parent_run_id, data_tag("gx", key, "failed"),
                        "; ".join(f"{f.expectation}({f.column})" for f in report.failed))

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
+from recipes.base import MAIN_DATASET
 from tasks.record import data_tag, extra_datasets_in, validation_artifact
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
 from tasks.tracking import configure_tracking, registered_model_name
@@ -59,6 +60,15 @@ def _resolve_version(client: MlflowClient, name: str, version: str | None) -> st
         return str(max(int(v.version) for v in versions))
 
 
+def gx_link(tags: dict[str, str], key: str, pipeline_run_id: str) -> str:
+    """The GX step of a version's chain for its dataset `key`: suite, verdict, result artifact, and an accepted
+    data change (the dataset drifted from its last validated version and the user accepted it)."""
+    suite, success = tags[data_tag("gx", key, "suite")], tags[data_tag("gx", key, "success")]
+    accepted = tags.get(data_tag("gx", key, "data_change_accepted")) == "true"
+    return (f"suite `{suite}` passed: {success}; result `runs:/{pipeline_run_id}/{validation_artifact(key, suite)}`"
+            + ("; drift from the last validated version accepted (--accept-data-change)" if accepted else ""))
+
+
 def version_lineage(paper: str, version: str | None = None) -> Lineage:
     """The lineage of `version` (default: @champion, else the newest) of paperops-<paper>."""
     client = configure_tracking()
@@ -74,14 +84,11 @@ def version_lineage(paper: str, version: str | None = None) -> Lineage:
     lineage = Lineage(paper, name, version)
     pipeline = tags["paperops.pipeline_run_id"]
     lineage.chain.append(("DVC stage", f"`{tags['dataset.stage']}` md5 `{tags['dataset.md5']}` (dvc.lock)"))
-    lineage.chain.append(("GX validation", f"suite `{tags['gx.suite']}` passed: {tags['gx.success']}; result "
-                                          f"`runs:/{pipeline}/validation/{tags['gx.suite']}.json`"))
+    lineage.chain.append(("GX validation", gx_link(tags, MAIN_DATASET, pipeline)))
     for key in extra_datasets_in(tags):
         stage, md5 = tags[data_tag("dataset", key, "stage")], tags[data_tag("dataset", key, "md5")]
-        suite, success = tags[data_tag("gx", key, "suite")], tags[data_tag("gx", key, "success")]
         lineage.chain.append((f"DVC stage ({key})", f"`{stage}` md5 `{md5}` (dvc.lock)"))
-        lineage.chain.append((f"GX validation ({key})", f"suite `{suite}` passed: {success}; result "
-                                                         f"`runs:/{pipeline}/{validation_artifact(key, suite)}`"))
+        lineage.chain.append((f"GX validation ({key})", gx_link(tags, key, pipeline)))
     parent_tags = tags
     if tags["paperops.role"] == "method":
         parent_tags = client.get_model_version(name, tags["compression.parent_version"]).tags

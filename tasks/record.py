@@ -63,6 +63,18 @@ class DatasetRecord(Record):
     md5: str = Field(pattern=MD5_PATTERN, description="DVC md5 of the stage output")
     gx_suite: str
     gx_success: bool
+    gx_data_change_accepted: bool = False
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_default_acceptance(self, handler(self))
+
+
+def _without_default_acceptance(record: DatasetRecord | VersionRecord, data: dict[str, Any]) -> dict[str, Any]:
+    """A record reads as before unless the user accepted a drifted dataset (`paperops run --accept-data-change`)."""
+    if not record.gx_data_change_accepted:
+        data.pop("gx_data_change_accepted", None)
+    return data
 
 
 class VersionRecord(Record):
@@ -78,6 +90,8 @@ class VersionRecord(Record):
     dataset_md5: str = Field(pattern=MD5_PATTERN, description="DVC md5 of the stage output")
     gx_suite: str
     gx_success: bool
+    gx_data_change_accepted: bool = Field(False, description="the dataset drifted beyond its bounds from its last "
+                                          "validated version and the user accepted it (--accept-data-change)")
     config_hash: str
     git_commit: str
     pipeline_run_id: str
@@ -116,7 +130,7 @@ class VersionRecord(Record):
             data.pop("extra_datasets", None)
         if self.delta_vs_parent_interval is None:
             data.pop("delta_vs_parent_interval", None)
-        return data
+        return _without_default_acceptance(self, data)
 
     def tags(self) -> dict[str, str]:
         """The record as registry tags (the names the UI, the gate and `paperops lineage` read)."""
@@ -138,6 +152,10 @@ class VersionRecord(Record):
             tags |= {data_tag("dataset", key, "name"): extra.name, data_tag("dataset", key, "stage"): extra.stage,
                      data_tag("dataset", key, "md5"): extra.md5, data_tag("gx", key, "suite"): extra.gx_suite,
                      data_tag("gx", key, "success"): str(extra.gx_success).lower()}
+            if extra.gx_data_change_accepted:
+                tags[data_tag("gx", key, "data_change_accepted")] = "true"
+        if self.gx_data_change_accepted:
+            tags["gx.data_change_accepted"] = "true"
         if self.peak_memory_bytes is not None:
             tags["record.peak_memory_bytes"] = str(self.peak_memory_bytes)
         if self.compression_skipped:

@@ -65,7 +65,8 @@ def version_record(recipe: Recipe, profile: str, config_hash: str, datasets: dic
     by Recipe.datasets name)."""
     dataset, validation = datasets[MAIN_DATASET], validations[MAIN_DATASET]
     extra_datasets = {key: DatasetRecord(name=ref.name, stage=ref.stage, md5=ref.md5, gx_suite=validations[key].suite,
-                                         gx_success=validations[key].success)
+                                         gx_success=validations[key].success,
+                                         gx_data_change_accepted=validations[key].data_change_accepted)
                       for key, ref in datasets.items() if key != MAIN_DATASET}
     metrics = evaluation.variants[variant].metrics
     interval = evaluation.variants[variant].delta_interval
@@ -79,7 +80,8 @@ def version_record(recipe: Recipe, profile: str, config_hash: str, datasets: dic
     return VersionRecord(
         paper=recipe.name, recipe=recipe.name, profile=profile, role=model.role, variant=variant,
         model_uri=model.model_uri, dataset_name=dataset.name, dataset_stage=dataset.stage, dataset_md5=dataset.md5,
-        gx_suite=validation.suite, gx_success=validation.success, config_hash=config_hash, git_commit=git_commit(),
+        gx_suite=validation.suite, gx_success=validation.success,
+        gx_data_change_accepted=validation.data_change_accepted, config_hash=config_hash, git_commit=git_commit(),
         pipeline_run_id=pipeline_run_id, training_run_id=model.run_id, evaluation_run_id=evaluation.run_id,
         primary_metric=recipe.primary_metric, higher_is_better=recipe.higher_is_better,
         primary_value=metrics[recipe.primary_metric], delta_vs_parent=metrics.get("delta_vs_parent"),

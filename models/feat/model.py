@@ -92,8 +92,8 @@ class SetAttention(nn.Module):
 
 
 def euclidean_logits(x: torch.Tensor, centres: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(M, d), (N, d) -> (M, N): -||x_m - c_n||^2 / temperature."""
-    return -(x[:, None, :] - centres[None, :, :]).pow(2).sum(-1) / temperature  # exact, and no sqrt in the grad
+    """(..., M, d), (..., N, d) -> (..., M, N): -||x_m - c_n||^2 / temperature; leading dims are separate episodes."""
+    return -(x[..., :, None, :] - centres[..., None, :, :]).pow(2).sum(-1) / temperature  # exact, no sqrt in the grad
 
 
 def prototypes(support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -127,10 +127,11 @@ class FewShotModel(nn.Module):
         return self.encoder(x)  # (B, 1, S, S) -> (B, d)
 
     def adapt(self, protos: torch.Tensor) -> torch.Tensor:
-        """(N, d) prototypes -> (N, d) task-adapted prototypes (identity for ProtoNet)."""
+        """(..., N, d) prototypes -> (..., N, d) task-adapted prototypes (identity for ProtoNet); each leading index
+        is a separate episode, whose N prototypes form one set."""
         if self.adapter is None:
             return protos
-        return self.adapter(protos[None])[0]
+        return self.adapter(protos.reshape(-1, *protos.shape[-2:])).reshape(protos.shape)
 
     def classify(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                  n_way: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Pure training and evaluation loops of FEAT / ProtoNet: pre-training as a many-way classifier on the base
-classes (model selection by ProtoNet accuracy on val classes), episodic meta-training (best-val checkpoint), and
-episodic testing with a 95 % confidence interval (mean ± 1.96·std/√n over episodes)."""
+classes until ProtoNet accuracy on the val classes stops rising (best-val checkpoint), episodic meta-training
+(best-val checkpoint), and episodic testing: every model is scored on the same sampled episodes, one accuracy per
+episode, with the paper's 95 % half-width (1.96·std/√n over episodes) beside the mean."""
 from __future__ import annotations
 
 import copy
@@ -13,12 +14,16 @@ import torch.nn.functional as F
 
 from models.common.checks import at_least, at_most, non_negative, positive
 from models.common.reporting import Reporter
-from models.feat.model import FewShotModel, euclidean_logits, prototypes
+from models.feat.model import FewShotModel, euclidean_logits
+
+
+VAL_QUERY = 15  # queries per class in a pre-training val episode (pretrain.py: 16-way 1-shot, 15 queries)
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    epochs: int = 10
+    max_epochs: int = 200  # pretrain.py's max_epoch; the plateau (patience) ends it sooner
+    patience: int = 3  # stop after this many epochs without a new best val accuracy (the val plateau)
     batch_size: int = 128
     lr: float = 1e-3  # Adam (pretrain.py's optimiser for ConvNet)
     weight_decay: float = 5e-4
@@ -26,8 +31,8 @@ class PretrainConfig:
     val_episodes: int = 200
 
     def __post_init__(self) -> None:
-        non_negative(self, "epochs", "weight_decay")
-        at_least(self, 1, "batch_size", "val_episodes")
+        non_negative(self, "max_epochs", "weight_decay")
+        at_least(self, 1, "patience", "batch_size", "val_episodes")
         at_least(self, 2, "val_way")
         positive(self, "lr")
 
@@ -75,6 +80,14 @@ def sample_episode(by_class: dict[int, np.ndarray], way: int, shot: int, query: 
     return per_class.T.reshape(-1)
 
 
+def sample_episodes(labels: np.ndarray, way: int, shot: int, query: int, episodes: int, seed: int) -> np.ndarray:
+    """(episodes, way * (shot + query)) indices into the items labelled `labels`, each row one `sample_episode`:
+    the same seed gives the same episodes, so models scored on them are compared pair by pair."""
+    by_class = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+    rng = np.random.default_rng(seed)
+    return np.stack([sample_episode(by_class, way, shot, query, rng) for _ in range(episodes)])
+
+
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
     """Mean and the 95 % half-width 1.96·std/√n (FEAT's compute_confidence_interval; std with ddof 0)."""
     values = np.asarray(values, dtype=np.float64)
@@ -97,43 +110,45 @@ class EpisodeStats:
 
 
 @torch.no_grad()
-def evaluate_episodes(model: FewShotModel, split: Split, way: int, shot: int, query: int, episodes: int,
-                      seed: int, embeddings: torch.Tensor | None = None) -> EpisodeStats:
-    """Accuracy of `episodes` random way-shot episodes (query per class) of `split`. The encoder is frozen at test
-    time, so every image is embedded once and episodes index the embeddings; the same seed gives the same
-    episodes to every model (a paired comparison)."""
+def score_episodes(model: FewShotModel, embeddings: torch.Tensor, episodes: np.ndarray, way: int, shot: int,
+                   query: int, chunk: int = 500) -> EpisodeStats:
+    """Scores `model` on every episode (rows of `sample_episodes`) of the items whose embeddings are given. The
+    encoder is frozen at test time, so the images are embedded once and the episodes index the embeddings; the
+    episodes are batched, `chunk` at a time, through the prototypes, the adaptation and the logits."""
     model.eval()
-    emb = embed_all(model, split.x) if embeddings is None else embeddings  # (N, d)
-    by_class = split.by_class()
-    rng = np.random.default_rng(seed)
-    labels = torch.arange(way, device=emb.device)
-    support_labels, query_labels = labels.repeat(shot), labels.repeat(query)
+    if episodes.shape[1] != way * (shot + query):
+        raise ValueError(f"episodes hold {episodes.shape[1]} items each, {way}-way {shot}-shot with {query} queries "
+                         f"needs {way * (shot + query)}")
+    query_labels = torch.arange(way, device=embeddings.device).repeat(query)  # (N*Q,)
     acc, spread_raw, spread_adapted = [], [], []
-    for _ in range(episodes):
-        idx = torch.as_tensor(sample_episode(by_class, way, shot, query, rng), device=emb.device)
-        e = emb[idx]
-        support, queries = e[: way * shot], e[way * shot :]
-        raw = prototypes(support, support_labels, way)  # (N, d)
-        adapted = model.adapt(raw)
-        logits = euclidean_logits(queries, adapted, float(model.temperature))  # (N*Q, N)
-        acc.append(100.0 * (logits.argmax(-1) == query_labels).float().mean().item())
+    for start in range(0, len(episodes), chunk):
+        idx = torch.as_tensor(episodes[start : start + chunk], device=embeddings.device)
+        e = embeddings[idx]  # (E, N*(K+Q), d)
+        support, queries = e[:, : way * shot], e[:, way * shot :]  # (E, N*K, d), (E, N*Q, d)
+        raw = support.reshape(len(e), shot, way, -1).mean(1)  # (E, N, d): shot-major, so class n is position n % N
+        adapted = model.adapt(raw)  # (E, N, d)
+        logits = euclidean_logits(queries, adapted, float(model.temperature))  # (E, N*Q, N)
+        acc.append(100.0 * (logits.argmax(-1) == query_labels).float().mean(-1))
         spread_raw.append(_spread(raw, queries, query_labels))
         spread_adapted.append(_spread(adapted, queries, query_labels))
-    return EpisodeStats(np.array(acc), np.array(spread_raw), np.array(spread_adapted))
+    return EpisodeStats(*(torch.cat(parts).double().cpu().numpy() for parts in (acc, spread_raw, spread_adapted)))
 
 
-def _spread(protos: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor) -> float:
-    """Mean distance between prototypes / mean distance of a query to its own class's prototype."""
-    n = len(protos)
-    inter = torch.cdist(protos, protos).sum() / (n * (n - 1))
-    intra = (queries - protos[query_labels]).norm(dim=-1).mean()
-    return float(inter / intra)
+def _spread(protos: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor) -> torch.Tensor:
+    """(E, N, d) prototypes, (E, M, d) queries -> (E,) mean distance between prototypes / mean distance of a query
+    to its own class's prototype."""
+    n = protos.shape[1]
+    inter = torch.cdist(protos, protos).sum((1, 2)) / (n * (n - 1))
+    intra = (queries - protos[:, query_labels]).norm(dim=-1).mean(-1)
+    return inter / intra
 
 
 def pretrain(model: FewShotModel, base: Split, val: Split, cfg: PretrainConfig, reporter: Reporter,
              generator: torch.Generator, seed: int) -> dict[str, float]:
-    """Many-way classifier on the base classes (Adam, cross-entropy); after every epoch the encoder is scored by
-    val_way-way 1-shot ProtoNet accuracy on the val classes and the best epoch's weights are kept."""
+    """Many-way classifier on the base classes (Adam, cross-entropy), run to its val plateau: after every epoch the
+    encoder is scored by val_way-way 1-shot ProtoNet accuracy on the val classes (the same episodes every epoch),
+    training stops once `patience` epochs in a row bring no new best (or at max_epochs), and the best epoch's
+    weights are kept. `pretrain.plateau` says which of the two ended it."""
     classes = np.unique(base.y)
     if len(classes) != model.pretrain_head.out_features:
         raise ValueError(f"{len(classes)} base classes but a {model.pretrain_head.out_features}-way pre-training head")
@@ -142,14 +157,17 @@ def pretrain(model: FewShotModel, base: Split, val: Split, cfg: PretrainConfig, 
     params = list(model.encoder.parameters()) + list(model.pretrain_head.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     val_way = min(cfg.val_way, len(np.unique(val.y)))
+    val_episodes = sample_episodes(val.y, val_way, 1, VAL_QUERY, cfg.val_episodes, seed + 7)
 
     def val_accuracy() -> float:
-        return float(evaluate_episodes(model, val, val_way, 1, 15, cfg.val_episodes, seed + 7).accuracies.mean())
+        return float(score_episodes(model, embed_all(model, val.x), val_episodes, val_way, 1,
+                                    VAL_QUERY).accuracies.mean())
 
     best = val_accuracy()
-    best_state, best_epoch, step = copy.deepcopy(model.encoder.state_dict()), 0, 0
-    steps_total = cfg.epochs * math.ceil(len(targets) / cfg.batch_size)
-    for epoch in range(1, cfg.epochs + 1):
+    best_state, best_epoch, epoch, step = copy.deepcopy(model.encoder.state_dict()), 0, 0, 0
+    steps_per_epoch = math.ceil(len(targets) / cfg.batch_size)
+    while epoch < cfg.max_epochs and epoch - best_epoch < cfg.patience:
+        epoch += 1
         model.train()
         order = torch.randperm(len(targets), generator=generator)
         for start in range(0, len(order), cfg.batch_size):
@@ -161,14 +179,15 @@ def pretrain(model: FewShotModel, base: Split, val: Split, cfg: PretrainConfig, 
             optimizer.step()
             step += 1
             reporter.log_metrics({"pretrain_loss": loss.item()}, step=step)
-            reporter.progress(step, steps_total, "pre-train step")
+            reporter.progress(step, cfg.max_epochs * steps_per_epoch, "pre-train step")
         acc = val_accuracy()
         reporter.log_metrics({"pretrain_val_protonet_acc": acc}, step=epoch)
         if acc > best:
             best, best_state, best_epoch = acc, copy.deepcopy(model.encoder.state_dict()), epoch
     model.encoder.load_state_dict(best_state)
     model.eval()
-    return {"pretrain.best_val_acc": best, "pretrain.best_epoch": float(best_epoch), "pretrain.steps": float(step)}
+    return {"pretrain.best_val_acc": best, "pretrain.best_epoch": float(best_epoch), "pretrain.epochs": float(epoch),
+            "pretrain.steps": float(step), "pretrain.plateau": float(epoch - best_epoch >= cfg.patience)}
 
 
 def meta_train(model: FewShotModel, train: Split, val: Split, cfg: MetaTrainConfig, reporter: Reporter,
@@ -188,9 +207,11 @@ def meta_train(model: FewShotModel, train: Split, val: Split, cfg: MetaTrainConf
     query_labels = torch.arange(cfg.way, device=device).repeat(cfg.query)
     aux_labels = torch.arange(cfg.way, device=device).repeat(cfg.shot + cfg.query)
 
+    val_episodes = sample_episodes(val.y, cfg.way, cfg.shot, cfg.val_query, cfg.val_episodes, seed + 11)
+
     def val_accuracy() -> float:
-        stats = evaluate_episodes(model, val, cfg.way, cfg.shot, cfg.val_query, cfg.val_episodes, seed + 11)
-        return float(stats.accuracies.mean())
+        return float(score_episodes(model, embed_all(model, val.x), val_episodes, cfg.way, cfg.shot,
+                                    cfg.val_query).accuracies.mean())
 
     best = val_accuracy()
     best_state, best_epoch, step = copy.deepcopy(model.state_dict()), 0, 0

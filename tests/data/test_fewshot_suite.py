@@ -48,8 +48,8 @@ def test_the_suite_is_registered_for_configs():
 def test_real_glyph_dataset_passes_every_expectation(glyph_dir: Path) -> None:
     report = validate_dataset(FEW_SHOT_CLASSES, glyph_dir, SPEC)
     assert report.success, report.failed
-    # 9 per-image expectations x 3 splits + 2 per class table x 3 splits + class disjointness + leakage
-    assert (report.evaluated, report.successful) == (35, 35)
+    # 10 per-image expectations x 3 splits + 2 per class table x 3 splits + class disjointness + leakage
+    assert (report.evaluated, report.successful) == (38, 38)
     json.dumps(report.result)
 
 

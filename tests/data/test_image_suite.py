@@ -44,8 +44,8 @@ def test_real_mnist5k_passes_every_expectation(mnist_dir: Path) -> None:
     report = validate_dataset(IMAGE_CLASSIFICATION, mnist_dir, MNIST_SPEC)
 
     assert report.success, report.failed
-    # 10 per-image expectations x 3 splits (train, val, test) + class balance x 3 splits + 1 leakage check.
-    assert (report.evaluated, report.successful, report.failed) == (34, 34, [])
+    # 11 per-image expectations x 3 splits (train, val, test) + class balance x 3 splits + 1 leakage check.
+    assert (report.evaluated, report.successful, report.failed) == (37, 37, [])
     assert report.suite == "image_classification"
     assert len(report.result["validations"]) == 7
     json.dumps(report.result)  # loggable as an MLflow artifact as is

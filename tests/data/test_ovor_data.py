@@ -136,7 +136,7 @@ def test_the_recipe_declares_both_datasets_and_needs_a_backbone_source(mnist_dir
 def test_the_real_pretraining_set_passes_its_suite(letters_dir, letters_spec):
     report = validate_dataset(IMAGE_CLASSIFICATION, letters_dir, letters_spec)
     assert report.success, report.failed
-    assert report.evaluated == 34
+    assert report.evaluated == 37
 
 
 def test_a_letter_missing_from_val_and_a_render_in_two_splits_are_rejected(letters_dir, letters_spec, tmp_path,

@@ -72,7 +72,7 @@ def _suite(*expectations: Expectation) -> DataSuite:
         frame = pd.DataFrame({"x": [spec.low, spec.low + 1, spec.low + 5], "name": ["a", "b", "c"]})
         return DeclaredSuite((SuitePart("rows", expectations, unexpected_index_column_names=("name",)),),
                              (Batch("rows", "all", frame),))
-    return DataSuite("toy", _Spec, declare, {"all": "fit"})
+    return DataSuite("toy", _Spec, declare, {"all": "fit"}, lambda reference, md5, current, spec: [])
 
 
 def test_the_runner_builds_any_declared_expectation_and_names_failing_rows(tmp_path: Path):

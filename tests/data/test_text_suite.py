@@ -57,9 +57,9 @@ def test_real_corpus_passes_every_expectation(corpus: Path) -> None:
     elapsed = time.perf_counter() - started
 
     assert report.success, report.failed
-    # 6 expectations on the per-split frame + 1 overlap check.
-    assert (report.evaluated, report.successful, report.failed) == (7, 7, [])
-    assert report.suite == "text_corpus" and len(report.result["validations"]) == 2
+    # 7 expectations on the per-split frame + the longest line + 1 overlap check.
+    assert (report.evaluated, report.successful, report.failed) == (9, 9, [])
+    assert report.suite == "text_corpus" and len(report.result["validations"]) == 3
     json.dumps(report.result)
     report.raise_for_failure()
     assert elapsed < 60, elapsed

@@ -1,7 +1,10 @@
 """The FEAT pipeline on a real Prefect API (prefect_test_harness) and a real MLflow registry (sqlite in a temp dir),
 at FEAT's declared smoke size: the real glyph stage, one pre-training epoch and a few meta-training episodes per
-model. What every recipe's run must do is in test_recipe_smoke.py, on the same run."""
+model, 1-shot and 5-shot. What every recipe's run must do is in test_recipe_smoke.py, on the same run."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,11 +31,17 @@ def test_registers_the_feat_model_with_its_record_and_measures_every_baseline(fi
     assert tags["gx.success"] == "true"
     assert float(tags["metrics.acc_5w1s"]) > 20.0  # above 5-way chance even at smoke size
     variants = {v["variant"]: v for v in first_run["variants"]}
-    assert set(variants) == {"feat", "protonet", "feat_lambda0", "pretrain_protonet"}
-    assert {v["role"] for v in variants.values()} == {"parent", "baseline", "ablation"}
-    for v in variants.values():
-        assert 0.0 < v["ci95_5w1s"] < 5.0 and "acc_5w5s" in v
-    assert variants["feat"]["reproduces_train"] == 1.0  # the registered weights give train's figures
+    assert set(variants) == {"feat", "protonet", "feat_lambda0", "pretrain_protonet", "feat_5shot",
+                             "protonet_5shot", "feat_lambda0_5shot"}
+    assert {v["role"] for v in variants.values()} == {"parent", "baseline", "ablation", "companion"}
+    for v in variants.values():  # every model scored on both test settings (100 episodes each at smoke size)
+        assert 0.0 < v["ci95_5w1s"] < 10.0 and 0.0 < v["ci95_5w5s"] < 10.0
+    # the 5-shot models carry the paper's 5-shot settings; the 1-shot ones its 1-shot settings
+    settings = {name: json.loads(Path(client.download_artifacts(v["run_id"], "knobs.json")).read_text())
+                for name, v in variants.items()}
+    assert settings["feat_5shot"]["shot"] == 5 and settings["feat_5shot"]["balance"] == 0.1
+    assert settings["feat_lambda0_5shot"]["balance"] == 0.0 and settings["feat"]["balance"] == 1.0
+    assert settings["pretrain_protonet"] == {"meta_training": False}
 
 
 def test_the_registered_model_answers_an_episode_request(first_run):

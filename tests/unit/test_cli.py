@@ -124,13 +124,52 @@ def test_an_exception_message_reaches_the_user_verbatim_brackets_and_all(monkeyp
     failure = DataValidationError("data/mnist5k", "image_classification",
                                   [FailedExpectation("expect_column_values_to_be_between", "share", details)])
 
-    def failing_pipeline(paper, profile, overrides):
+    def failing_pipeline(paper, profile, overrides, accept_data_change):
         raise failure
 
     monkeypatch.setattr(flows.pipeline, "paper_pipeline", failing_pipeline)
     result = runner.invoke(app, ["run", "ppt"])
     assert result.exit_code == 3
     assert f"  - expect_column_values_to_be_between (share): {details}\n" in result.output  # one line, as raised
+
+
+def test_drift_exits_3_and_says_how_to_accept_it_and_the_flag_reaches_the_pipeline(monkeypatch):
+    import flows.pipeline
+    from tasks.validate import DataValidationError, FailedExpectation
+
+    drift = FailedExpectation("expect_column_values_to_be_between", "shift", "[train+val+test vs last validated] "
+                              "expected each class's mean image within 0.05; 1 of 30 rows unexpected: "
+                              "[shift=0.2, split=train, label=3]")
+    calls = []
+
+    def pipeline(paper, profile, overrides, accept_data_change):
+        calls.append(accept_data_change)
+        if not accept_data_change:
+            raise DataValidationError("data/mnist5k", "image_classification", [drift], drifted=True)
+        return {"paper": paper, "profile": profile, "pipeline_run_id": "r", "steps": {}, "variants": [],
+                "versions": {}, "promotion": {}}
+
+    monkeypatch.setattr(flows.pipeline, "paper_pipeline", pipeline)
+    refused = runner.invoke(app, ["run", "ppt"])
+    assert refused.exit_code == 3 and "[shift=0.2, split=train, label=3]" in refused.output
+    assert "run again with --accept-data-change" in refused.output
+    assert runner.invoke(app, ["run", "ppt", "--accept-data-change"]).exit_code == 0
+    assert calls == [False, True]
+
+
+def test_an_unreadable_drift_reference_exits_3_naming_the_file(monkeypatch):
+    import flows.pipeline
+    from tasks.validate import DataReferenceError
+
+    message = ("the reference of dataset 'mnist5k' (/state/data-references/image_classification/mnist5k.json) "
+               "cannot be read")
+
+    def pipeline(paper, profile, overrides, accept_data_change):
+        raise DataReferenceError(message)
+
+    monkeypatch.setattr(flows.pipeline, "paper_pipeline", pipeline)
+    result = runner.invoke(app, ["run", "ppt"])
+    assert result.exit_code == 3 and message in result.output and "Traceback" not in result.output
 
 
 def test_data_with_an_unknown_stage_exits_4_with_the_known_ones():
@@ -185,7 +224,7 @@ def test_run_all_runs_every_paper_then_exits_6_when_a_gate_rejected(monkeypatch)
 
     ran, rejecting = [], {"cbq"}
 
-    def pipeline(paper, profile, overrides):  # the CLI's side of a pipeline run: its summary
+    def pipeline(paper, profile, overrides, accept_data_change):  # the CLI's side of a pipeline run: its summary
         ran.append(paper)
         rejected = paper in rejecting
         decision = {"alias": "champion", "version": "2", "promoted": not rejected, "previous_version": "1",

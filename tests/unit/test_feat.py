@@ -2,6 +2,7 @@
 the glyph dataset builder."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -15,9 +16,12 @@ from models.common.reporting import RecordingReporter
 from models.feat.model import (
     QUERY_LABEL, ConvNet4, FEATConfig, FewShotModel, SetAttention, euclidean_logits, prototypes,
 )
-from recipes.feat import _decisive, episode_rows, per_setting_rows
+from recipes.feat import (
+    FewShotData, episode_rows, per_setting_rows, score_on_episodes, seeded_episodes, variants,
+)
 from models.feat.train import (
-    MetaTrainConfig, PretrainConfig, Split, evaluate_episodes, mean_ci95, meta_train, sample_episode,
+    MetaTrainConfig, PretrainConfig, Split, embed_all, mean_ci95, meta_train, pretrain,
+    sample_episode, sample_episodes, score_episodes,
 )
 from recipes import load_config
 from data.fewshot import (
@@ -94,7 +98,8 @@ def test_convnet4_embeds_32px_images_into_64_dimensions():
     (lambda: MetaTrainConfig(gamma=1.5), "gamma must be <= 1, got 1.5"),
     (lambda: MetaTrainConfig(way=1), "way must be >= 2, got 1"),
     (lambda: MetaTrainConfig(balance=-0.1), "balance must be >= 0, got -0.1"),
-    (lambda: PretrainConfig(epochs=-1), "epochs must be >= 0, got -1"),
+    (lambda: PretrainConfig(max_epochs=-1), "max_epochs must be >= 0, got -1"),
+    (lambda: PretrainConfig(patience=0), "patience must be >= 1, got 0"),
 ])
 def test_feat_configs_name_the_bad_field_and_value(make, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -150,14 +155,74 @@ def test_meta_training_takes_the_transformer_at_ten_times_the_lr_and_keeps_the_b
     assert reporter.series("feat.lr_transformer") == [1e-2, 5e-3]
 
 
-def test_evaluation_gives_every_model_the_same_episodes():
-    torch.manual_seed(0)
-    split = Split(torch.randn(40, 1, 32, 32), np.repeat(np.arange(8), 5))
-    a = evaluate_episodes(_model(), split, way=3, shot=1, query=2, episodes=20, seed=5)
-    b = evaluate_episodes(_model(), split, way=3, shot=1, query=2, episodes=20, seed=5)
-    assert np.array_equal(a.accuracies, b.accuracies)
-    correct = a.accuracies * 6 / 100  # 3 classes x 2 queries: a whole number of correct queries per episode
-    assert a.accuracies.shape == (20,) and np.allclose(correct, np.round(correct), atol=1e-5)
+def test_sampled_episodes_are_seeded_rows_of_sample_episode():
+    labels = np.repeat(np.arange(6), 7)
+    episodes = sample_episodes(labels, way=3, shot=2, query=1, episodes=4, seed=9)
+    rng = np.random.default_rng(9)
+    by_class = {c: np.flatnonzero(labels == c) for c in range(6)}
+    assert np.array_equal(episodes, np.stack([sample_episode(by_class, 3, 2, 1, rng) for _ in range(4)]))
+    assert not np.array_equal(episodes, sample_episodes(labels, 3, 2, 1, 4, seed=10))
+
+
+@pytest.mark.parametrize("adapter", ["feat", "none"])
+def test_batched_episode_scores_match_one_episode_at_a_time(adapter):
+    model = _model(adapter, hidden=8)
+    torch.manual_seed(3)
+    embeddings = torch.randn(60, 8)  # 6 classes x 10 items
+    labels = np.repeat(np.arange(6), 10)
+    way, shot, query = 3, 2, 4
+    episodes = sample_episodes(labels, way, shot, query, episodes=7, seed=1)
+    stats = score_episodes(model, embeddings, episodes, way, shot, query, chunk=3)  # chunks of 3, 3, 1
+    support_labels, query_labels = torch.arange(way).repeat(shot), torch.arange(way).repeat(query)
+    for i, idx in enumerate(episodes):
+        e = embeddings[torch.as_tensor(idx)]
+        with torch.no_grad():
+            logits = model.classify(e[: way * shot], support_labels, e[way * shot :], way)
+        assert stats.accuracies[i] == pytest.approx(100.0 * (logits.argmax(-1) == query_labels).float().mean().item())
+    if adapter == "none":  # nothing adapts the prototypes: the spread is the same before and after
+        assert np.allclose(stats.spread_raw, stats.spread_adapted)
+    with pytest.raises(ValueError, match="3-way 2-shot with 5 queries needs 21"):
+        score_episodes(model, embeddings, episodes, way, shot, 5)
+
+
+def _pretrain_data() -> tuple[Split, Split]:
+    """4 base classes of 8 random images and 5 val classes (ids 10..14) of 16 (pre-training's val episodes have 15
+    queries per class)."""
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(0, 1, (4 * 8 + 5 * 16, 1, 32, 32)).astype(np.float32))
+    return Split(x[:32], np.repeat(np.arange(4), 8)), Split(x[32:], np.repeat(np.arange(10, 15), 16))
+
+
+@pytest.mark.parametrize("val_accuracies, max_epochs, patience, epochs, best_epoch, plateau", [
+    ([50, 60, 60, 55, 70], 10, 2, 3, 1, 1.0),  # epochs 2 and 3 bring no new best (a tie is none): stop after 3
+    ([50, 60, 61, 62, 63], 3, 2, 3, 3, 0.0),  # still rising at the cap
+    ([50, 40, 45, 49, 70], 10, 3, 3, 0, 1.0),  # never above the untrained encoder: its weights come back
+])
+def test_pretraining_runs_to_its_val_plateau_and_keeps_the_best_epoch(monkeypatch, val_accuracies, max_epochs,
+                                                                       patience, epochs, best_epoch, plateau):
+    import models.feat.train as feat_train
+
+    base, val = _pretrain_data()
+    model = _model(hidden=8)
+    states = []
+
+    def scripted_val(model_, embeddings, episodes, way, shot, query):  # one val accuracy per epoch, from the script
+        states.append({k: v.clone() for k, v in model.encoder.state_dict().items()})
+        acc = np.array([float(val_accuracies[len(states) - 1])])
+        return feat_train.EpisodeStats(acc, acc, acc)
+
+    monkeypatch.setattr(feat_train, "score_episodes", scripted_val)
+    cfg = PretrainConfig(max_epochs=max_epochs, patience=patience, batch_size=8, lr=1e-2, val_way=3, val_episodes=4)
+    reporter = RecordingReporter()
+    metrics = pretrain(model, base, val, cfg, reporter, torch.Generator().manual_seed(0), seed=0)
+    assert metrics == {"pretrain.best_val_acc": max(val_accuracies[: epochs + 1]), "pretrain.best_epoch": best_epoch,
+                       "pretrain.epochs": epochs, "pretrain.steps": epochs * 4, "pretrain.plateau": plateau}
+    assert reporter.series("pretrain_val_protonet_acc") == val_accuracies[1 : epochs + 1]
+    assert len(states) == epochs + 1  # the untrained encoder, then once per epoch
+    # the best epoch's weights are the ones kept (BatchNorm statistics included)
+    assert all(torch.equal(states[best_epoch][k], v) for k, v in model.encoder.state_dict().items())
+    assert not all(torch.equal(states[-1][k], v) for k, v in model.encoder.state_dict().items()) or \
+        best_epoch == epochs
 
 
 # ------------------------------------------------------------------------------------ serving and recipe
@@ -194,26 +259,80 @@ def test_recipe_is_registered_without_compression_and_says_why():
 
 def test_per_setting_table_prefers_the_5shot_model_when_there_is_one():
     cfg = load_config("feat", "tiny").config
-    metrics = {"feat.acc_5w1s": 70.0, "feat.ci95_5w1s": 0.5, "feat.acc_5w5s": 80.0, "feat.ci95_5w5s": 0.3,
-               "feat_5shot.acc_5w5s": 85.0, "feat_5shot.ci95_5w5s": 0.2}
-    (row,) = per_setting_rows(metrics, cfg)
-    assert row["5-way 1-shot"] == "70.00 ± 0.50" and row["5-way 5-shot"] == "85.00 ± 0.20"
-    assert row["acc_5w5s_model"] == "feat_5shot"
+    by_variant = {"feat": {"acc_5w1s": 70.0, "ci95_5w1s": 0.5, "acc_5w5s": 80.0, "ci95_5w5s": 0.3},
+                  "feat_5shot": {"acc_5w1s": 69.0, "ci95_5w1s": 0.5, "acc_5w5s": 85.0, "ci95_5w5s": 0.2},
+                  "pretrain_protonet": {"acc_5w1s": 60.0, "ci95_5w1s": 0.6, "acc_5w5s": 75.0, "ci95_5w5s": 0.4}}
+    pre, feat = per_setting_rows(by_variant, cfg)
+    assert feat["5-way 1-shot"] == "70.00 ± 0.50" and feat["5-way 5-shot"] == "85.00 ± 0.20"
+    assert feat["acc_5w1s_model"] == "feat" and feat["acc_5w5s_model"] == "feat_5shot"
+    assert pre["5-way 5-shot"] == "75.00 ± 0.40" and pre["acc_5w5s_model"] == "pretrain_protonet"
 
 
-def test_decisive_criterion_needs_one_point_with_separated_cis_and_lambda_a_paired_gain_beyond_its_ci():
-    # The tiny make run of 2026-11-29 23:31: FEAT 89.19 +- 0.15, ProtoNet 88.54 +- 0.15, lambda=0 89.16 +- 0.15.
-    run = {"feat.acc_5w1s": 89.19, "feat.ci95_5w1s": 0.15, "protonet.acc_5w1s": 88.54, "protonet.ci95_5w1s": 0.15,
-           "feat_lambda0.acc_5w1s": 89.16, "feat_minus_feat_lambda0.acc_5w1s": 0.04,
-           "feat_minus_feat_lambda0.ci95_5w1s": 0.06}
-    assert _decisive(run, way=5) == pytest.approx({"decisive.gain_pts": 0.65, "decisive.cis_separated": 1.0,
-                                                   "decisive.holds": 0.0, "decisive.lambda_helps": 0.0})
-    stronger = _decisive(run | {"feat.acc_5w1s": 89.60, "feat_minus_feat_lambda0.acc_5w1s": 0.44}, way=5)
-    assert stronger["decisive.holds"] == 1.0 and stronger["decisive.lambda_helps"] == 1.0
-    overlapping = _decisive(run | {"feat.acc_5w1s": 89.80, "protonet.acc_5w1s": 88.60, "protonet.ci95_5w1s": 1.2},
-                            way=5)  # +1.2 pt, but 89.80 - 0.15 < 88.60 + 1.2
-    assert overlapping["decisive.cis_separated"] == 0.0 and overlapping["decisive.holds"] == 0.0
-    assert _decisive({"feat.acc_5w1s": 89.19, "feat.ci95_5w1s": 0.15}, way=5) == {}  # no ProtoNet: no verdict
+def test_every_profile_trains_separate_5shot_models_with_the_papers_5shot_settings():
+    for profile in ("tiny", "hanzi", "full"):
+        cfg = load_config("feat", profile).config
+        by_name = {v.name: v for v in variants(cfg)}
+        assert list(by_name) == ["feat", "protonet", "feat_lambda0", "feat_5shot", "protonet_5shot",
+                                 "feat_lambda0_5shot", "pretrain_protonet"]
+        assert by_name["feat"].role == "parent" and by_name["pretrain_protonet"].meta is None
+        one, five = by_name["feat"].meta, by_name["feat_5shot"].meta
+        assert (one.shot, one.balance, one.temperature, one.temperature2) == (1, 1.0, 64, 16)  # README, ConvNet 1-shot
+        assert (five.shot, five.balance, five.temperature, five.temperature2) == (5, 0.1, 32, 64)  # ConvNet 5-shot
+        assert by_name["protonet_5shot"].meta == five and by_name["protonet_5shot"].adapter == "none"
+        assert by_name["feat_lambda0_5shot"].meta == dataclasses.replace(five, balance=0.0)
+        assert by_name["feat_lambda0"].meta == dataclasses.replace(one, balance=0.0)
+
+
+def _tiny_run_config():
+    overrides = ["model.hidden=8", "model.num_classes_pretrain=4", "pretrain.max_epochs=1", "pretrain.batch_size=8",
+                 "pretrain.val_way=3", "pretrain.val_episodes=4", "evaluate.episodes=6", "evaluate.query=2"]
+    for setting in ("one_shot", "five_shot"):
+        overrides += [f"meta.{setting}.way=3", f"meta.{setting}.query=1", f"meta.{setting}.epochs=1",
+                      f"meta.{setting}.episodes_per_epoch=2", f"meta.{setting}.val_episodes=2",
+                      f"meta.{setting}.val_query=1"]
+    return load_config("feat", "tiny", overrides).config
+
+
+def test_train_reads_no_test_classes_and_returns_every_other_model_as_a_companion():
+    base, val = _pretrain_data()
+    cfg = _tiny_run_config()
+    recipe = get_recipe("feat")
+    data = FewShotData(base=base, val=val, novel=None, raw=None)  # novel None: any use of it would fail
+    model = recipe.build_model(cfg)
+    result = recipe.train(model, data, cfg, RecordingReporter())
+    assert set(result.companions) == {"protonet", "feat_lambda0", "feat_5shot", "protonet_5shot",
+                                      "feat_lambda0_5shot", "pretrain_protonet"}
+    modules = {"feat": model} | {name: c.module for name, c in result.companions.items()}
+    assert {name for name, m in modules.items() if m.adapter is None} == {"protonet", "protonet_5shot",
+                                                                          "pretrain_protonet"}
+    assert {name: float(m.temperature) for name, m in modules.items()} == {
+        "feat": 64.0, "protonet": 64.0, "feat_lambda0": 64.0, "pretrain_protonet": 64.0,
+        "feat_5shot": 32.0, "protonet_5shot": 32.0, "feat_lambda0_5shot": 32.0}
+    assert result.metrics["pretrain.epochs"] == 1 and "feat_lambda0_5shot.best_val_acc" in result.metrics
+    assert not any("acc_" in k for k in result.metrics)  # no test figure comes out of train
+    # every companion is rebuilt with its own architecture and takes its saved tensors strictly
+    for name, companion in result.companions.items():
+        recipe.companion_module(name, cfg, None).load_state_dict(companion.module.state_dict(), strict=True)
+    with pytest.raises(KeyError, match="not a model of this FEAT run"):
+        recipe.companion_module("matchnet", cfg, None)
+
+
+def test_every_model_is_scored_per_episode_on_the_same_seeded_episodes():
+    _, val = _pretrain_data()
+    cfg = _tiny_run_config()
+    episodes = seeded_episodes(val, cfg)
+    assert {shot: e.shape for shot, e in episodes.items()} == {1: (6, 5 * 3), 5: (6, 5 * 7)}  # 5-way, 2 queries
+    assert np.array_equal(episodes[5], sample_episodes(val.y, 5, 5, 2, 6, cfg.evaluate.seed + 5))
+    feat_metrics, feat_items = score_on_episodes(_model(hidden=8), val, episodes, cfg)
+    proto = _model("none", hidden=8)
+    _, proto_items = score_on_episodes(proto, val, episodes, cfg)
+    assert set(feat_items) == {"acc_5w1s", "acc_5w5s"} == set(proto_items)
+    for shot in (1, 5):
+        key = f"acc_5w{shot}s"
+        assert feat_items[key].shape == (6,) and feat_metrics[key] == pytest.approx(feat_items[key].mean())
+        assert feat_metrics[f"ci95_5w{shot}s"] == pytest.approx(mean_ci95(feat_items[key])[1])
+        again = score_episodes(proto, embed_all(proto, val.x), episodes[shot], 5, shot, 2)
+        assert np.array_equal(again.accuracies, proto_items[key])
 
 
 def test_full_profile_names_the_miniimagenet_stage():

@@ -2,6 +2,8 @@
 further datasets (OVOR's pre-training set) add their own stage, md5 and GX tags beside the main dataset's."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -82,3 +84,30 @@ def test_a_compressed_versions_delta_interval_is_a_tag_the_gate_reads_back():
     plain = _record(role="method", variant="ovor_ppt", delta_vs_parent=-0.4, cost_ratio=0.7, compression=compression)
     assert "delta_vs_parent_interval" not in plain.model_dump(mode="json")
     assert delta_interval_from_tags(plain.tags(), "a_n") is None
+
+
+def test_an_accepted_data_change_is_on_the_record_and_its_tags_and_absent_otherwise():
+    letters = DatasetRecord(name="dejavu_letters", stage="dejavu_letters", md5=LETTERS_MD5,
+                            gx_suite="image_classification", gx_success=True, gx_data_change_accepted=True)
+    record = _record(gx_data_change_accepted=True, extra_datasets={"pretrain": letters})
+    tags = record.tags()
+    assert tags["gx.data_change_accepted"] == "true" and tags["gx.pretrain.data_change_accepted"] == "true"
+    dumped = record.model_dump(mode="json")
+    assert dumped["gx_data_change_accepted"] is True and dumped["extra_datasets"]["pretrain"]["gx_data_change_accepted"]
+    assert VersionRecord.model_validate(dumped) == record
+    unaccepted = _record(extra_datasets={"pretrain": letters.model_copy(update={"gx_data_change_accepted": False})})
+    assert not any("data_change_accepted" in key for key in unaccepted.tags())
+    assert "gx_data_change_accepted" not in json.dumps(unaccepted.model_dump(mode="json"))
+
+
+def test_the_lineage_says_when_a_data_change_was_accepted():
+    from tasks.lineage_view import gx_link
+
+    letters = DatasetRecord(name="dejavu_letters", stage="dejavu_letters", md5=LETTERS_MD5,
+                            gx_suite="image_classification", gx_success=True, gx_data_change_accepted=True)
+    tags = _record(extra_datasets={"pretrain": letters}).tags()
+    assert gx_link(tags, "data", "p") == "suite `image_classification` passed: true; result " \
+                                         "`runs:/p/validation/image_classification.json`"
+    assert gx_link(tags, "pretrain", "p").endswith(
+        "`runs:/p/validation/pretrain/image_classification.json`; drift from the last validated version accepted "
+        "(--accept-data-change)")

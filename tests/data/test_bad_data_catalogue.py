@@ -1,0 +1,355 @@
+"""The bad-data catalogue: per data family (images, few-shot, text), each kind of corruption a builder or a hand
+could produce, validated through the family's suite. Every one must fail, and the failure must name the split, the
+class or the line, and the expectation (what `paperops run` prints before exit 3); drift cases compare with the
+profile of the clean dataset, as the last validated version."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data import ImageSuiteSpec, load_image_dataset
+from data.fewshot import FEWSHOT_FILE, SPLITS as FEWSHOT_SPLITS, FewShotSuiteSpec, build_glyphs, load_fewshot_dataset
+from data.fewshot_suite import FEW_SHOT_CLASSES
+from data.images import ARRAY_KEYS
+from data.images_suite import IMAGE_CLASSIFICATION
+from data.text import TextSuiteSpec
+from data.text_suite import TEXT_CORPUS
+from tasks.validate import DataReference, DataValidationError, ValidationReport, validate_dataset
+
+Arrays = dict[str, np.ndarray]
+BETWEEN, OF_TYPE, UNIQUE = ("expect_column_values_to_be_between", "expect_column_values_to_be_of_type",
+                            "expect_column_values_to_be_unique")
+
+
+def assert_stopped_naming(report: ValidationReport, *fragments: str) -> None:
+    """The report fails, and one of the lines `paperops run` prints holds every fragment (split, class or line,
+    expectation)."""
+    assert not report.success
+    with pytest.raises(DataValidationError) as raised:
+        report.raise_for_failure()
+    lines = str(raised.value).splitlines()[1:]
+    assert any(all(fragment in line for fragment in fragments) for line in lines), (fragments, lines)
+
+
+def rotate_class(arrays: Arrays, label: int, splits: tuple[str, ...]) -> Arrays:
+    """The images of class `label` turned by 90 degrees in every split of `splits`."""
+    for split in splits:
+        images, members = arrays[f"x_{split}"].copy(), arrays[f"y_{split}"] == label
+        images[members] = np.rot90(images[members], axes=(1, 2))
+        arrays[f"x_{split}"] = images
+    return arrays
+
+
+def with_nonfinite(arrays: Arrays, key: str, value: float) -> Arrays:
+    images = arrays[key].astype(np.float32)
+    images[3, 2, 2] = value
+    return arrays | {key: images}
+
+
+def out_of_range(arrays: Arrays, key: str) -> Arrays:
+    images = arrays[key].astype(np.int16)
+    images[0, 0, 0] = 300
+    return arrays | {key: images}
+
+
+def keep(arrays: Arrays, split: str, mask: np.ndarray) -> Arrays:
+    return arrays | {f"x_{split}": arrays[f"x_{split}"][mask], f"y_{split}": arrays[f"y_{split}"][mask]}
+
+
+def copy_item(arrays: Arrays, source: str, target: str) -> Arrays:
+    x, y = arrays[f"x_{target}"].copy(), arrays[f"y_{target}"].copy()
+    x[0], y[0] = arrays[f"x_{source}"][5], arrays[f"y_{source}"][5]
+    return arrays | {f"x_{target}": x, f"y_{target}": y}
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+MNIST_SPEC = ImageSuiteSpec(height=28, width=28, classes=list(range(10)), min_images_per_split=400)
+
+# name -> (corruption of the arrays, or of the files of the dataset directory; compared with the clean profile;
+#          fragments one failure line must hold)
+IMAGE_CASES: dict[str, tuple[Callable[..., object], bool, tuple[str, ...]]] = {
+    "float64 labels": (lambda a: a | {"y_train": a["y_train"].astype(np.float64)}, False,
+                       (OF_TYPE, "(label)", "[train]", "labels stored as int64", "observed float64")),
+    "one class rotated by 90 degrees in both splits": (
+        lambda a: rotate_class(a, 3, ("train", "test")), True,
+        ("drift statistic mean_image", "split=train, label=3", "split=test, label=3", "(shift)")),
+    "NaN pixels": (lambda a: with_nonfinite(a, "x_val", np.nan), False,
+                   (BETWEEN, "(nonfinite_pixel_count)", "[val]", "no NaN or infinite pixel")),
+    "infinite pixels": (lambda a: with_nonfinite(a, "x_test", np.inf), False,
+                        (BETWEEN, "(nonfinite_pixel_count)", "[test]")),
+    "out-of-range pixels": (lambda a: out_of_range(a, "x_train"), False,
+                            (BETWEEN, "(pixel_max)", "[train]", "pixels within [0, 255]", "[300]")),
+    "wrong image shape": (lambda a: a | {"x_val": a["x_val"][:, :27]}, False, (BETWEEN, "(height)", "[val]")),
+    "a train image leaked into test": (lambda a: copy_item(a, "train", "test"), False,
+                                       (UNIQUE, "(image_sha1)", "[train+val+test]", "no byte-identical image")),
+    "a vanished class": (lambda a: keep(a, "val", a["y_val"] != 7), False,
+                         (BETWEEN, "(share)", "[val]", "label=7", "every class holds")),
+    "an unknown label": (lambda a: a | {"y_test": np.where(np.arange(len(a["y_test"])) == 4, 11, a["y_test"])},
+                         False, ("expect_column_values_to_be_in_set", "(label)", "[test]", "[11]")),
+    "an empty split": (lambda a: keep(a, "val", np.zeros(len(a["y_val"]), dtype=bool)), False,
+                       ("expect_table_row_count_to_be_between", "[val]", "at least 400 images")),
+    "darkened images": (lambda a: a | {"x_train": (a["x_train"] // 2).astype(np.uint8)}, True,
+                        ("drift statistic pixel_mean", "split=train, label=0")),
+    "a missing split": (lambda a: {k: v for k, v in a.items() if not k.endswith("_val")}, False,
+                        ("dataset_files_readable", "images.npz lacks array(s) x_val, y_val")),
+}
+IMAGE_FILE_CASES: dict[str, tuple[str, bytes, tuple[str, ...]]] = {
+    "zero-byte file": ("images.npz", b"", ("dataset_files_readable", "images.npz is not a readable .npz archive")),
+    "truncated file": ("images.npz", b"PK\x03\x04\x14\x00", ("dataset_files_readable", "images.npz")),
+}
+
+
+@pytest.fixture(scope="module")
+def mnist_arrays(mnist_dir: Path) -> Arrays:
+    dataset = load_image_dataset(mnist_dir)
+    return {key: getattr(dataset, key) for key in ARRAY_KEYS}
+
+
+@pytest.fixture(scope="module")
+def mnist_reference(mnist_dir: Path) -> DataReference:
+    report = validate_dataset(IMAGE_CLASSIFICATION, mnist_dir, MNIST_SPEC)
+    assert report.success, report.failed
+    return DataReference(md5="0123456789abcdef0123456789abcdef.dir", profile=report.profile)
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+def test_image_corruption_is_stopped_naming_split_class_and_expectation(case: str, mnist_dir: Path,
+                                                                        mnist_arrays: Arrays,
+                                                                        mnist_reference: DataReference,
+                                                                        tmp_path: Path) -> None:
+    corrupt, drift, fragments = IMAGE_CASES[case]
+    target = tmp_path / "mnist5k"
+    target.mkdir()
+    shutil.copy(mnist_dir / "meta.json", target / "meta.json")
+    np.savez(target / "images.npz", **corrupt(dict(mnist_arrays)))
+    report = validate_dataset(IMAGE_CLASSIFICATION, target, MNIST_SPEC, mnist_reference if drift else None)
+    assert_stopped_naming(report, *fragments)
+
+
+@pytest.mark.parametrize("case", IMAGE_FILE_CASES)
+def test_an_unreadable_image_file_is_stopped_naming_the_file(case: str, mnist_dir: Path, tmp_path: Path) -> None:
+    name, content, fragments = IMAGE_FILE_CASES[case]
+    target = shutil.copytree(mnist_dir, tmp_path / "mnist5k")
+    (target / name).write_bytes(content)
+    assert_stopped_naming(validate_dataset(IMAGE_CLASSIFICATION, target, MNIST_SPEC), *fragments, str(target / name))
+
+
+def test_the_rotated_class_is_the_only_drift_and_accepting_it_passes(mnist_dir: Path, mnist_arrays: Arrays,
+                                                                      mnist_reference: DataReference,
+                                                                      tmp_path: Path) -> None:
+    target = tmp_path / "mnist5k"
+    target.mkdir()
+    shutil.copy(mnist_dir / "meta.json", target / "meta.json")
+    np.savez(target / "images.npz", **rotate_class(dict(mnist_arrays), 3, ("train", "val", "test")))
+
+    refused = validate_dataset(IMAGE_CLASSIFICATION, target, MNIST_SPEC, mnist_reference)
+    # Nothing but the drift catches it: counts, pixel values, shapes are those of a valid dataset.
+    assert [(f.expectation, f.column) for f in refused.failed] == [(BETWEEN, "shift")]
+    figures = {(row["split"], row["label"]): row["shift"] for row in refused.result["drift"]["figures"]["mean_image"]}
+    assert {key for key, shift in figures.items() if shift > MNIST_SPEC.drift.mean_image} == {
+        ("train", 3), ("val", 3), ("test", 3)}
+    assert refused.result["drift"]["reference"]["md5"] == mnist_reference.md5 and not refused.data_change_accepted
+
+    accepted = validate_dataset(IMAGE_CLASSIFICATION, target, MNIST_SPEC, mnist_reference, accept_data_change=True)
+    assert accepted.success and accepted.failed == [] and accepted.data_change_accepted
+    assert accepted.drift_exceeded == refused.failed and accepted.result["drift"]["accepted"] is True
+
+
+def test_the_same_data_against_its_own_reference_has_zero_drift(mnist_dir: Path,
+                                                                mnist_reference: DataReference) -> None:
+    report = validate_dataset(IMAGE_CLASSIFICATION, mnist_dir, MNIST_SPEC, mnist_reference)
+    assert report.success and report.drift_exceeded == []
+    figures = report.result["drift"]["figures"]
+    assert set(figures) == {"share", "pixel_mean", "pixel_std", "mean_image"}
+    assert all(row["shift"] == 0.0 for rows in figures.values() for row in rows)
+    assert len(figures["mean_image"]) == 30  # 10 classes x 3 splits
+
+
+# --------------------------------------------------------------------------------------------- few-shot
+
+FEWSHOT_SPEC = FewShotSuiteSpec(height=32, width=32, classes_per_split={"base": 6, "val": 3, "novel": 4},
+                                min_images_per_class=8)
+
+
+def fewshot_rotated(arrays: Arrays) -> Arrays:
+    """The base class whose glyph changes most when turned, turned by 90 degrees (its only split: classes are
+    disjoint across splits)."""
+    images, labels = arrays["x_base"], arrays["y_base"]
+
+    def turn_change(label: int) -> float:
+        members = images[labels == label].astype(np.float64)
+        return float(np.abs(members.mean(0) - np.rot90(members, axes=(1, 2)).mean(0)).mean())
+
+    return rotate_class(arrays, max(np.unique(labels).tolist(), key=turn_change), ("base",))
+
+
+def drop_class(arrays: Arrays, split: str) -> Arrays:
+    labels = arrays[f"y_{split}"]
+    return keep(arrays, split, labels != labels.max())
+
+
+FEWSHOT_CASES: dict[str, tuple[Callable[..., object], bool, tuple[str, ...]]] = {
+    "float64 labels": (lambda a: a | {"y_novel": a["y_novel"].astype(np.float64)}, False,
+                       (OF_TYPE, "(label)", "[novel]", "labels stored as int64", "observed float64")),
+    "one class rotated by 90 degrees": (fewshot_rotated, True, ("drift statistic mean_image", "split=base, label=")),
+    "NaN pixels": (lambda a: with_nonfinite(a, "x_val", np.nan), False,
+                   (BETWEEN, "(nonfinite_pixel_count)", "[val]")),
+    "out-of-range pixels": (lambda a: out_of_range(a, "x_base"), False, (BETWEEN, "(pixel_max)", "[base]", "[300]")),
+    "wrong image shape": (lambda a: a | {"x_novel": a["x_novel"][:, :, :31]}, False,
+                          (BETWEEN, "(width)", "[novel]", "width 32")),
+    "a base image leaked into novel": (lambda a: copy_item(a, "base", "novel"), False,
+                                       (UNIQUE, "(image_sha1)", "[base+val+novel]")),
+    "a class in two splits": (lambda a: a | {"y_val": np.where(a["y_val"] == a["y_val"][0], a["y_base"][0],
+                                                               a["y_val"])}, False,
+                              (UNIQUE, "(label)", "[base+val+novel]", "every class in exactly one split")),
+    "a vanished class": (lambda a: drop_class(a, "val"), True, ("drift statistic share", "split=val, label=")),
+    "a vanished class, counted": (lambda a: drop_class(a, "val"), False,
+                                  ("expect_table_row_count_to_equal", "[val]", "3 classes in the split", "observed 2")),
+    "too few images of a class": (lambda a: keep(a, "novel", np.arange(len(a["y_novel"])) != 0), False,
+                                  (BETWEEN, "(count)", "[novel]", "label=", "at least 8 images per class")),
+    "blank images": (lambda a: a | {"x_base": np.zeros_like(a["x_base"])}, False,
+                     (BETWEEN, "(ink_fraction)", "[base]", "no blank")),
+    "a missing split": (lambda a: {k: v for k, v in a.items() if not k.endswith("_novel")}, False,
+                        ("dataset_files_readable", "fewshot.npz lacks array(s) x_novel, y_novel")),
+    "zero-byte file": (lambda a: None, False, ("dataset_files_readable", "fewshot.npz is not a readable .npz")),
+}
+
+
+@pytest.fixture(scope="module")
+def glyph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_glyphs(tmp_path_factory.mktemp("data") / "glyphs", {"base": 6, "val": 3, "novel": 4},
+                        images_per_class=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def glyph_reference(glyph_dir: Path) -> DataReference:
+    report = validate_dataset(FEW_SHOT_CLASSES, glyph_dir, FEWSHOT_SPEC)
+    assert report.success, report.failed
+    return DataReference(md5="fedcba9876543210fedcba9876543210.dir", profile=report.profile)
+
+
+@pytest.mark.parametrize("case", FEWSHOT_CASES)
+def test_fewshot_corruption_is_stopped_naming_split_class_and_expectation(case: str, glyph_dir: Path,
+                                                                          glyph_reference: DataReference,
+                                                                          tmp_path: Path) -> None:
+    corrupt, drift, fragments = FEWSHOT_CASES[case]
+    dataset = load_fewshot_dataset(glyph_dir)
+    arrays = {f"{kind}_{split}": (dataset.x if kind == "x" else dataset.y)[split]
+              for split in FEWSHOT_SPLITS for kind in ("x", "y")}
+    target = tmp_path / "glyphs"
+    target.mkdir()
+    shutil.copy(glyph_dir / "meta.json", target / "meta.json")
+    corrupted = corrupt(arrays)
+    if corrupted is None:
+        (target / FEWSHOT_FILE).write_bytes(b"")
+    else:
+        np.savez(target / FEWSHOT_FILE, **corrupted)
+    report = validate_dataset(FEW_SHOT_CLASSES, target, FEWSHOT_SPEC, glyph_reference if drift else None)
+    assert_stopped_naming(report, *fragments)
+
+
+# ------------------------------------------------------------------------------------------------- text
+
+TEXT_SPLITS = ["train", "val", "eval_shakespeare"]
+TEXT_SPEC = TextSuiteSpec(splits=TEXT_SPLITS, min_chars=2_000, max_chars=1_000_000, min_lines=100,
+                          min_vocab_coverage=0.85, max_line_chars=200)
+
+
+def synthetic_corpus(seed: int, vocabulary_seed: int = 0, lines: int = 300) -> str:
+    """Verse-like text: lines of 3-9 words from a fixed 150-word vocabulary, a blank line after every fifth."""
+    words = [f"{''.join(random.Random(vocabulary_seed * 1000 + i).choices('etaoinshrdlu', k=5))}"
+             for i in range(150)]
+    rng = random.Random(seed)
+    out = []
+    for n in range(lines):
+        out.append(" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))).capitalize() + ",")
+        if n % 5 == 4:
+            out.append("")
+    return "\n".join(out) + "\n"
+
+
+def leaked_val_line(texts: dict[str, str]) -> dict[str, str]:
+    """The first three lines of val joined into one (over 40 characters: an overlap candidate), also added to train."""
+    lines = texts["val"].split("\n")
+    leaked = " ".join(lines[:3])
+    return {"train": texts["train"] + leaked + "\n", "val": "\n".join([leaked, *lines[3:]])}
+
+
+def rewrapped(text: str) -> str:
+    """Every two non-empty lines joined into one: the same words, longer lines."""
+    lines = [line for line in text.split("\n") if line]
+    return "\n".join(" ".join(lines[i:i + 2]) for i in range(0, len(lines), 2)) + "\n"
+
+
+TEXT_CASES: dict[str, tuple[Callable[[dict[str, str]], dict[str, str | bytes | None]], bool, tuple[str, ...]]] = {
+    "a missing split": (lambda t: {"val": None}, False, (BETWEEN, "(present)", "split=val", "every split file")),
+    "zero-byte split": (lambda t: {"eval_shakespeare": b""}, False,
+                        (BETWEEN, "(n_chars)", "split=eval_shakespeare", "characters per split")),
+    "bytes that are not UTF-8": (lambda t: {"val": t["val"].encode() + b"\xff\xfe caf\xe9\n"}, False,
+                                 (BETWEEN, "(utf8_valid)", "split=val", "decodes as utf-8")),
+    "control characters": (lambda t: {"train": t["train"].replace("e", "\x07")}, False,
+                           (BETWEEN, "(nonprintable_fraction)", "split=train")),
+    "an oversized line": (lambda t: {"train": t["train"].replace("\n", "\n" + "lorem " * 100 + "\n", 1)}, False,
+                          (BETWEEN, "(chars)", "split=train", "line=2", "no line longer than 200 characters")),
+    "empty lines": (lambda t: {"val": t["val"].replace("\n", "\n\n\n")}, False,
+                    (BETWEEN, "(empty_line_fraction)", "split=val", "lines empty")),
+    "a val line leaked into train": (leaked_val_line, False,
+                                     (UNIQUE, "(line_sha1)", "[train vs val vs eval_shakespeare]")),
+    "a test split of foreign words": (lambda t: {"eval_shakespeare": synthetic_corpus(9, vocabulary_seed=7)}, False,
+                                      (BETWEEN, "(vocab_coverage)", "split=eval_shakespeare", "train vocabulary")),
+    "a truncated split": (lambda t: {"val": "\n".join(t["val"].split("\n")[:40])}, False,
+                          (BETWEEN, "(n_lines)", "split=val", "non-empty lines per split")),
+    "upper-cased text": (lambda t: {split: text.upper() for split, text in t.items()}, True,
+                         ("drift statistic char_distribution", "split=train")),
+    "rewrapped lines": (lambda t: {"val": rewrapped(t["val"])}, True, ("drift statistic line_length", "split=val")),
+    "doubled blank lines": (lambda t: {"eval_shakespeare": t["eval_shakespeare"].replace("\n\n", "\n\n\n\n")}, True,
+                            ("drift statistic empty_lines", "split=eval_shakespeare")),
+}
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "corpus"
+    root.mkdir()
+    for seed, split in enumerate(TEXT_SPLITS):
+        (root / f"{split}.txt").write_text(synthetic_corpus(seed, lines=900 if split == "train" else 300),
+                                           encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def text_reference(text_dir: Path) -> DataReference:
+    report = validate_dataset(TEXT_CORPUS, text_dir, TEXT_SPEC)
+    assert report.success, report.failed
+    return DataReference(md5="00112233445566778899aabbccddeeff.dir", profile=report.profile)
+
+
+@pytest.mark.parametrize("case", TEXT_CASES)
+def test_text_corruption_is_stopped_naming_split_line_and_expectation(case: str, text_dir: Path,
+                                                                      text_reference: DataReference,
+                                                                      tmp_path: Path) -> None:
+    corrupt, drift, fragments = TEXT_CASES[case]
+    target = shutil.copytree(text_dir, tmp_path / "corpus")
+    texts = {split: (text_dir / f"{split}.txt").read_text(encoding="utf-8") for split in TEXT_SPLITS}
+    for split, content in corrupt(texts).items():
+        file = target / f"{split}.txt"
+        if content is None:
+            file.unlink()
+        else:
+            file.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    report = validate_dataset(TEXT_CORPUS, target, TEXT_SPEC, text_reference if drift else None)
+    assert_stopped_naming(report, *fragments)
+
+
+def test_every_catalogue_has_at_least_ten_kinds() -> None:
+    assert len(IMAGE_CASES) + len(IMAGE_FILE_CASES) >= 10 and len(FEWSHOT_CASES) >= 10 and len(TEXT_CASES) >= 10
