@@ -43,7 +43,8 @@ SPEC_GMACS = {
 
 def variants(r: int) -> list[tuple[str, ppt.TokenReductionConfig | None]]:
     def cfg(method: str, r_: int, blocks: tuple[int, ...], tau: float | None = None) -> ppt.TokenReductionConfig:
-        return ppt.TokenReductionConfig(method=method, r=r_, blocks=blocks, tau=tau)
+        return ppt.TokenReductionConfig(method=method, r=r_, blocks=blocks, tau=tau,
+                                        prop_attn=method in ppt.METHODS_WITH_TOKEN_SIZES)
 
     return [
         ("dense", None),

@@ -10,8 +10,11 @@ strategy called between the attention residual and the MLP (`prune_or_pool_token
 `prune_and_fuse_tokens`). Patching swaps the classes of the model's existing modules in place, as ToMe does, so
 no parameter is added and the state dict is unchanged; `uncompress` swaps them back.
 
-Every patched block applies proportional attention (logits + log(size_j)), where size_j counts the original
-patches token j stands for. The sizes live on a small state object shared by the model and its blocks.
+PPT and ToMe tokens carry a size (the number of original patches a token stands for: a merge sums them) and every
+patched block applies proportional attention (logits + log(size_j)), as both official codes do for DeiT. EViT's
+tokens carry none: its fused token is one token to plain softmax attention, as in the official EViT code
+(youweiliang/evit, evit.py), which has no proportional attention. The sizes live on a small state object shared by
+the model and its blocks.
 
 Prefix attention (prefix/prompt tuning): an Attention subclass that defines `prefix_kv(batch_size)` returning
 extra (B, H, P, hd) keys and values, or None, keeps them through the patch. Its class is combined with
@@ -34,13 +37,14 @@ from timm.layers import Attention, resolve_self_attn_mask
 from timm.models.vision_transformer import Block, VisionTransformer
 
 __all__ = [
-    "TokenReductionConfig", "tau_for_tokens", "compress", "uncompress", "current_config", "reduction_stats",
-    "reset_reduction_stats", "significance_scores", "bipartite_soft_matching", "merge_weighted_by_size",
-    "prune_lowest_scores", "keep_top_and_fuse_rest", "prune_or_pool_tokens", "merge_tokens",
-    "prune_and_fuse_tokens", "TokenReductionBlock", "TokenReductionAttention",
+    "METHODS", "METHODS_WITH_TOKEN_SIZES", "TokenReductionConfig", "tau_for_tokens", "compress", "uncompress",
+    "current_config", "reduction_stats", "reset_reduction_stats", "significance_scores", "bipartite_soft_matching",
+    "merge_weighted_by_size", "prune_lowest_scores", "keep_top_and_fuse_rest", "prune_or_pool_tokens",
+    "merge_tokens", "prune_and_fuse_tokens", "TokenReductionBlock", "TokenReductionAttention",
 ]
 
 METHODS = ("ppt", "tome", "evit")
+METHODS_WITH_TOKEN_SIZES = ("ppt", "tome")  # EViT fuses without a size, so proportional attention has nothing to use
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class TokenReductionConfig:
     blocks: tuple[int, ...]     # 0-indexed reduction blocks; () = every block (ToMe's native schedule)
     tau: float | None = None    # PPT variance threshold; None = CV rule on the model's patch count
     tau_cv: float = 1.64        # CV for the rule: 7e-5 at 196 patches <=> 1.64, 6e-5 <=> 1.52
-    prop_attn: bool = True      # proportional attention (logits + log(size)) in every block
+    prop_attn: bool = True      # proportional attention (logits + log(size)) in every block; PPT and ToMe only
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -63,6 +67,9 @@ class TokenReductionConfig:
             raise ValueError(f"tau must be >= 0 (or None for the CV rule), got {self.tau}")
         if not self.tau_cv > 0:
             raise ValueError(f"tau_cv must be > 0, got {self.tau_cv}")
+        if self.prop_attn and self.method not in METHODS_WITH_TOKEN_SIZES:
+            raise ValueError(f"prop_attn must be False for method {self.method!r}: its tokens carry no size "
+                             "(EViT's fused token is one token to plain softmax attention)")
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
 
 
@@ -158,13 +165,13 @@ def prune_lowest_scores(x: torch.Tensor, size: torch.Tensor, scores: torch.Tenso
     return x, size
 
 
-def keep_top_and_fuse_rest(x: torch.Tensor, size: torch.Tensor, cls_attention: torch.Tensor,
-                           r: int) -> tuple[torch.Tensor, torch.Tensor]:
+def keep_top_and_fuse_rest(x: torch.Tensor, cls_attention: torch.Tensor, r: int) -> torch.Tensor:
     """EViT: keep the N-2-r most attended patch tokens, fuse the other r+1 into one token (net r fewer).
 
     cls_attention: (B, N-1) cls attention over patch tokens, averaged over heads. The fused token is the sum of
-    the dropped tokens weighted by their cls attention, not renormalised (as in EViT); its size is the sum of
-    their sizes so proportional attention counts the patches it stands for.
+    the dropped tokens weighted by their cls attention, not renormalised, and it carries no size: from here on it is
+    one token like any other, kept or fused again by the next reduction (youweiliang/evit, evit.py). The kept tokens
+    stay in their original order (EViT orders them by attention; attention and the MLP do not see the order).
     """
     B, N, C = x.shape
     order = cls_attention.argsort(dim=-1, descending=True)  # (B, N-1)
@@ -174,14 +181,12 @@ def keep_top_and_fuse_rest(x: torch.Tensor, size: torch.Tensor, cls_attention: t
     dropped_x = x.gather(1, drop[..., None].expand(-1, -1, C))  # (B, r+1, C)
     weight = cls_attention.gather(1, drop - 1)[..., None]  # (B, r+1, 1)
     fused_x = (dropped_x * weight).sum(dim=1, keepdim=True)  # (B, 1, C)
-    fused_size = size.gather(1, drop[..., None]).sum(dim=1, keepdim=True)  # (B, 1, 1)
-    x = torch.cat([x[:, :1], kept_x, fused_x], dim=1)  # (B, N-r, C)
-    size = torch.cat([size[:, :1], size.gather(1, keep[..., None]), fused_size], dim=1)  # (B, N-r, 1)
-    return x, size
+    return torch.cat([x[:, :1], kept_x, fused_x], dim=1)  # (B, N-r, C)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reduce-tokens strategies: (x, size, attention info, r, tau) -> (x, size, number of images pooled)
+# Reduce-tokens strategies: (x, size, attention info, r, tau) -> (x, size, number of images pooled). size is (B, N, 1)
+# for the methods in METHODS_WITH_TOKEN_SIZES and None for EViT.
 
 
 def merge_tokens(x: torch.Tensor, size: torch.Tensor, info: AttentionInfo, r: int,
@@ -191,11 +196,10 @@ def merge_tokens(x: torch.Tensor, size: torch.Tensor, info: AttentionInfo, r: in
     return x, size, x.shape[0]
 
 
-def prune_and_fuse_tokens(x: torch.Tensor, size: torch.Tensor, info: AttentionInfo, r: int,
-                          tau: float) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """EViT: every image prunes by cls attention averaged over heads, the dropped tokens fused into one."""
-    x, size = keep_top_and_fuse_rest(x, size, info.cls_attention[:, :, 1:].mean(dim=1), r)
-    return x, size, 0
+def prune_and_fuse_tokens(x: torch.Tensor, size: None, info: AttentionInfo, r: int,
+                          tau: float) -> tuple[torch.Tensor, None, int]:
+    """EViT: every image prunes by cls attention averaged over heads, the dropped tokens fused into one (no size)."""
+    return keep_top_and_fuse_rest(x, info.cls_attention[:, :, 1:].mean(dim=1), r), None, 0
 
 
 def prune_or_pool_tokens(x: torch.Tensor, size: torch.Tensor, info: AttentionInfo, r: int,
@@ -220,8 +224,8 @@ def prune_or_pool_tokens(x: torch.Tensor, size: torch.Tensor, info: AttentionInf
     return x, size, n_pool
 
 
-ReduceTokens = Callable[[torch.Tensor, torch.Tensor, AttentionInfo, int, float],
-                        tuple[torch.Tensor, torch.Tensor, int]]
+ReduceTokens = Callable[[torch.Tensor, torch.Tensor | None, AttentionInfo, int, float],
+                        tuple[torch.Tensor, torch.Tensor | None, int]]
 
 # method -> (strategy, whether it needs the cls attention row, which forces the explicit attention path)
 _STRATEGIES: dict[str, tuple[ReduceTokens, bool]] = {
@@ -249,7 +253,7 @@ class _TokenReductionState:
     config: TokenReductionConfig
     tau: float
     reduction_blocks: frozenset[int]
-    size: torch.Tensor | None = None  # (B, N, 1) after the latest block; None = every token is one patch
+    size: torch.Tensor | None = None  # (B, N, 1) after the latest block; None = every token is one patch, or EViT
     stats: dict[int, _BlockStats] = field(default_factory=dict)
 
 
@@ -332,7 +336,9 @@ class TokenReductionBlock(Block):
         if self._block_index in state.reduction_blocks:
             stats = state.stats.setdefault(self._block_index, _BlockStats())
             if r > 0:
-                size = state.size if state.size is not None else x.new_ones(B, N, 1)
+                size = state.size
+                if size is None and cfg.method in METHODS_WITH_TOKEN_SIZES:
+                    size = x.new_ones(B, N, 1)
                 x, state.size, n_pooled = reduce_tokens(x, size, info, r, state.tau)  # (B, N - r, C)
                 stats.pooled_images += n_pooled
                 stats.pruned_images += B - n_pooled

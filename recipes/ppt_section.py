@@ -20,7 +20,8 @@ class PPTSection(Section):
     blocks: tuple[int, ...] = Field(description="0-indexed blocks that compress (after attention)")
     tau: float | None = Field(None, gt=0, description="variance threshold; None = CV rule from the patch count")
     tau_cv: float = Field(1.64, gt=0, description="CV the rule uses off the shelf (7e-5 at 196 patches)")
-    prop_attn: bool = True
+    prop_attn: bool = Field(True, description="proportional attention for the methods whose tokens carry a size "
+                            "(PPT, ToMe); EViT's never do")
 
     def reduction_config(self, num_patches: int, method: str = "ppt",
                          cv: float | None = None) -> ppt.TokenReductionConfig:
@@ -29,7 +30,7 @@ class PPTSection(Section):
         cv = self.tau_cv if cv is None else cv
         tau = self.tau if self.tau is not None else ppt.tau_for_tokens(num_patches, cv)
         return ppt.TokenReductionConfig(method=method, r=self.r, blocks=tuple(self.blocks), tau=tau, tau_cv=cv,
-                                        prop_attn=self.prop_attn)
+                                        prop_attn=self.prop_attn and method in ppt.METHODS_WITH_TOKEN_SIZES)
 
     def check_fits(self, vit: VisionTransformer) -> None:
         """r and blocks against the ViT they compress (models/ppt.py: check_fits), named by their config keys."""

@@ -33,7 +33,7 @@ def test_tiny_profile_validates_and_overrides_apply():
 def test_digest_excludes_later_steps_sections():
     base = load_config("ppt", "tiny")
     knob = load_config("ppt", "tiny", ["compress.r=8"])
-    trained_longer = load_config("ppt", "tiny", ["train.epochs=3"])
+    trained_longer = load_config("ppt", "tiny", [f"train.epochs={base.config.train.epochs + 1}"])
     train_sections = ("compress", "evaluate", "promote")
     assert knob.digest(excluding=train_sections) == base.digest(excluding=train_sections)
     assert knob.digest(excluding=("evaluate", "promote")) != base.digest(excluding=("evaluate", "promote"))

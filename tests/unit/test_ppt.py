@@ -44,6 +44,7 @@ def images() -> torch.Tensor:
 
 
 def _compressed(dense: VisionTransformer, method: str, r: int = 16, blocks=(3, 6, 9), **kw) -> VisionTransformer:
+    kw.setdefault("prop_attn", method in ppt.METHODS_WITH_TOKEN_SIZES)
     return ppt.compress(copy.deepcopy(dense), ppt.TokenReductionConfig(method=method, r=r, blocks=blocks, **kw))
 
 
@@ -188,12 +189,52 @@ def test_cls_token_is_kept_intact(dense, images, method, tau):
         assert model.forward_features(images).shape[1] == 65 - 16
 
 
-@pytest.mark.parametrize("method", ["tome", "evit"])
-def test_sizes_account_for_every_patch(dense, images, method):
-    _, sizes = _forward_recording(_compressed(dense, method), images, (3, 6, 9))
+def test_tome_sizes_account_for_every_patch(dense, images):
+    _, sizes = _forward_recording(_compressed(dense, "tome"), images, (3, 6, 9))
     for i in (3, 6, 9):
         assert torch.all(sizes[i][:, 0, 0] == 1)
         torch.testing.assert_close(sizes[i][:, 1:, 0].sum(dim=1), torch.full((len(images),), float(PATCHES)))
+
+
+def test_evit_tokens_carry_no_size(dense, images):
+    _, sizes = _forward_recording(_compressed(dense, "evit"), images, range(DEPTH))
+    assert all(size is None for size in sizes.values())
+
+
+def _evit_reference(model: VisionTransformer, x: torch.Tensor, r: int, blocks) -> torch.Tensor:
+    """EViT's forward as the official code (youweiliang/evit, evit.py) computes it, written out on the dense model's
+    weights: plain softmax attention everywhere; at a reduction block the top N-2-r patch tokens by head-averaged cls
+    attention are kept, in attention order, and the rest are summed, weighted by that attention, into one token."""
+    with torch.no_grad():
+        h = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+        for i, blk in enumerate(model.blocks):
+            y = blk.norm1(h)
+            B, N, C = y.shape
+            q, k, v = blk.attn.qkv(y).reshape(B, N, 3, HEADS, C // HEADS).permute(2, 0, 3, 1, 4)
+            probs = ((q * blk.attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+            h = h + blk.attn.proj((probs @ v).transpose(1, 2).reshape(B, N, C))
+            if i in blocks:
+                cls_attention = probs[:, :, 0, 1:].mean(dim=1)  # (B, N-1)
+                top = cls_attention.topk(N - 2 - r, dim=1).indices  # (B, N-2-r), most attended first
+                patches = h[:, 1:]
+                dropped = torch.ones_like(cls_attention, dtype=torch.bool).scatter(1, top, False)
+                fused = (patches * (cls_attention * dropped)[..., None]).sum(dim=1, keepdim=True)  # (B, 1, C)
+                h = torch.cat([h[:, :1], patches.gather(1, top[..., None].expand(-1, -1, C)), fused], dim=1)
+            h = h + blk.mlp(blk.norm2(h))
+        return model.forward_head(model.norm(h))
+
+
+def test_evit_matches_the_official_forward(dense, images):
+    model = _compressed(dense, "evit")
+    with torch.no_grad():
+        out = model(images)
+    torch.testing.assert_close(out, _evit_reference(dense, images, 16, (3, 6, 9)), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out, dense(images), atol=1e-3)
+
+
+def test_evit_refuses_proportional_attention():
+    with pytest.raises(ValueError, match="prop_attn must be False for method 'evit'"):
+        ppt.TokenReductionConfig(method="evit", r=2, blocks=(1,), prop_attn=True)
 
 
 @pytest.mark.parametrize("explicit", [False, True])
@@ -326,12 +367,10 @@ def test_prune_lowest_scores_hand_case():
 
 def test_evit_fused_token_is_the_cls_attention_weighted_sum_of_the_dropped():
     x = torch.tensor([[[9.0, 9.0], [1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [4.0, 4.0]]])  # (1, 5, 2), token 0 = cls
-    size = torch.tensor([[[1.0], [1.0], [2.0], [1.0], [3.0]]])
     cls_attention = torch.tensor([[0.4, 0.1, 0.3, 0.05]])  # patches 1..4; r=1 keeps 5 - 2 - 1 = 2 of them
-    out_x, out_size = ppt.keep_top_and_fuse_rest(x, size, cls_attention, 1)
-    fused = 0.1 * x[0, 2] + 0.05 * x[0, 4]  # dropped tokens 2 and 4, weights not renormalised
-    torch.testing.assert_close(out_x[0], torch.stack([x[0, 0], x[0, 1], x[0, 3], fused]))
-    assert out_size[0, :, 0].tolist() == [1.0, 1.0, 1.0, 5.0]
+    out_x = ppt.keep_top_and_fuse_rest(x, cls_attention, 1)
+    # dropped tokens 2 and 4, weights not renormalised: 0.1 * [0, 2] + 0.05 * [4, 4]
+    torch.testing.assert_close(out_x[0], torch.tensor([[9.0, 9.0], [1.0, 0.0], [3.0, 1.0], [0.2, 0.4]]))
 
 
 # ---------------------------------------------------------------------------------------------------------------

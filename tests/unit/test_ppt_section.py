@@ -17,6 +17,8 @@ def test_tau_follows_the_cv_rule_unless_set():
     finetune = section.finetune_reduction_config(64)
     assert (finetune.tau, finetune.tau_cv) == ((1.52 / 64) ** 2, 1.52)
     assert section.reduction_config(64, method="tome").method == "tome"
+    # proportional attention follows the section for the methods whose tokens carry a size; EViT's never do
+    assert [section.reduction_config(64, method=m).prop_attn for m in ("ppt", "tome", "evit")] == [True, True, False]
     fixed = FinetunedPPTSection(r=4, blocks=[1, 3], tau=7e-5)
     assert fixed.reduction_config(64).tau == fixed.finetune_reduction_config(64).tau == 7e-5
 

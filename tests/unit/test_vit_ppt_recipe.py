@@ -1,3 +1,4 @@
+import copy
 import re
 
 import numpy as np
@@ -104,3 +105,102 @@ def test_compression_round_trips_through_recorded_knobs():
     x = torch.randn(4, 1, 32, 32)
     with torch.no_grad():
         assert torch.allclose(compressed(x), rebuilt(x), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# compress and evaluate on a 24-wide ViT and a handful of random images
+
+
+FAST = ["model.embed_dim=24", "compress.finetune.epochs=2", "compress.finetune.batch_size=8",
+        "compress.finetune.warmup_epochs=0.5", "compress.finetune.lr=1e-3", "evaluate.latency_batch=4",
+        "evaluate.latency_runs=1", "evaluate.latency_warmup=0"]
+
+
+@pytest.fixture(scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _splits(test) -> "TensorSplits":
+    from recipes.ppt import TensorSplits
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(28, 1, 32, 32, generator=g)
+    labels = torch.randint(0, 10, (28,), generator=g)
+    x_test, y_test = test if test is not None else (images[16:], labels[16:])
+    return TensorSplits(images[:12], labels[:12], images[12:16], labels[12:16], x_test, y_test, raw=None)
+
+
+@pytest.fixture(scope="module")
+def compressed_run(_one_thread):
+    from data.views import Withheld
+    from models.common.reporting import RecordingReporter
+
+    recipe = get_recipe("ppt")
+    cfg = load_config("ppt", "tiny", FAST).config
+    parent = recipe.build_model(cfg)
+    withheld = Withheld("test", "data", "compress")
+    result = recipe.compress(copy.deepcopy(parent), _splits((withheld, withheld)), cfg, RecordingReporter())
+    return recipe, cfg, parent, result
+
+
+def test_compress_fine_tunes_each_companion_from_the_parent_with_ppts_own_fine_tune(compressed_run):
+    """Equal budgets: ToMe and EViT at PPT's r and blocks, and the dense parent itself, each get exactly PPT's
+    fine-tune; without test images (withheld: any read raises)."""
+    from models.common.classifier import train_classifier
+    from models.common.reporting import RecordingReporter
+    from models.common.vit import random_translate
+    from recipes.base import seed_everything
+
+    recipe, cfg, parent, result = compressed_run
+    assert set(result.companions) == {"tome_equal_budget", "evit_equal_budget", "dense_same_finetune"}
+    knobs = {name: c.knobs for name, c in result.companions.items()}
+    assert knobs["dense_same_finetune"] is None
+    for method in ("tome", "evit"):
+        k = knobs[f"{method}_equal_budget"]
+        assert (k["method"], k["r"], k["blocks"]) == (method, result.knobs["r"], result.knobs["blocks"])
+        assert k["prop_attn"] == (method == "tome")  # EViT's fused token has no size
+    steps = {result.metrics[f"{n}_finetune_steps"] for n in ("ppt", *result.companions)}
+    assert steps == {4.0}  # 2 epochs of 12 images in batches of 8
+    # the dense companion is exactly the parent under PPT's fine-tune: same generator state, same batches
+    expected = copy.deepcopy(parent)
+    data = _splits(None)
+    train_classifier(expected, data.x_train, data.y_train, cfg.compress.finetune, RecordingReporter(),
+                     seed_everything(cfg.seed + 1), augment=random_translate)
+    dense_tuned = result.companions["dense_same_finetune"].module.state_dict()
+    assert all(torch.equal(v, dense_tuned[k]) for k, v in expected.state_dict().items())
+    assert not torch.equal(dense_tuned["head.weight"], parent.state_dict()["head.weight"])
+
+
+def test_evaluate_scores_every_variant_per_item_on_the_same_test_images(compressed_run):
+    from models.common.reporting import RecordingReporter
+    from recipes.base import RunModels
+
+    recipe, cfg, parent, result = compressed_run
+    companions = {name: c.module for name, c in result.companions.items()}
+    data = _splits(None)
+    evaluation = recipe.evaluate(RunModels(parent, result.model, companions, {}), data, cfg, RecordingReporter())
+    roles = {v.name: v.role for v in evaluation.variants}
+    assert roles == {"dense": "parent", "dense_same_finetune": "baseline", "ppt": "method",
+                     "tome_equal_budget": "baseline", "evit_equal_budget": "baseline",
+                     "ppt_offtheshelf": "ablation", "tome_offtheshelf": "ablation", "evit_offtheshelf": "ablation"}
+    for v in evaluation.variants:
+        scores = v.per_item["top1"]
+        assert scores.shape == (len(data.y_test),) and set(np.unique(scores)) <= {0.0, 100.0}
+        assert scores.mean() == pytest.approx(v.metrics["top1"])
+    by_name = {v.name: v for v in evaluation.variants}
+    # the fine-tuned dense companion is the reference for PPT's accuracy change
+    assert recipe.our_figures(evaluation)["top1_drop_pts"] == pytest.approx(
+        by_name["dense_same_finetune"].metrics["top1"] - by_name["ppt"].metrics["top1"])
+
+
+def test_top1_per_item_scores_each_image_100_or_0_and_averages_to_top1():
+    from models.common.classifier import top1_accuracy, top1_per_item
+
+    logits = torch.tensor([[0.1, 2.0], [3.0, -1.0], [0.0, 0.5]])
+    labels = torch.tensor([1, 1, 0])
+    assert top1_per_item(logits, labels).tolist() == [100.0, 0.0, 0.0]
+    assert top1_per_item(logits, labels).mean() == pytest.approx(top1_accuracy(logits, labels))
