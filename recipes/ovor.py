@@ -47,7 +47,7 @@ from recipes.ppt_section import PPTSection, ppt_knobs, ppt_record
 
 
 class PretrainSection(Section):
-    """In-project pre-training of the backbone on glyph classes (no hub: vision.md section 0)."""
+    """In-project pre-training of the backbone on glyph classes (no hub download at run time)."""
 
     data: DataSection | None = Field(None, description="the glyph classes (a DVC stage whose renders are set in "
                                      "params.yaml, with its suite); None: the backbone comes from model.checkpoint")
@@ -103,7 +103,8 @@ class OVORRecipe(Recipe):
     primary_metric = "a_n"
     cost_metric = "macs_ratio"
     paper_figures = (
-        PaperFigure("vor_gain_a_n_pts", 1.0, "vision.md §3.3 [mem, unverified against the PDF]",
+        PaperFigure("vor_gain_a_n_pts", 1.0,
+                    "arXiv 2402.04129 results tables [from memory, unverified against the PDF]",
                     "OnePrompt without VOR is ~1-2 A_N points below OVOR (ImageNet-R / CIFAR-100, 10 tasks)"),
         PaperFigure("one_pass_macs_ratio", 0.5, "arXiv 2402.04129 abstract",
                     "OnePrompt needs one ViT pass at inference, pool methods (L2P/DualPrompt/CODA-P) two",
@@ -112,7 +113,8 @@ class OVORRecipe(Recipe):
 
     headline = Headline("a_n", "ovor_dense", ONEPROMPT, None,
                         "A_N over 5 tasks; paper: OVOR ~ CODA-P (75.45 on 10-task ImageNet-R) and OnePrompt "
-                        "without VOR ~1-2 points lower [vision.md §3.3, from memory, unverified]")
+                        "without VOR ~1-2 points lower [OVOR arXiv 2402.04129 and CODA-Prompt arXiv "
+                        "2211.13218 tables, from memory, unverified]")
     summary_columns = (("a_n", "A_N %", 1.0), ("top1", "top-1 %", 1.0), ("macs_per_image", "MMACs/img", 1e-6),
                        ("macs_ratio", "MACs ×", 1.0))
     macs_per_item_metric = "macs_per_image"
