@@ -182,13 +182,13 @@ class OVORRecipe(Recipe):
             metrics = train_classifier(classifier, data.glyph_x_train, data.glyph_y_train, cfg.pretrain.train,
                                        reporter, generator, metric_prefix="pretrain")
             metrics["pretrain_glyph_top1"] = top1_accuracy(predict_logits(classifier, data.glyph_x_val),
-                                                           data.glyph_y_val)  # val, not test: CONTRACT19 §1
+                                                           data.glyph_y_val)  # val, not test
             # How much digit information the frozen features carry: nearest class mean on the stream's splits.
             f_train = extract_features(model, data.x_train, 256).cpu()
-            f_val = extract_features(model, data.x_val, 256).cpu()  # val, not test: CONTRACT19 §1
+            f_val = extract_features(model, data.x_val, 256).cpu()  # val, not test
         means = torch.stack([f_train[data.y_train == c].mean(0) for c in range(int(data.y_train.max()) + 1)])
         metrics["pretrain_stream_ncm_top1"] = 100.0 * float(
-            (torch.cdist(f_val, means).argmin(-1) == data.y_val).float().mean())  # val, not test: CONTRACT19 §1
+            (torch.cdist(f_val, means).argmin(-1) == data.y_val).float().mean())  # val, not test
         model.freeze_backbone()
         meta = data.glyphs.meta
         reporter.log_table("pretrain_source", [{**meta["source"], "classes": len(meta["classes"]),
@@ -204,7 +204,7 @@ class OVORRecipe(Recipe):
         device = next(model.parameters()).device
         model.to(device)
         oneprompt = copy.deepcopy(model)  # same backbone, same initial prompt and head
-        stream = Stream(self.tasks(cfg), data.x_train, data.y_train, data.x_val, data.y_val)  # val: CONTRACT19 §1
+        stream = Stream(self.tasks(cfg), data.x_train, data.y_train, data.x_val, data.y_val)  # val, not test
         ovor = run_stream(model, stream, cfg.stream, cfg.vor, reporter, torch.Generator().manual_seed(cfg.seed),
                           random_translate, metric_prefix=f"{OVOR}_")
         traces = ovor.traces | run_stream(oneprompt, stream, cfg.stream, None, reporter,
@@ -242,7 +242,7 @@ class OVORRecipe(Recipe):
                  reporter: Reporter) -> CompressionResult:
         """PPT off the shelf on the prompted backbone: a rehearsal-free learner has no past data to fine-tune on."""
         trc = cfg.compress.reduction_config(int(model.backbone.patch_embed.num_patches))
-        # val, not test: CONTRACT19 §1 (the calibration batch and the metrics)
+        # val, not test (the calibration batch and the metrics)
         ppt.compress(model.backbone, trc, calib=data.x_val[:8].to(next(model.parameters()).device))
         metrics, _ = final_task_metrics(model, data.x_val, data.y_val, self.tasks(cfg))
         return CompressionResult(model=model, method="ppt", knobs=ppt_knobs(trc), metrics=metrics)

@@ -115,7 +115,7 @@ class PPTRecipe(Recipe):
         generator = seed_everything(cfg.seed)
         metrics = train_classifier(model, data.x_train, data.y_train, cfg.train, reporter, generator,
                                    augment=random_translate)
-        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_val), data.y_val)  # val, not test: CONTRACT19 §1
+        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_val), data.y_val)  # val, not test
         return TrainResult(metrics)
 
     def _num_patches(self, model: nn.Module) -> int:
@@ -128,7 +128,7 @@ class PPTRecipe(Recipe):
         generator = seed_everything(cfg.seed + 1)
         metrics = train_classifier(model, data.x_train, data.y_train, cfg.compress.finetune, reporter, generator,
                                    augment=random_translate, metric_prefix="finetune")
-        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_val), data.y_val)  # val, not test: CONTRACT19 §1
+        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_val), data.y_val)  # val, not test
         return CompressionResult(model=model, method="ppt", knobs=ppt_knobs(trc), metrics=metrics)
 
     def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
