@@ -1,5 +1,5 @@
 """APIServe / InferCept: every interception policy on the same seeded workload, swept over arrival rates, in the
-discrete-event simulator (language.md §1.10a), with the paper's GPT-J constants and with constants measured on
+discrete-event simulator (this project's miniature), with the paper's GPT-J constants and with constants measured on
 this machine.
 
     python benchmarks/apiserve.py                      # GPT-J: 15 virtual minutes per point; measured: 5
@@ -13,7 +13,7 @@ The workload mixes the six call types of Table 1 uniformly, Poisson arrivals; re
 every rate. A policy's sweep stops at the first rate whose mean normalised latency exceeds 3× the bound (it has
 collapsed; higher rates only take longer to simulate). Sustainable rate = the highest rate whose mean normalised
 latency stays within --latency-bound-ms, interpolated between swept rates. The paper's expected outcomes
-(§1.11) are printed PASS/FAIL, not asserted.
+(from its claims, arXiv 2402.01869) are printed PASS/FAIL, not asserted.
 
 `--seeds N` runs seeds 0..N-1, each on its own seeded workload, and reports every policy's figures per seed. With
 N >= 2 it is a reproduction: each figure's mean with its Student-t interval over the seeds, the InferCept / vLLM
@@ -52,7 +52,7 @@ COLLAPSE_FACTOR = 3.0
 LONG_CALLS = {"chatbot": 1.0, "image": 1.0, "tts": 1.0}
 CALIBRATION_COUNTS = [16, 32, 64, 128, 192, 256, 384, 512, 768]
 PAPER = "apiserve"
-CLAIMED_RATE_RATIO = 1.5  # §1.11: InferCept sustains >= 1.5x vLLM's rate (the paper: 1.6-2x)
+CLAIMED_RATE_RATIO = 1.5  # our miniature's check: InferCept sustains >= 1.5x vLLM's rate (the paper: 1.6-2x)
 
 
 def workload_seed(seed: int) -> int:
@@ -61,7 +61,7 @@ def workload_seed(seed: int) -> int:
     return 2 * seed
 
 
-# The comparisons the paper's claims make (language.md §1.11), fixed here before any reproduction ran:
+# The comparisons the paper's claims make (arXiv 2402.01869), fixed here before any reproduction ran:
 # (name, metric, method, baseline, claim, higher_is_better). Judged on the paired per-seed figures.
 CRITERIA = (
     ("infercept_sustains_more_than_vllm", "sustainable_rate", "infercept", "vllm", "better", True),
@@ -188,7 +188,7 @@ def ours(figures: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def checks(figures: dict[str, dict[str, float]]) -> list[tuple[str, bool]]:
-    """The paper's expected outcomes (§1.11) on one seed's figures."""
+    """The paper's expected outcomes (arXiv 2402.01869) on one seed's figures."""
     rate = {p: f["sustainable_rate"] for p, f in figures.items()}
     vllm, infercept = figures["vllm"], figures["infercept"]
     return [

@@ -10,8 +10,8 @@ compress / evaluate (the code the pipeline runs, without MLflow) on the built Sh
 the profile's config with the overrides below: train and compress read the fit and val splits only, evaluate the
 held-out test sets. The trained model is cached under .paperops/benchmarks/ by config digest, so re-running with
 other quantization settings does not re-train. Each method's perplexity difference from GPTQ at the same setting is
-printed with its paired bootstrap interval over the evaluation windows (models/common/stats.py). The paper's expected
-orderings (language.md §3.7) are printed PASS/FAIL, not asserted: a miniature may disagree, and
+printed with its paired bootstrap interval over the evaluation windows (models/common/stats.py). The expected
+orderings (from the paper's claims, arXiv 2312.07950) are printed PASS/FAIL, not asserted: a miniature may disagree, and
 docs/papers/cbq.md quotes what was measured.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ def trained_model(recipe, cfg, data, cache: Path):  # type: ignore[no-untyped-de
 
 
 def orderings(grid: dict[tuple[str, str], dict[str, float]], metric: str) -> list[tuple[str, bool]]:
-    """The paper's expected orderings that this run's grid can check (language.md §3.7)."""
+    """The paper's expected orderings that this run's grid can check (from arXiv 2312.07950's claims)."""
     def ppl(setting: str, method: str) -> float | None:
         row = grid.get((setting, method))
         return None if row is None else row[metric]

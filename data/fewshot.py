@@ -10,7 +10,8 @@ A dataset directory holds two files:
 Roles (data/views.py): base classes are fit data (pre-training and meta-training), val classes are val (model
 selection, every setting), novel classes are the test split (read by the evaluate step only).
 
-Two sources render real character classes with per-sample jitter (the Omniglot analogue of vision.md §6.5):
+Two sources render real character classes with per-sample jitter (this project's Omniglot analogue for FEAT's
+miniature):
 
 * ``glyphs`` (pip only): characters drawn from the fonts matplotlib ships (DejaVu Sans / Serif / Sans Mono and
   STIX General, 4 styles each = 16 real typefaces), Latin, Greek, Cyrillic, digits and symbols. Characters with
@@ -106,7 +107,7 @@ _GLYPH_CATEGORIES = {"Lu", "Ll", "Lo", "Nd", "No", "So", "Sm", "Sc", "Po", "Ps",
 
 @dataclass(frozen=True)
 class GlyphJitter:
-    """Per-instance variation of a rendered glyph (vision.md §6.5: rotation ±15°, scale 0.9-1.1, shift,
+    """Per-instance variation of a rendered glyph (our miniature's: rotation ±15°, scale 0.9-1.1, shift,
     stroke-width jitter, noise), plus an optional occlusion that makes single instances unreliable prototypes
     (its probability is datasets.glyphs.occlusion in params.yaml)."""
 

@@ -12,7 +12,8 @@ stratified, never an image of train) and ``test`` (test: read by the evaluate st
 
 Both files are byte-for-byte reproducible from the same parameters and package versions, so the md5 that
 DVC records for the directory only changes when the data does. This module is pure numpy/scikit-learn/
-mlxtend: no orchestration package is imported here (see DESIGN.md, "Rules of the house").
+mlxtend: no orchestration package is imported here (the layering rule of the README, checked by
+tests/unit/test_layers.py).
 """
 
 from __future__ import annotations

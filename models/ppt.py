@@ -1,9 +1,9 @@
 """Token reduction for timm Vision Transformers: PPT, with ToMe and EViT as baselines at equal budget.
 
-PPT (Wu et al., arXiv 2310.01812) decides per image and per compression block whether the tokens are better
-*pooled* (ToMe's bipartite soft matching, when importance is flat and the redundancy is duplication) or *pruned*
-(drop the least significant tokens, when importance is peaked and the redundancy is inattention). The decision
-is the variance of the normalised significance scores against a threshold tau (vision.md section 5.1).
+PPT (Wu et al., arXiv 2310.01812) decides per image and per compression block whether the tokens are better *pooled*
+(ToMe's bipartite soft matching, when importance is flat and the redundancy is duplication) or *pruned* (drop the least
+significant tokens, when importance is peaked and the redundancy is inattention). The decision is the variance of the
+normalised significance scores against a threshold tau (official code: xjwu1024/PPT, ppt_deit.py).
 
 The three methods share one patched Block and one patched Attention; they differ only in the reduce-tokens
 strategy called between the attention residual and the MLP (`prune_or_pool_tokens`, `merge_tokens`,

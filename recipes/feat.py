@@ -1,5 +1,5 @@
 """FEAT — Few-shot Learning via Embedding Adaptation with Set-to-Set Functions (Ye et al., CVPR 2020), as a paperops
-recipe (vision.md §6).
+recipe (official code: Sha-Lab/FEAT).
 
 `train` reads the base and val classes only: it pre-trains ConvNet-4 as a many-way classifier on the base classes
 until ProtoNet accuracy on the val classes stops rising, then meta-trains, each from that same encoder, FEAT (the

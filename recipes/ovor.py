@@ -47,7 +47,7 @@ from recipes.ppt_section import PPTSection, ppt_knobs, ppt_record
 
 
 class PretrainSection(Section):
-    """In-project pre-training of the backbone on glyph classes (no hub: vision.md section 0)."""
+    """In-project pre-training of the backbone on glyph classes (no hub download at run time)."""
 
     data: DataSection | None = Field(None, description="the glyph classes (a DVC stage whose renders are set in "
                                      "params.yaml, with its suite); None: the backbone comes from model.checkpoint")
@@ -103,7 +103,8 @@ class OVORRecipe(Recipe):
     primary_metric = "a_n"
     cost_metric = "macs_ratio"
     paper_figures = (
-        PaperFigure("vor_gain_a_n_pts", 1.0, "vision.md §3.3 [mem, unverified against the PDF]",
+        PaperFigure("vor_gain_a_n_pts", 1.0,
+                    "arXiv 2402.04129 results tables [from memory, unverified against the PDF]",
                     "OnePrompt without VOR is ~1-2 A_N points below OVOR (ImageNet-R / CIFAR-100, 10 tasks)"),
         PaperFigure("one_pass_macs_ratio", 0.5, "arXiv 2402.04129 abstract",
                     "OnePrompt needs one ViT pass at inference, pool methods (L2P/DualPrompt/CODA-P) two",
@@ -112,7 +113,8 @@ class OVORRecipe(Recipe):
 
     headline = Headline("a_n", "ovor_dense", ONEPROMPT, None,
                         "A_N over 5 tasks; paper: OVOR ~ CODA-P (75.45 on 10-task ImageNet-R) and OnePrompt "
-                        "without VOR ~1-2 points lower [vision.md §3.3, from memory, unverified]")
+                        "without VOR ~1-2 points lower [OVOR arXiv 2402.04129 and CODA-Prompt arXiv "
+                        "2211.13218 tables, from memory, unverified]")
     summary_columns = (("a_n", "A_N %", 1.0), ("top1", "top-1 %", 1.0), ("macs_per_image", "MMACs/img", 1e-6),
                        ("macs_ratio", "MACs ×", 1.0))
     macs_per_item_metric = "macs_per_image"
@@ -180,13 +182,13 @@ class OVORRecipe(Recipe):
             metrics = train_classifier(classifier, data.glyph_x_train, data.glyph_y_train, cfg.pretrain.train,
                                        reporter, generator, metric_prefix="pretrain")
             metrics["pretrain_glyph_top1"] = top1_accuracy(predict_logits(classifier, data.glyph_x_val),
-                                                           data.glyph_y_val)  # val, not test: CONTRACT19 §1
+                                                           data.glyph_y_val)  # val, not test
             # How much digit information the frozen features carry: nearest class mean on the stream's splits.
             f_train = extract_features(model, data.x_train, 256).cpu()
-            f_val = extract_features(model, data.x_val, 256).cpu()  # val, not test: CONTRACT19 §1
+            f_val = extract_features(model, data.x_val, 256).cpu()  # val, not test
         means = torch.stack([f_train[data.y_train == c].mean(0) for c in range(int(data.y_train.max()) + 1)])
         metrics["pretrain_stream_ncm_top1"] = 100.0 * float(
-            (torch.cdist(f_val, means).argmin(-1) == data.y_val).float().mean())  # val, not test: CONTRACT19 §1
+            (torch.cdist(f_val, means).argmin(-1) == data.y_val).float().mean())  # val, not test
         model.freeze_backbone()
         meta = data.glyphs.meta
         reporter.log_table("pretrain_source", [{**meta["source"], "classes": len(meta["classes"]),
@@ -202,7 +204,7 @@ class OVORRecipe(Recipe):
         device = next(model.parameters()).device
         model.to(device)
         oneprompt = copy.deepcopy(model)  # same backbone, same initial prompt and head
-        stream = Stream(self.tasks(cfg), data.x_train, data.y_train, data.x_val, data.y_val)  # val: CONTRACT19 §1
+        stream = Stream(self.tasks(cfg), data.x_train, data.y_train, data.x_val, data.y_val)  # val, not test
         ovor = run_stream(model, stream, cfg.stream, cfg.vor, reporter, torch.Generator().manual_seed(cfg.seed),
                           random_translate, metric_prefix=f"{OVOR}_")
         traces = ovor.traces | run_stream(oneprompt, stream, cfg.stream, None, reporter,
@@ -240,7 +242,7 @@ class OVORRecipe(Recipe):
                  reporter: Reporter) -> CompressionResult:
         """PPT off the shelf on the prompted backbone: a rehearsal-free learner has no past data to fine-tune on."""
         trc = cfg.compress.reduction_config(int(model.backbone.patch_embed.num_patches))
-        # val, not test: CONTRACT19 §1 (the calibration batch and the metrics)
+        # val, not test (the calibration batch and the metrics)
         ppt.compress(model.backbone, trc, calib=data.x_val[:8].to(next(model.parameters()).device))
         metrics, _ = final_task_metrics(model, data.x_val, data.y_val, self.tasks(cfg))
         return CompressionResult(model=model, method="ppt", knobs=ppt_knobs(trc), metrics=metrics)

@@ -134,7 +134,7 @@ class PPTRecipe(Recipe):
         generator = seed_everything(cfg.seed)
         metrics = train_classifier(model, data.x_train, data.y_train, cfg.train, reporter, generator,
                                    augment=random_translate)
-        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_val), data.y_val)  # val, not test: CONTRACT19 §1
+        metrics["top1"] = top1_accuracy(predict_logits(model, data.x_val), data.y_val)  # val, not test
         return TrainResult(metrics)
 
     def _num_patches(self, model: nn.Module) -> int:
@@ -143,7 +143,7 @@ class PPTRecipe(Recipe):
     def compress(self, model: nn.Module, data: TensorSplits, cfg: PPTRecipeConfig,
                  reporter: Reporter) -> CompressionResult:
         """PPT fine-tuned (the registered child), and with the same fine-tune, from the same dense weights: ToMe and
-        EViT at PPT's token budget, and the dense model itself. Only val is read (CONTRACT19 §1)."""
+        EViT at PPT's token budget, and the dense model itself. Only val is read."""
         num_patches = self._num_patches(model)
         dense = copy.deepcopy(model)  # every companion starts from the parent's weights, before PPT patches `model`
         trc = cfg.compress.finetune_reduction_config(num_patches)

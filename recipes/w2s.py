@@ -5,13 +5,14 @@ One run = one seed (`paperops reproduce w2s --seeds N` runs seeds 0..N-1 and agg
 ViT, all from the same initial weights and batch order) on the disjoint w2s-train split from the teacher's outputs
 with KD, AugConf and AdaptConf, and the same ViT on w2s-train's ground truth (the ceiling, = "GT only").
 
-Protocols (vision.md §4.5): A = the paper's and the official code's (w_gt = 1 plus the weak-teacher loss): the
-primary protocol, whose AdaptConf student is the registered model and whose AdaptConf − KD top-1 gain is the headline;
-B = Burns-style pure W2S (w_gt = 0, the student never sees a label), reported beside it with the performance gap
-recovered, PGR = (acc_w2s − acc_weak) / (acc_ceiling − acc_weak). Train sees fit and val only: every other model it
-trains is a Companion that evaluate scores on the test split, with per-image top-1 on the same images in the same
-order for every model, so every comparison is paired. PPT then compresses the registered student (models/ppt.py)
-with a short fine-tune on the student's own objective; the dense student gets exactly the same fine-tune beside it.
+Protocols of this project's miniature: A = the paper's and the official code's (w_gt = 1 plus the weak-teacher loss):
+the primary protocol, whose AdaptConf student is the registered model and whose AdaptConf − KD top-1 gain is the
+headline; B = Burns-style pure W2S (Burns et al., arXiv 2312.09390: w_gt = 0, the student never sees a label), reported
+beside it with the performance gap recovered, PGR = (acc_w2s − acc_weak) / (acc_ceiling − acc_weak). Train sees fit and
+val only: every other model it trains is a Companion that evaluate scores on the test split, with per-image top-1 on
+the same images in the same order for every model, so every comparison is paired. PPT then compresses the registered
+student (models/ppt.py) with a short fine-tune on the student's own objective; the dense student gets exactly the same
+fine-tune beside it.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# Offline, quiet defaults (stack.md): no hub downloads, no telemetry, room for the ephemeral Prefect API to start
+# Offline, quiet defaults: no hub downloads, no telemetry, room for the ephemeral Prefect API to start
 # on a busy 2-core machine. setdefault, so a user's own settings win.
 RUNTIME_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",

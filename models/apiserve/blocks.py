@@ -1,4 +1,4 @@
-"""Paged KV accounting: which GPU and host blocks each sequence's KV occupies (vLLM's block manager, §1.4).
+"""Paged KV accounting: which GPU and host blocks each sequence's KV occupies (vLLM's block manager).
 
 A sequence's block table is always a GPU prefix followed by a host suffix, in sequence order: swap-out moves
 blocks from the tail of the GPU part, swap-in brings back the head of the host part, so a partly swapped

@@ -1,5 +1,6 @@
 """Measure the runner's iteration time on this machine and fit the scheduler's cost model `T(n) = a·n + c` and
-saturation point S (language.md §1.3–1.4: InferCept profiles a, c per model and GPU, with S = 384 on an A100).
+saturation point S (InferCept profiles a, c per model and GPU in its exps/*_bench.sh scripts, with S = 384 on an
+A100 in vllm/core/scheduler_v2.py; official code WukLab/InferCept).
 
 Measurement: for each token count n, one iteration of fresh prefill chunks totalling n tokens (chunks of at most
 `chunk_tokens`, so attention over long contexts does not bend the line), timed as the fastest of `repeats` runs

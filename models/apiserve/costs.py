@@ -1,5 +1,6 @@
-"""The cost model InferCept schedules with (language.md §1.3–§1.4): iteration time, swap time, the per-iteration
-swap budget, and the GPU-memory waste of each way to hold a paused request's KV cache.
+"""The cost model InferCept schedules with (Abhyankar et al., ICML 2024, arXiv 2402.01869, §3.2 and §4.1–§4.2; the
+official WukLab/InferCept vllm/core/scheduler_v2.py): iteration time, swap time, the per-iteration swap budget, and the
+GPU-memory waste of each way to hold a paused request's KV cache.
 
 Waste is in token·seconds (KV tokens held idle × seconds). Multiplying by the KV bytes per token gives the paper's
 byte·seconds; every comparison between actions is invariant to that factor, so the formulas leave it out.
@@ -42,7 +43,7 @@ class SwapTimeModel:
 
 def swap_budget_tokens(time_model: IterationTimeModel, swap_model: SwapTimeModel, batch_tokens: int) -> int:
     """N_i: the KV tokens that can cross PCIe while one iteration of `batch_tokens` runs, i.e. T_swap(N_i) =
-    T_fwd(B_i) (§1.4). Swaps within it are hidden behind compute (layer-pipelined copies on another stream)."""
+    T_fwd(B_i) (paper §4.1). Swaps within it are hidden behind compute (layer-pipelined copies on another stream)."""
     return swap_model.tokens_within(time_model.forward_s(batch_tokens))
 
 
@@ -96,7 +97,7 @@ def from_fit(time_model: IterationTimeModel, *, name: str = "measured", kv_bytes
                          gpu_kv_tokens, host_kv_tokens, source)
 
 
-# ---- waste of each action for one paused request (§1.3) -------------------------------------------------------
+# ---- waste of each action for one paused request (paper §3.2) -------------------------------------------------
 # C = the paused request's context tokens; the iteration and swap models give T_fwd and T_swap in seconds.
 
 def preserve_waste(interception_s: float, context_tokens: float) -> float:
@@ -117,7 +118,7 @@ def swap_waste(context_tokens: float, batch_tokens: float, swap_model: SwapTimeM
 
 
 def pipelined_swap_waste(context_tokens: float, swap_model: SwapTimeModel) -> float:
-    """Waste of a swap inside the per-iteration budget: nobody stalls (§1.4), only the request's own context is
+    """Waste of a swap inside the per-iteration budget: nobody stalls (paper §4.1), only the request's own context is
     held while it drains out and while it fills back in, on average half of it for T_swap(C) each way."""
     return swap_model.seconds(context_tokens) * context_tokens
 

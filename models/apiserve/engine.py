@@ -1,8 +1,8 @@
-"""The continuous-batching loop that serves an augmented LM (language.md §1.5): every iteration the scheduler plans,
-the engine does the plan's KV block copies, the runner pushes the plan's chunks through the model, greedy tokens
-go back to the scheduler, and a request that reaches one of its calls is paused while the tool runs on a thread
-pool. When the tool returns, its text is tokenized and handed back with `scheduler.resume`; the scheduler decides
-how the paused request's KV was kept (preserve / swap / discard) and prefills the returned tokens.
+"""The continuous-batching loop that serves an augmented LM (InferCept, arXiv 2402.01869): every iteration the scheduler
+plans, the engine does the plan's KV block copies, the runner pushes the plan's chunks through the model, greedy tokens
+go back to the scheduler, and a request that reaches one of its calls is paused while the tool runs on a thread pool.
+When the tool returns, its text is tokenized and handed back with `scheduler.resume`; the scheduler decides how the
+paused request's KV was kept (preserve / swap / discard) and prefills the returned tokens.
 
 Thread model: the scheduler, the runner and the KV cache belong to the loop's thread (`start()` runs it in the
 background, `run_until_done()` in the caller's thread). `submit` may be called from any thread: requests and tool

@@ -1,5 +1,6 @@
 """Interception-aware continuous batching: InferCept's scheduler and the baselines it is measured against
-(language.md §1.4–§1.5; the official vllm/core/scheduler_v2.py, policy V with --chunk-fill).
+(InferCept, arXiv 2402.01869, §4; the official WukLab/InferCept vllm/core/scheduler_v2.py, policy V with
+--chunk-fill).
 
 Each iteration the scheduler decides, for every paused request whose KV still occupies GPU memory, whether to keep
 it (preserve), move it to host memory (swap) or drop it and recompute it on return (discard), then fills the
@@ -30,7 +31,7 @@ WAITING, RUNNING, SWAPPED, PAUSED, FINISHED = "waiting", "running", "swapped", "
 class Mechanics:
     """What distinguishes the policies besides the per-request choice of action."""
 
-    chunked: bool  # prefill / recompute chunks fill an iteration up to S − decode tokens (§1.4); else whole
+    chunked: bool  # prefill / recompute chunks fill an iteration up to S − decode tokens (paper §4.2); else whole
     budgeted_swap: bool  # at most N_i blocks cross PCIe per iteration, hidden behind compute; else synchronous
     resume_at_back: bool  # the call ended the request: it comes back as a new arrival (vLLM)
     evicts_paused: bool  # memory pressure takes KV from paused requests before touching running ones
@@ -138,7 +139,7 @@ class SchedulerStats:
     forward_s: float = 0.0
     recompute_s: float = 0.0  # forward time spent on recomputed tokens (pro rata within each iteration)
     stall_s: float = 0.0
-    # GPU memory waste, token·seconds (§1.3): KV of paused requests idle on GPU, KV of everyone else during
+    # GPU memory waste, token·seconds (paper §3.2): KV of paused requests idle on GPU, KV of everyone else during
     # synchronous swap stalls, and KV held while the GPU recomputes what it had computed before.
     paused_waste_token_s: float = 0.0
     stall_waste_token_s: float = 0.0
@@ -314,7 +315,7 @@ class Scheduler:
                 self._discard(seq)
 
     def interception_estimate_s(self, seq: Sequence, now_s: float) -> float:
-        """T̂_int for the preserve waste: elapsed time of the call (§1.4: the longer a call has run, the longer it
+        """T̂_int for the preserve waste: elapsed time of the call (paper §4.4: the longer a call has run, the longer it
         is expected to keep running); the oracle uses the true remaining time where the call states it."""
         elapsed = now_s - seq.call_started_s
         if self.policy == "infercept_oracle" and seq.call is not None and seq.call.duration_s is not None:
@@ -344,7 +345,7 @@ class Scheduler:
                 w_preserve = preserve_waste(self.interception_estimate_s(seq, now_s), context)
                 w_discard = chunked_discard_waste_code(context, decode_tokens, running_tokens, self.time_model)
                 scored.append((min(w_preserve, w_discard), w_preserve, w_discard, context, seq))
-            # Largest waste first gets the swap budget (§1.5 step 2); the rest discard or stay.
+            # Largest waste first gets the swap budget (the paper's policy); the rest discard or stay.
             scored.sort(key=lambda item: item[0], reverse=True)
             for waste, w_preserve, w_discard, context, seq in scored:
                 n = min(blocks.num_gpu(seq.id), out_budget, blocks.num_free_host)

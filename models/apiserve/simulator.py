@@ -1,6 +1,7 @@
-"""Discrete-event execution of the Scheduler on a virtual clock (language.md §1.10a): the same scheduling code the
-engine runs, with the model forward replaced by its iteration-time model T(n) = a·n + c, synchronous swaps by
-their PCIe time, and calls by their stated durations. Metrics follow §1.7.
+"""Discrete-event execution of the Scheduler on a virtual clock (this project's miniature): the same scheduling code the
+engine runs, with the model forward replaced by its iteration-time model T(n) = a·n + c, synchronous swaps by their PCIe
+time, and calls by their stated durations. Metrics follow the official driver (WukLab/InferCept,
+benchmarks/final_tput_bench_real.py).
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ class SimulationResult:
     # spends minutes inside its calls before it can complete.
     completed_per_s: float
     tokens_per_s: float  # generated tokens per virtual second
-    # Normalised latency (§1.7): (end − arrival − time inside calls) / generated tokens, seconds per token.
-    # Requests still unfinished at the horizon count with end = horizon, a lower bound.
+    # Normalised latency (the official driver's): (end − arrival − time inside calls) / generated tokens, seconds per
+    # token. Requests still unfinished at the horizon count with end = horizon, a lower bound.
     latency_mean: float
     latency_p50: float
     latency_p90: float

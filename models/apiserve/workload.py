@@ -1,4 +1,4 @@
-"""Augmented-LLM workloads: the six interception types of the paper's Table 1 (language.md §1.6), Poisson arrivals,
+"""Augmented-LLM workloads: the six interception types of the paper's Table 1 (arXiv 2402.01869), Poisson arrivals,
 and the official driver's synthetic call-time generators.
 
 A request is a prompt and a list of segments: decode `decode_tokens`, then (unless it is the last segment) pause

@@ -2,7 +2,7 @@
 never downloaded (PPT's DeiT, the weak-to-strong student; OVOR's prompted backbone loads through the same loader).
 
 The PPT tiny profile is a DeiT-Ti-shaped ViT (12 blocks, so PPT's blocks 3/6/9 exist) on 32x32 single-channel
-images with 4x4 patches: 64 patch tokens + cls, the miniature of vision.md §5.5. A full profile names a timm
+images with 4x4 patches: 64 patch tokens + cls, this project's miniature. A full profile names a timm
 architecture (deit_small_patch16_224) and optionally a local checkpoint file.
 """
 from __future__ import annotations

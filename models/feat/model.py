@@ -1,5 +1,5 @@
 """FEAT — Few-shot Embedding Adaptation with a Transformer (Ye, Hu, Zhan, Sha, CVPR 2020, arXiv 1812.03664), and
-ProtoNet, in plain PyTorch (vision.md §6.1; the official code is Sha-Lab/FEAT, model/models/feat.py).
+ProtoNet, in plain PyTorch (the official code is Sha-Lab/FEAT, model/models/feat.py).
 
     E: ConvNet-4, 4 x [3x3 conv 64, BN, ReLU, 2x2 max-pool]; at 32 px the last feature map is 2x2, so the
        final max-pool is 2x2 (the paper's 5x5 at 84 px) -> a 64-d embedding.

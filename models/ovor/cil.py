@@ -4,7 +4,7 @@ The two schedules of the official code (jpmorganchase/ovor, `learners/default.py
 each with a fresh Adam (0.9, 0.999), no weight decay, and one cosine schedule over the task's epochs:
 - OnePrompt (`--epochs 0 50 0`, the default of configs/common.yaml): prompts + head trained together on masked CE
   for all E1 + E2 epochs; there is no head-only phase.
-- OVOR (`--epochs 0 40 10`, vision.md section 3.1): (a) prompts + head on masked CE for E1 epochs; (b) prompt
+- OVOR (`--epochs 0 40 10`, the official ImageNet-R setting): (a) prompts + head on masked CE for E1 epochs; (b) prompt
   frozen, training features re-extracted with augmentation at each of the E2 epochs; (c) NPOS outliers; (d) head
   only on masked CE + VOR.
 
@@ -97,7 +97,7 @@ class VORConfig:
     tau_ood: float = -3.0
     # paper = tau_id/tau_ood as given; calibrate = tau_id at the calib_quantile of ID energies after phase (a),
     # tau_ood = tau_id + gap; auto = paper when the head's energies reach tau_id at that quantile, else calibrate
-    # (vision.md section 3.5).
+    # (this project's miniature: a tiny head's energies may not reach the paper's scale).
     thresholds: str = "auto"
     calib_quantile: float = 0.2
     # False: calibrate after the first task's phase (a) and keep the thresholds for every task, as the paper's

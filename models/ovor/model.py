@@ -1,10 +1,11 @@
 """OnePrompt: a frozen timm ViT with one shared set of prefix-tuning prompts and a linear head over all classes.
 
-OnePrompt (Huang et al., OVOR, ICLR 2024; vision.md section 3.1) prepends learnable key and value vectors to the
-attention of a few chosen blocks: a G-prompt at the first blocks and an E-prompt at the next ones, each of length
-L = L/2 key vectors + L/2 value vectors, shared by every task (no pool, no query pass). timm >= 0.9 fuses
-attention, so the prompted blocks get `PromptedAttention`, whose forward re-implements timm's and concatenates the
-prefix to K and V before scaled-dot-product attention. Only those blocks change class; the rest stay timm's.
+OnePrompt (Huang et al., OVOR, ICLR 2024, arXiv 2402.04129; official code jpmorganchase/ovor, models/zoo.py) prepends
+learnable key and value vectors to the attention of a few chosen blocks: a G-prompt at the first blocks and an E-prompt
+at the next ones, each of length L = L/2 key vectors + L/2 value vectors, shared by every task (no pool, no query pass).
+timm >= 0.9 fuses attention, so the prompted blocks get `PromptedAttention`, whose forward re-implements timm's and
+concatenates the prefix to K and V before scaled-dot-product attention. Only those blocks change class; the rest stay
+timm's.
 
 The prompts live in the attention modules they feed (`backbone.blocks.<i>.attn.prompt`), so they are saved and
 loaded with the model, and models/ppt.py can carry them through its own attention (`prefix_kv`).
@@ -27,7 +28,7 @@ from models.common.vit import load_vit_checkpoint
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """The frozen ViT (vision.md section 3.5 miniature: a tiny timm VisionTransformer pre-trained in-project)."""
+    """The frozen ViT (this project's miniature: a tiny timm VisionTransformer pre-trained in-project)."""
 
     img_size: int = 28
     patch_size: int = 4
@@ -195,7 +196,8 @@ def prompts_disabled(model: nn.Module) -> Iterator[None]:
 class TwoPassPromptViT(nn.Module):
     """The cost model of L2P / DualPrompt / CODA-P at inference: a query pass of the plain backbone, then the
     prompted pass (the query selects the prompt; here the query's output is only computed, its cost is what
-    matters). Used to count MACs for the spec's check 4, never trained."""
+    matters). Used to count MACs for the one-pass check (the paper's abstract: OnePrompt needs one ViT
+    pass at inference), never trained."""
 
     def __init__(self, model: OnePromptViT) -> None:
         super().__init__()

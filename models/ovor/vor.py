@@ -1,6 +1,6 @@
-"""Virtual Outlier Regularization (OVOR, vision.md section 3.1): masked cross-entropy, energy, NPOS outlier
-synthesis and the energy-threshold Huber loss. Pure tensor functions; the official code's faiss kNN is
-torch.cdist + topk here, and the feature dimension and device come from the inputs.
+"""Virtual Outlier Regularization (OVOR, arXiv 2402.04129; official code jpmorganchase/ovor, learners/ood.py): masked
+cross-entropy, energy, NPOS outlier synthesis and the energy-threshold Huber loss. Pure tensor functions; the official
+code's faiss kNN is torch.cdist + topk here, and the feature dimension and device come from the inputs.
 """
 from __future__ import annotations
 

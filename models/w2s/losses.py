@@ -1,7 +1,8 @@
 """The weak-to-strong losses of "Vision Superalignment" (Guo et al., arXiv 2402.03749): KD, AugConf, AdaptConf.
 
-Notation (vision.md §4.1): student logits s (B, K), frozen weak-teacher logits t (B, K), ground truth y (B,);
-ŝ = argmax s and t̂ = argmax t are hard labels (constants for autograd).
+Notation (the official code's, ggjy/vision_weak_to_strong classification/distillers/): student logits s (B, K), frozen
+weak-teacher logits t (B, K), ground truth y (B,); ŝ = argmax s and t̂ = argmax t are hard labels (constants for
+autograd).
 
 * KD       [code: distillers/utils.py kd_loss]: T²·KL(softmax(t/T) ‖ softmax(s/T)), batch mean.
 * AugConf  [code: distillers/adaptconf.py AugConf]: one scalar α ramped 0 -> τ_aug over the first r·E epochs,
@@ -12,7 +13,7 @@ Notation (vision.md §4.1): student logits s (B, K), frozen weak-teacher logits 
   Because ŝ is the student's own argmax, CE(s, ŝ) ≤ CE(s, t̂), so α ∈ (0, 0.5]: 0.5 when student and teacher
   agree, → 0 when the student confidently disagrees. Computed as σ((c_self − c_teach)/τ), the same value
   without overflowing exp.
-* AdaptConf, "teacher_conf" variant (ASSUMED reading of the paper's text, vision.md §4.1, an ablation only):
+* AdaptConf, "teacher_conf" variant (ASSUMED reading of the paper's text, arXiv 2402.03749, an ablation only):
   the second term of the denominator is the teacher's own confidence CE(t, t̂) instead of CE(s, t̂), so
   α = σ((CE(s, ŝ) − CE(t, t̂))/τ) ∈ (0, 1).
 

@@ -1,4 +1,4 @@
-"""Weak teacher, strong student and the three disjoint splits of the weak-to-strong miniature (vision.md §4.5).
+"""Weak teacher, strong student and the three disjoint splits of this project's weak-to-strong miniature.
 
 * weak teacher: logistic regression (hidden=0) or a one-hidden-layer MLP on raw pixels, trained on weak-train,
   optionally with symmetric label noise so that it sits near 80 % top-1;
@@ -23,8 +23,8 @@ from models.common.checks import at_least, below, non_negative, positive
 @dataclass(frozen=True)
 class WeakConfig:
     hidden: int = 0  # 0 = logistic regression; > 0 = MLP with one hidden ReLU layer
-    # Share of weak-train labels replaced by a random other class before training the teacher (vision.md §4.5: to
-    # sit near 80 %).
+    # Share of weak-train labels replaced by a random other class before training the teacher (our miniature:
+    # to sit near 80 %).
     label_noise: float = 0.0
     epochs: int = 30
     batch_size: int = 128

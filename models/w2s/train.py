@@ -3,7 +3,7 @@
 Per step: augment the batch, run the frozen teacher on the *same* augmented images (as the official distillers
 do), compute `w2s_loss`, AdamW + warm-up/cosine. Per epoch it records the share of w2s-train samples where the
 teacher is wrong and the student disagrees with it and is right ("corrects the teacher"); in the last epoch it
-keeps every sample's α and whether student and teacher agree (the α histogram of vision.md §4.5).
+keeps every sample's α and whether student and teacher agree (the α histogram of this project's miniature).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class StudentTrainConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The official flags (vision.md §4.2) with the miniature's values."""
+    """The official flags (ggjy/vision_weak_to_strong, classification/train.py) with the miniature's values."""
 
     kd_temperature: float = 1.0  # T of the KD term (--kd-temperature)
     tau: float = 0.5  # AdaptConf superalignment threshold τ (--superalignment-threshold)

@@ -1,4 +1,4 @@
-"""Training and compression never receive a test split (CONTRACT19 §1), shown for every registered recipe at the size
+"""Training and compression never receive a test split, shown for every registered recipe at the size
 its `smoke_overrides` declare: its train and compress run to the end on the views the platform gives those steps
 (tasks.data.dataset_views), whose loaders hand out fit and val splits only and withhold every test split behind a
 stand-in that raises on any use; the logged input example is made from what those steps read. Evaluate's view, on

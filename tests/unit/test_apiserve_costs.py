@@ -1,5 +1,5 @@
-"""Waste formulas of language.md §1.3 on hand-computed small cases, and the scheduler's action flipping exactly
-where they say it should."""
+"""Waste formulas of InferCept (arXiv 2402.01869, §3.2) on hand-computed small cases, and the scheduler's action
+flipping exactly where they say it should."""
 import pytest
 
 from models.apiserve.blocks import BlockManager
@@ -50,7 +50,7 @@ def test_chunked_discard_code_form(context, decodes, running, expected):
 
 
 def test_chunking_halves_the_held_part_of_discard_waste():
-    """§1.4: chunked recompute roughly halves discard waste when nobody else is running."""
+    """Paper §4.2: chunked recompute roughly halves discard waste when nobody else is running."""
     naive = discard_waste(1000, 0, GPTJ_6B_A100.time_model)
     chunked = chunked_discard_waste_paper(1000, 0, 3, GPTJ_6B_A100.time_model)
     assert chunked == pytest.approx(naive / 2)

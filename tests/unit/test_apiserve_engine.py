@@ -1,6 +1,6 @@
 """models/apiserve/engine.py: the serving loop on a real (tiny, random-init) LLaMA with real tools.
 
-The key check (language.md §1.11, issue 7): under every policy, in a GPU pool far too small for the requests (so
+The key check (issue 7): under every policy, in a GPU pool far too small for the requests (so
 KV is swapped, discarded and recomputed, preempted and brought back), greedy decoding gives token for token what
 an uninterrupted HF `generate` gives with the tools' results spliced in at the call points; and every KV block is
 free again at the end."""

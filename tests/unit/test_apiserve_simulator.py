@@ -24,7 +24,7 @@ def test_infercept_beats_vllm_on_the_mixed_workload(mixed):
 
 
 def test_vllm_spends_a_large_share_of_forward_time_recomputing(mixed):
-    """§1.2: about 37–40 % of forwarding time in the paper's measurements."""
+    """About 37–40 % of forwarding time in the paper's measurements (InferCept, arXiv 2402.01869)."""
     assert 0.2 < mixed["vllm"].recompute_share < 0.7
     assert mixed["improved_discard"].recompute_share > 0.2
 
