@@ -20,7 +20,9 @@ from settings import tracking_uri
 from tasks.data import DatasetRef
 from tasks.validate import validate_data
 
-SMOKE = list(get_recipe("ppt").smoke_overrides)
+# PPT's tiny profile reads Fashion-MNIST; these runs feed it a small MNIST-5k build, whose 500 val images its
+# split-size bound would refuse before the corruption under test.
+SMOKE = [*get_recipe("ppt").smoke_overrides, "data.stage=mnist5k", "data.expect.min_images_per_split=100"]
 NAME = "mnist5k-bad-data-run"  # its own reference, apart from the smoke runs' mnist5k
 
 
