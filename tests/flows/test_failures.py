@@ -69,7 +69,7 @@ def test_an_empty_data_file_exits_3_naming_it(paperops, tmp_path):
     for dvc_command in (["init", "--no-scm", "--quiet"], remote):
         subprocess.run([sys.executable, "-m", "dvc", *dvc_command], cwd=root, check=True)
     before = _versions("ppt")
-    result = paperops("run", "ppt", PAPEROPS_ROOT=str(root))
+    result = paperops("run", "ppt", "--set", "data.stage=mnist5k", PAPEROPS_ROOT=str(root))  # tiny reads fashion_mnist
     assert result.returncode == 3, result.stdout + result.stderr
     assert f"dataset_files_readable: {root / 'data' / 'mnist5k' / 'images.npz'} is not a readable .npz archive" \
         in result.stdout
