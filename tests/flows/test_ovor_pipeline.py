@@ -103,7 +103,7 @@ def test_both_datasets_were_prepared_validated_and_recorded_on_the_pipeline_run(
     client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
     run = client.get_run(ovor_run["pipeline_run_id"])
     assert run.data.tags["dataset.stage"] == "mnist5k" and run.data.tags["dataset.pretrain.stage"] == "dejavu_letters"
-    assert run.data.metrics["gx.pretrain.evaluated_expectations"] == 34
+    assert run.data.metrics["gx.pretrain.evaluated_expectations"] == 37
     contexts = {i.dataset.name: {t.value for t in i.tags} for i in run.inputs.dataset_inputs}
     assert contexts == {"mnist5k": {"training"}, "dejavu_letters": {"pretrain"}}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
