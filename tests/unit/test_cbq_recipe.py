@@ -23,7 +23,9 @@ TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the 
 MICRO = ["model.vocab_size=300", "model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
          "model.num_attention_heads=2", "model.num_key_value_heads=2", "model.max_position_embeddings=64",
          "compress.calib_segments=4", "compress.calib_seq_len=32", "compress.epochs=1", "compress.rank=2",
-         "compress.batch_size=2", "evaluate.seq_len=32", "evaluate.max_windows=2"]
+         "compress.batch_size=2", "evaluate.seq_len=32", "evaluate.max_windows=2",
+         # the reproduction's comparison (tiny itself compares W4A16 only): the W4A4 companions are exercised too
+         "compress.comparison_settings=[{name: W4A16, w_bits: 4}, {name: W4A4, w_bits: 4, a_bits: 4}]"]
 
 
 def test_every_profile_validates_to_the_configs_of_models() -> None:
