@@ -89,7 +89,7 @@ def test_schedules_are_off_for_tiny_unless_asked(profile, explicit, active):
 
 def test_idempotency_key_is_paper_profile_data_md5_and_config_hash():
     key = pipeline_idempotency_key("ppt", "tiny")
-    md5 = dataset_ref("mnist5k", project_root()).md5
+    md5 = dataset_ref(load_config("ppt", "tiny").config.data.stage, project_root()).md5
     assert key == f"ppt:tiny:{md5}:{load_config('ppt', 'tiny').digest()}"
     assert pipeline_idempotency_key("ppt", "tiny") == key
     assert pipeline_idempotency_key("ppt", "tiny", ["train.epochs=2"]) != key
