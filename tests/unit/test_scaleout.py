@@ -92,7 +92,7 @@ def test_idempotency_key_is_paper_profile_data_md5_and_config_hash():
     md5 = dataset_ref(load_config("ppt", "tiny").config.data.stage, project_root()).md5
     assert key == f"ppt:tiny:{md5}:{load_config('ppt', 'tiny').digest()}"
     assert pipeline_idempotency_key("ppt", "tiny") == key
-    assert pipeline_idempotency_key("ppt", "tiny", ["train.epochs=2"]) != key
+    assert pipeline_idempotency_key("ppt", "tiny", ["train.epochs=3"]) != key
     # A timeout cannot change a result, so it cannot make a new run either.
     assert pipeline_idempotency_key("ppt", "tiny", ["runtime.train_timeout_s=60"]) == key
 
