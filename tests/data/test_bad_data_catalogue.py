@@ -115,11 +115,16 @@ def mnist_arrays(mnist_dir: Path) -> Arrays:
     return {key: getattr(dataset, key) for key in ARRAY_KEYS}
 
 
+def _validated_reference(suite, path: Path, spec, md5: str) -> DataReference:
+    """The clean dataset, validated once, as the reference its corrupted copies are compared with."""
+    report = validate_dataset(suite, path, spec)
+    assert report.success, report.failed
+    return DataReference(md5=md5, profile=report.profile)
+
+
 @pytest.fixture(scope="module")
 def mnist_reference(mnist_dir: Path) -> DataReference:
-    report = validate_dataset(IMAGE_CLASSIFICATION, mnist_dir, MNIST_SPEC)
-    assert report.success, report.failed
-    return DataReference(md5="0123456789abcdef0123456789abcdef.dir", profile=report.profile)
+    return _validated_reference(IMAGE_CLASSIFICATION, mnist_dir, MNIST_SPEC, "0123456789abcdef0123456789abcdef.dir")
 
 
 @pytest.mark.parametrize("case", IMAGE_CASES)
@@ -233,9 +238,7 @@ def glyph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def glyph_reference(glyph_dir: Path) -> DataReference:
-    report = validate_dataset(FEW_SHOT_CLASSES, glyph_dir, FEWSHOT_SPEC)
-    assert report.success, report.failed
-    return DataReference(md5="fedcba9876543210fedcba9876543210.dir", profile=report.profile)
+    return _validated_reference(FEW_SHOT_CLASSES, glyph_dir, FEWSHOT_SPEC, "fedcba9876543210fedcba9876543210.dir")
 
 
 @pytest.mark.parametrize("case", FEWSHOT_CASES)
@@ -329,9 +332,7 @@ def text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def text_reference(text_dir: Path) -> DataReference:
-    report = validate_dataset(TEXT_CORPUS, text_dir, TEXT_SPEC)
-    assert report.success, report.failed
-    return DataReference(md5="00112233445566778899aabbccddeeff.dir", profile=report.profile)
+    return _validated_reference(TEXT_CORPUS, text_dir, TEXT_SPEC, "00112233445566778899aabbccddeeff.dir")
 
 
 @pytest.mark.parametrize("case", TEXT_CASES)
