@@ -12,7 +12,6 @@ import json
 import math
 import os
 
-import mlflow
 import numpy as np
 
 from mlflow import MlflowClient
@@ -27,7 +26,7 @@ from tasks.pareto import tag_float
 from tasks.record import delta_interval_from_tags
 from tasks.refs import PromotionDecision
 from tasks.retry import IO_RETRIES, retry_on_infrastructure_errors
-from tasks.tracking import configure_tracking, registered_model_name
+from tasks.tracking import configure_tracking, load_pyfunc_model, registered_model_name
 
 
 def delta_evidence(primary_metric: str, delta: float, reference: str, higher_is_better: bool = True,
@@ -126,7 +125,7 @@ def serving_smoke_failure(model_uri: str) -> str | None:
     previous = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
+        model = load_pyfunc_model(model_uri)
         example = model.input_example
         if example is None:
             return "the model has no logged input example to send as a smoke request"

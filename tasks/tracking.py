@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -230,9 +231,20 @@ def load_companions(run_id: str, index: dict[str, Any], recipe: Recipe, config: 
     return modules
 
 
+def load_pyfunc_model(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """`mlflow.pyfunc.load_model` without its side effect on this process: loading prepends the model's code
+    directory to sys.path for good, and every later import here — and in every process this one spawns, which
+    inherits sys.path — would then resolve `settings`, `recipes`, … to that artifact copy and its paths."""
+    saved_path = list(sys.path)
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    finally:
+        sys.path[:] = saved_path
+
+
 def load_paper_model(model_uri: str) -> Any:
     """The torch module behind a logged paper model, rebuilt from code + weights (no unpickling)."""
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().module
+    return load_pyfunc_model(model_uri).unwrap_python_model().module
 
 
 def recipe_and_config(paper: str, config: dict[str, Any]) -> tuple[Recipe, RecipeConfig]:

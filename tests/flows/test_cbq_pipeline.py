@@ -12,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from settings import tracking_uri
+from tasks.tracking import load_pyfunc_model
 
 METHODS = ("rtn", "gptq", "smoothquant", "cbq", "cbq_no_cfp")
 VARIANTS = {"fp"} | {f"{method}_{setting}" for method in METHODS for setting in ("W4A16", "W4A4")}
@@ -71,7 +72,7 @@ def test_method_by_setting_table_covers_every_method_and_setting(cbq_run):
 def test_champion_loads_by_alias_without_pickle_and_generates(cbq_run, monkeypatch):
     assert cbq_run["promotion"]["promoted"], cbq_run["promotion"]["reasons"]
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
-    model = mlflow.pyfunc.load_model("models:/paperops-cbq@champion")
+    model = load_pyfunc_model("models:/paperops-cbq@champion")
     completions = model.predict(["ROMEO:\n", "To be"], params={"max_new_tokens": 5})
     assert len(completions) == 2 and all(isinstance(c, str) and c for c in completions)
     from models.quant import PackedQuantLinear

@@ -60,11 +60,9 @@ def test_an_empty_data_file_exits_3_naming_it(paperops, tmp_path):
     root = tmp_path / "checkout"
     (root / "configs").mkdir(parents=True)
     shutil.copy(project_root() / "configs" / "ppt.yaml", root / "configs")
-    meta = project_root() / "data" / "mnist5k" / "meta.json"
-    stage = {"cmd": "mkdir -p data/mnist5k && cp meta.json data/mnist5k/ && truncate -s 0 data/mnist5k/images.npz",
-             "deps": ["meta.json"], "outs": ["data/mnist5k"]}
+    build = f"PYTHONPATH={project_root()} {sys.executable} -m data build mnist5k --out data/mnist5k"
+    stage = {"cmd": f"{build} && truncate -s 0 data/mnist5k/images.npz", "outs": ["data/mnist5k"]}
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"mnist5k": stage}}))
-    shutil.copy(meta, root / "meta.json")
     remote = ["remote", "add", "--default", "local", str(tmp_path / "remote")]
     for dvc_command in (["init", "--no-scm", "--quiet"], remote):
         subprocess.run([sys.executable, "-m", "dvc", *dvc_command], cwd=root, check=True)

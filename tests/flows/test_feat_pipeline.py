@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from recipes import get_recipe
 from settings import tracking_uri
+from tasks.tracking import load_pyfunc_model
 from tasks.validate import DataValidationError
 
 SMOKE = list(get_recipe("feat").smoke_overrides)
@@ -45,9 +46,7 @@ def test_registers_the_feat_model_with_its_record_and_measures_every_baseline(fi
 
 
 def test_the_registered_model_answers_an_episode_request(first_run):
-    import mlflow
-
-    model = mlflow.pyfunc.load_model(f"models:/paperops-feat/{first_run['versions']['parent_version']}")
+    model = load_pyfunc_model(f"models:/paperops-feat/{first_run['versions']['parent_version']}")
     example = np.asarray(model.input_example, dtype=np.float32)
     assert example.shape == (15, 1 + 32 * 32)  # 5-way 1-shot + 2 queries per class, [label, pixels]
     probs = np.asarray(model.predict(example))

@@ -4,6 +4,7 @@ only one paper does is checked in its own test_<paper>_pipeline.py, on the same 
 from __future__ import annotations
 
 import math
+import sys
 
 import mlflow
 import numpy as np
@@ -13,7 +14,7 @@ from mlflow import MlflowClient
 from recipes import available_recipes, get_recipe, load_config
 from settings import tracking_uri
 from tasks.record import VersionRecord
-from tasks.tracking import registered_model_name
+from tasks.tracking import load_pyfunc_model, registered_model_name
 
 PAPERS = sorted(available_recipes())
 
@@ -96,7 +97,10 @@ def test_the_gate_decided_the_candidate_by_its_thresholds(paper, smoke_run):
 def test_the_candidate_answers_a_request_from_the_registry(paper, smoke_run, monkeypatch):
     run = smoke_run(paper)
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
-    model = mlflow.pyfunc.load_model(f"models:/{registered_model_name(paper)}/{candidate(run)}")
+    # The run's promotion step loaded this model for its serving smoke request; this process must not have kept
+    # the artifact's code directory on sys.path (seed processes spawned later inherit it and import from there).
+    assert not [entry for entry in sys.path if entry.endswith("code") and "artifacts" in entry]
+    model = load_pyfunc_model(f"models:/{registered_model_name(paper)}/{candidate(run)}")
     example = model.input_example
     answer = np.asarray(model.predict(example))
     assert len(answer) == len(example)

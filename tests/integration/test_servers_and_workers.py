@@ -34,8 +34,11 @@ from stack_processes import Stack, kill_process_tree, stop_process
 
 pytestmark = pytest.mark.integration
 
-# The PPT pipeline at the smoke size its recipe declares: minutes on two CPU cores.
-SMOKE = list(get_recipe("ppt").smoke_overrides)
+# The PPT pipeline at the smoke size its recipe declares: minutes on two CPU cores. At that size the candidate's
+# top-1 change vs its parent is noise of a few points (256 test images) and the gate may refuse it; these tests are
+# about workers and the registry behind auth, so the accuracy threshold is lifted and the serving smoke request and
+# the cost threshold still decide.
+SMOKE = [*get_recipe("ppt").smoke_overrides, "promote.max_metric_drop=100"]
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
@@ -154,6 +157,9 @@ def test_run_completes_on_the_gpu_worker_and_registers_behind_auth(deployed: Sta
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", deployed.mlflow_user)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", deployed.mlflow_password)
     client = MlflowClient(tracking_uri=deployed.mlflow_uri, registry_uri=deployed.mlflow_uri)
+    versions = client.search_model_versions("name = 'paperops-ppt'")
+    assert any("champion" in version.aliases for version in versions), \
+        {version.version: version.tags.get("promotion.reasons") for version in versions}
     champion = client.get_model_version_by_alias("paperops-ppt", "champion")
     assert champion.tags["compression.method"] == "ppt" and champion.tags["gx.success"] == "true"
     assert not champion.source.startswith("file:")  # registered from the server's proxied store
