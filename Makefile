@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= tiny
 PAPER ?= all
+CONCURRENCY ?= 2
 
 # Offline and quiet by default: no hub downloads, no telemetry.
 export HF_HUB_OFFLINE := 1
@@ -33,7 +34,7 @@ data: $(STAMP) fashion-mnist
 
 # Exit 6 (a gate refused a candidate) is an outcome of a completed run, not a failure of `make run`.
 run: $(STAMP) fashion-mnist
-	$(BIN)/paperops run $(PAPER) --profile $(PROFILE); status=$$?; \
+	$(BIN)/paperops run $(PAPER) --profile $(PROFILE) --concurrency $(CONCURRENCY); status=$$?; \
 	if [ $$status -eq 6 ]; then echo "make run: every pipeline completed; the gate refused a candidate (reasons above)"; \
 	else exit $$status; fi
 

@@ -13,6 +13,7 @@ from prefect import flow, task
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows.pipeline import paper_pipeline
+from settings import shared_cores
 from tasks.reproduce import (
     ReproductionError, pipeline_run_of_flow_run, prepare_tracking, record_reproduction,
     reproduction_idempotency_key, reproduction_plan,
@@ -62,5 +63,8 @@ def reproduce(paper: str, profile: str = "tiny", seeds: int | None = None, overr
               deployed: bool = False, concurrency: int = DEFAULT_CONCURRENCY) -> dict[str, Any]:
     """`reproduce_paper` with `concurrency` seed processes in process; deployed, every seed's child at once (its
     thread only waits for the gpu pool)."""
-    runner = ThreadPoolTaskRunner() if deployed else ProcessPoolTaskRunner(max_workers=concurrency)
-    return reproduce_paper.with_options(task_runner=runner)(paper, profile, seeds, overrides, deployed)
+    if deployed:
+        return reproduce_paper.with_options(task_runner=ThreadPoolTaskRunner())(paper, profile, seeds, overrides, True)
+    with shared_cores(concurrency):  # the seed processes inherit it
+        runner = ProcessPoolTaskRunner(max_workers=concurrency)
+        return reproduce_paper.with_options(task_runner=runner)(paper, profile, seeds, overrides, False)

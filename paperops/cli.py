@@ -1,9 +1,11 @@
 """The `paperops` command: list the papers, run a paper's pipeline, build datasets."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
@@ -79,11 +81,18 @@ def run(
     accept_data_change: bool = typer.Option(False, "--accept-data-change", help="accept a dataset that drifted "
                                             "beyond its bounds from its last validated version (recorded on the "
                                             "run and the registered versions as gx.data_change_accepted)"),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, help="with `all`: papers at once, each its own "
+                                    "`paperops run <paper>` process with an equal share of the cores; a paper's "
+                                    "output is shown when it finishes (make run: 2)"),
+    summary_file: Optional[str] = typer.Option(None, "--summary-file", hidden=True,
+                                               help="also write the runs' summaries here as JSON"),
 ) -> None:
     """Run the paper's pipeline: prepare data -> validate -> train -> compress -> evaluate -> register -> promote.
-    `all` runs every registered paper in turn and ends with one table: each method against its baseline. Exits 3
-    when a dataset fails validation (drift included, unless accepted), 4 when it cannot be prepared, 6 when the gate
-    rejected a candidate (with `all`: any paper's, after running every paper)."""
+    `all` runs every registered paper (in turn, or `--concurrency` at once) and ends with one table: each method
+    against its baseline. Exits 3 when a dataset fails validation (drift included, unless accepted), 4 when it cannot
+    be prepared, 6 when the gate rejected a candidate (with `all`: any paper's, after running every paper; with
+    `--concurrency`, every paper runs whatever another's exit, and the first non-zero exit in paper order is the
+    command's)."""
     apply_runtime_defaults()
     from recipes import available_recipes, check_config, load_config
     from settings.config import ConfigError
@@ -99,13 +108,77 @@ def run(
         raise typer.Exit(2) from exc
 
     quiet_library_logs()
+    if len(papers) > 1 and concurrency > 1:
+        _run_papers_in_processes(papers, profile, accept_data_change, concurrency)
+        return
     summaries = []
     for name in papers:
         summaries.append(_run_pipeline(name, profile, list(overrides or []), accept_data_change))
         print_summary(summaries[-1])
+        if summary_file:
+            Path(summary_file).write_text(json.dumps(summaries), encoding="utf-8")
     if len(summaries) > 1:
         print_headlines(summaries)
     rejected = [s["paper"] for s in summaries if s["promotion"] and not s["promotion"]["promoted"]]
+    if rejected:
+        print_verbatim(f"the promotion gate rejected the candidate of {', '.join(rejected)}", "yellow")
+        raise typer.Exit(6)
+
+
+def _run_papers_in_processes(papers: list[str], profile: str, accept_data_change: bool, concurrency: int) -> None:
+    """`paperops run <paper>` per paper, `concurrency` processes at once, the cores shared out between them
+    (settings.threads_per_process): the tiny profiles' models are too small for two threads to keep two cores
+    busy, while one process per core does. Each paper's output is printed whole when it finishes; then the
+    cross-paper table; the exit is the first non-zero one in paper order (6: only gate rejections)."""
+    import os
+    import subprocess
+    import tempfile
+    import time
+
+    from settings import threads_per_process
+
+    env = os.environ | {"OMP_NUM_THREADS": threads_per_process(concurrency)}
+    exits: dict[str, int] = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="paperops-run-all-") as scratch:
+        pending, running = list(papers), {}
+        try:
+            while pending or running:
+                while pending and len(running) < concurrency:
+                    name = pending.pop(0)
+                    log = open(Path(scratch) / f"{name}.log", "w+", encoding="utf-8")  # closed when it finishes
+                    command = [sys.executable, "-m", "paperops", "run", name, "--profile", profile,
+                               "--summary-file", str(Path(scratch) / f"{name}.json"),
+                               *(["--accept-data-change"] if accept_data_change else [])]
+                    running[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+                    print_verbatim(f"{name}: running ({len(running)} of {concurrency} at once, "
+                                   f"{env['OMP_NUM_THREADS']} thread(s) each)")
+                for name, (process, log) in list(running.items()):
+                    if process.poll() is None:
+                        continue
+                    del running[name]
+                    exits[name] = process.returncode
+                    log.seek(0)
+                    sys.stdout.write(log.read())
+                    sys.stdout.flush()
+                    log.close()
+                    result = Path(scratch) / f"{name}.json"
+                    if result.exists():
+                        summaries[name] = json.loads(result.read_text(encoding="utf-8"))[0]
+                time.sleep(0.5)
+        finally:
+            for process, log in running.values():  # interrupted: no paper keeps running without its parent
+                process.terminate()
+                process.wait()
+                log.close()
+    if len(summaries) > 1:
+        print_headlines([summaries[name] for name in papers if name in summaries])
+    failed = [name for name in papers if exits[name] not in (0, 6)]
+    if failed:
+        print_verbatim(f"run all: {', '.join(f'{name} exited {exits[name]}' for name in failed)} (output above)",
+                       "red")
+        raise typer.Exit(exits[failed[0]])
+    rejected = [name for name in papers if exits[name] == 6]
     if rejected:
         print_verbatim(f"the promotion gate rejected the candidate of {', '.join(rejected)}", "yellow")
         raise typer.Exit(6)
@@ -242,7 +315,6 @@ def report(
     criteria, seeds, profile, data md5 and run ids."""
     apply_runtime_defaults()
     import datetime as dt
-    from pathlib import Path
 
     from settings import project_root
     from tasks.report import collect_results, results_page

@@ -21,7 +21,9 @@ def reproduce_stage(stage: str, push: bool) -> dict[str, str]:
     from dvc.repo import Repo
 
     try:
-        with Repo(".") as repo:
+        # Pipelines running at once (reproduction seeds, `run all --concurrency`) prepare stages in one repository:
+        # wait for its lock as `dvc --wait-for-lock` does. It is an OS file lock, released when its holder exits.
+        with Repo(".", _wait_for_lock=True) as repo:
             repo.reproduce(targets=[stage], pull=True)
             if push:
                 repo.push(targets=[stage])

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from recipes import get_recipe
+from recipes import available_recipes, get_recipe
 from settings import project_root, tracking_uri
 from settings.config import ConfigError
 
@@ -101,3 +101,21 @@ def test_the_pipeline_refuses_a_knob_the_model_cannot_take_before_it_opens_a_run
         paper_pipeline("ppt", "tiny", ["compress.r=100000"])
     experiment = client.get_experiment_by_name("paperops-ppt")
     assert (len(client.search_runs([experiment.experiment_id])) if experiment else 0) == runs_before
+
+
+def test_run_all_at_once_runs_every_paper_and_exits_with_the_first_failure(paperops, tmp_path):
+    # A checkout with every paper's config but no data stage: each paper's own process stops at prepare-data (4).
+    root = tmp_path / "checkout"
+    shutil.copytree(project_root() / "configs", root / "configs")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {}}))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "--quiet"], cwd=root, check=True)
+    papers = sorted(available_recipes())
+    result = paperops("run", "all", "--concurrency", "2", PAPEROPS_ROOT=str(root))
+    assert result.returncode == 4, result.stdout + result.stderr
+    for paper in papers:  # every paper ran, whatever the one before it did, and its message is shown once
+        assert result.stdout.count(f"{paper}: the dataset could not be prepared") == 1, result.stdout
+        assert f"{paper}: running (" in result.stdout
+    assert f"run all: {', '.join(f'{paper} exited 4' for paper in papers)} (output above)" in result.stdout
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 2)))
+    assert f"2 at once, {threads} thread(s) each" in result.stdout  # the cores shared out between the processes
+    assert_no_prefect_failure_log(result)

@@ -101,7 +101,9 @@ def test_each_decisive_criterion_is_judged_on_the_paired_per_seed_differences(re
         prefix = f"decisive.{criterion['name']}"
         assert (metrics[f"{prefix}.estimate"], metrics[f"{prefix}.low"], metrics[f"{prefix}.high"]) == \
             pytest.approx((mean, low, high))
-        holds = low > 0 if criterion["higher_is_better"] else high < 0  # claim better: the interval excludes 0
+        worse_end = low if criterion["higher_is_better"] else -high  # the interval's end on the losing side
+        # "better": the interval excludes 0; "not_worse": it excludes a loss larger than the margin
+        holds = worse_end > 0 if criterion["claim"] == "better" else worse_end >= -criterion["margin"]
         assert criterion["holds"] is holds and metrics[f"{prefix}.holds"] == float(holds)
 
 
