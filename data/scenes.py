@@ -199,19 +199,13 @@ class RenderedScene:
 
 def _cap(dx: np.ndarray, dy: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
     """A spherical cap of base `radius` cut from a sphere of radius 1.6 x radius (rim slope about 39 degrees):
-    (mask, height, dh/dx, dh/dy) at offsets (dx, dy) from its centre."""
+    (mask, height, dh/dx, dh/dy) at offsets (dx, dy) from its centre. With dy = 0 everywhere: a cylinder lying
+    along y whose cross-section is that cap, `radius` its half-width."""
     sphere = 1.6 * radius
     d2 = dx * dx + dy * dy
     mask = d2 < radius * radius
     root = np.sqrt(np.maximum(sphere * sphere - d2, 1e-9))
     return mask, root - np.sqrt(sphere * sphere - radius * radius), -dx / root, -dy / root
-
-
-def _ridge(du: np.ndarray, half_width: float) -> tuple[np.ndarray, np.ndarray]:
-    """A cylinder lying along v, cross-section a cap of half-width `half_width`: (height, dh/du)."""
-    cylinder = 1.6 * half_width
-    root = np.sqrt(np.maximum(cylinder * cylinder - du * du, 1e-9))
-    return root - np.sqrt(cylinder * cylinder - half_width * half_width), -du / root
 
 
 def object_surface(kind: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float, radius: float,
@@ -238,23 +232,22 @@ def object_surface(kind: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float
         return Surface(mask, slope * (half - np.maximum(np.abs(u), np.abs(v))), gx, gy, no_part)
     if kind == "triangle":  # an equilateral triangle of circumradius `radius`, a ramp of slope 0.6 towards its apex
         slope = 0.6
-        normals = [(np.sin(a), -np.cos(a)) for a in (np.pi, np.pi / 3, -np.pi / 3)]  # outward edge normals
-        mask = np.all([nu * u + nv * v < radius / 2 for nu, nv in normals], axis=0)
+        edge_normals = [(np.sin(a), -np.cos(a)) for a in (np.pi, np.pi / 3, -np.pi / 3)]  # outward
+        mask = np.all([nu * u + nv * v < radius / 2 for nu, nv in edge_normals], axis=0)
         gx, gy = to_image(zeros, np.full_like(x, -slope))
         return Surface(mask, slope * (radius / 2 - v), gx, gy, no_part)
     if kind == "figure":  # head (cap), torso and two legs (upright cylinders); parts labelled
-        head = _cap(dx, dy + 0.8 * radius, 0.35 * radius)
-        torso_w, leg_w, leg_x = 0.5 * radius, 0.16 * radius, 0.27 * radius
-        torso_mask = (np.abs(dx) < torso_w) & (dy >= -0.45 * radius) & (dy < 0.35 * radius)
-        torso_h, torso_g = _ridge(dx, torso_w)
-        leg_dx = np.abs(dx) - leg_x
-        leg_mask = (np.abs(leg_dx) < leg_w) & (dy >= 0.35 * radius) & (dy < radius)
-        leg_h, leg_g = _ridge(leg_dx, leg_w)
-        mask = head[0] | torso_mask | leg_mask
-        height = np.select([head[0], torso_mask], [head[1], torso_h], leg_h)
-        gx = np.select([head[0], torso_mask], [head[2], torso_g], leg_g * np.sign(dx))
-        gy = np.where(head[0], head[3], 0.0)
-        part = np.select([head[0], torso_mask, leg_mask], [1, 2, 3], 0).astype(np.uint8)
+        head_mask, head_h, head_gx, head_gy = _cap(dx, dy + 0.8 * radius, 0.35 * radius)
+        torso_in, torso_h, torso_gx, _ = _cap(dx, zeros, 0.5 * radius)
+        torso_mask = torso_in & (dy >= -0.45 * radius) & (dy < 0.35 * radius)
+        leg_dx = np.abs(dx) - 0.27 * radius  # offset from the nearer leg's axis
+        leg_in, leg_h, leg_gx, _ = _cap(leg_dx, zeros, 0.16 * radius)
+        leg_mask = leg_in & (dy >= 0.35 * radius) & (dy < radius)
+        mask = head_mask | torso_mask | leg_mask
+        height = np.select([head_mask, torso_mask], [head_h, torso_h], leg_h)
+        gx = np.select([head_mask, torso_mask], [head_gx, torso_gx], leg_gx * np.sign(dx))
+        gy = np.where(head_mask, head_gy, 0.0)
+        part = np.select([head_mask, torso_mask, leg_mask], [1, 2, 3], 0).astype(np.uint8)
         return Surface(mask, height, gx, gy, part)
     raise ValueError(f"unknown object kind {kind!r}; kinds: {', '.join(OBJECT_CLASSES)}")
 
@@ -362,6 +355,7 @@ def render_scene(rng: np.random.Generator, params: SceneParams, objects: Sequenc
 
 
 def split_textures(split: str, ood_kind: str) -> tuple[str, ...]:
+    """The textures the surfaces of `split` wear."""
     return UNSEEN_TEXTURES if split == "ood" and ood_kind == "texture" else TEXTURES
 
 
