@@ -3,10 +3,10 @@
 parts, saliency and surface normals; no real dataset with these four labels ships in any package, so this module
 renders a miniature with the same four label types).
 
-A scene is a textured floor seen from above with 2-4 objects standing on it, each a height field: a disc (a
-spherical cap), a square (a pyramid), a triangle (a ramp) or a person-like figure (a spherical-cap head, a
-cylindrical torso and two cylindrical legs). Objects are drawn in a random order, a later one in front of (over) an
-earlier one. From that one geometry every output follows:
+A scene is a textured floor seen from above with objects standing on it (min_objects..max_objects, 2-4 by
+default), each a height field: a disc (a spherical cap), a square (a pyramid), a triangle (a ramp) or a person-like
+figure (a spherical-cap head, a cylindrical torso and two cylindrical legs). Objects are drawn in a random order, a
+later one in front of (over) an earlier one. From that one geometry every output follows:
 
 * ``image`` uint8 (N, H, W, 3): each surface textured (checker, stripes, value noise; the OOD split may use textures
   no other split has) in two random colours (random hues: colour alone does not tell the class), Lambertian shading

@@ -163,10 +163,14 @@ def test_train_and_compress_read_fit_and_val_only(scenes_dir: Path) -> None:
     assert all(load_scene_dataset(evaluate).readable(split) for split in SCENE_SPLITS)
 
 
-def test_the_built_scenes_pass_their_suite(scenes_dir: Path) -> None:
+def test_the_built_scenes_pass_their_suite(scenes_dir: Path, tmp_path: Path) -> None:
     report = validate_dataset(DENSE_MULTITASK, scenes_dir, SPEC)
     assert report.success, report.failed
-    assert {row["split"] for row in report.profile["rows"]} == set(SCENE_SPLITS)
+    assert {(row["split"], row["label"]) for row in report.profile["rows"]} == {
+        (split, label) for split in SCENE_SPLITS for label in range(len(SEMSEG_CLASSES))}
+    crowded = build_scenes(tmp_path / "crowded", COUNTS, SceneParams(ood_kind="crowded"), seed=0)
+    report = validate_dataset(DENSE_MULTITASK, crowded, SPEC)
+    assert report.success, report.failed
 
 
 def test_the_proxy_set_is_a_balanced_image_classification_dataset(tmp_path: Path) -> None:
