@@ -1,7 +1,7 @@
-"""The bad-data catalogue: per data family (images, few-shot, text, dense scenes), each kind of corruption a builder or a hand
-could produce, validated through the family's suite. Every one must fail, and the failure must name the split, the
-class or the line, and the expectation (what `paperops run` prints before exit 3); drift cases compare with the
-profile of the clean dataset, as the last validated version."""
+"""The bad-data catalogue: per data family (images, few-shot, text, dense scenes), each kind of corruption a builder
+or a hand could produce, validated through the family's suite. Every one must fail, and the failure must name the
+split, the class, line or scene and field, and the expectation (what `paperops run` prints before exit 3); drift cases
+compare with the profile of the clean dataset, as the last validated version."""
 from __future__ import annotations
 
 import os
