@@ -324,11 +324,14 @@ def render_scene(rng: np.random.Generator, params: SceneParams, objects: Sequenc
         radius = rng.uniform(params.min_radius, params.max_radius) * size
         margin = 1.15 * radius  # the figure's head reaches 1.15 radius above its centre
         cx, cy = rng.uniform(margin, size - margin, 2)
-        surface = object_surface(kind, x, y, cx, cy, radius, rng.uniform(0, 2 * np.pi))
+        # Only the object's bounding box is computed (a turned square's corner reaches 1.2 radius from its centre).
+        reach = 1.25 * radius
+        box = (slice(max(int(cy - reach), 0), int(cy + reach) + 1), slice(max(int(cx - reach), 0), int(cx + reach) + 1))
+        surface = object_surface(kind, x[box], y[box], cx, cy, radius, rng.uniform(0, 2 * np.pi))
         on = surface.mask
-        height[on], dh_dx[on], dh_dy[on] = surface.height[on], surface.dh_dx[on], surface.dh_dy[on]
-        instances[on], semseg[on], parts[on] = index, SEMSEG_CLASSES.index(kind), surface.part[on]
-        albedo[on] = _albedo(texture_kind, rng, x, y, size)[on]
+        height[box][on], dh_dx[box][on], dh_dy[box][on] = surface.height[on], surface.dh_dx[on], surface.dh_dy[on]
+        instances[box][on], semseg[box][on], parts[box][on] = index, SEMSEG_CLASSES.index(kind), surface.part[on]
+        albedo[box][on] = _albedo(texture_kind, rng, x[box], y[box], size)[on]
 
     normals = np.stack([-dh_dx, -dh_dy, np.ones_like(dh_dx)], axis=-1)
     normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
