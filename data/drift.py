@@ -77,6 +77,26 @@ def class_profile(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Profile:
     return {"kind": "classes", "rows": rows}
 
 
+def dense_class_profile(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Profile:
+    """Per split and class of a dense label map (every label present in the split): the class's share of the
+    split's pixels, the mean and std of the image values on its pixels, and the grid mean of the images with every
+    other pixel zeroed (where the class lies, and in what colours). `splits`: split -> (images (N, H, W[, C]),
+    label maps (N, H, W)); `class_drift` compares two such profiles like image-level ones."""
+    rows = []
+    for split, (images, labels) in splits.items():
+        if images.ndim < 3 or labels.shape != images.shape[:3] or not np.issubdtype(images.dtype, np.number):
+            continue  # a malformed split fails the suite's shape and dtype checks; its statistics would mean nothing
+        finite = np.where(np.isfinite(images), images, 0) if np.issubdtype(images.dtype, np.inexact) else images
+        for label in np.unique(labels):
+            mask = labels == label
+            values = finite[mask].astype(np.float64)
+            on_class = (finite * (mask[..., None] if finite.ndim == 4 else mask)).mean(axis=0, dtype=np.float64)
+            rows.append({"split": split, "label": label.item(), "share": float(mask.mean()),
+                         "pixel_mean": float(values.mean()), "pixel_std": float(values.std()),
+                         "mean_image": grid_mean_image(on_class[None])})
+    return {"kind": "classes", "rows": rows}
+
+
 def text_lines(text: str) -> list[str]:
     """The lines of `text`: split at newlines, a final newline ending the last line rather than starting one."""
     return text.removesuffix("\n").split("\n") if text else []

@@ -6,13 +6,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from data.dense_suite import DENSE_MULTITASK
 from data.expectations import DataSuite
 from data.fewshot_suite import FEW_SHOT_CLASSES
 from data.images_suite import IMAGE_CLASSIFICATION
 from data.text_suite import TEXT_CORPUS
 from settings.config import ConfigError, validate
 
-SUITES: dict[str, DataSuite] = {suite.name: suite for suite in (IMAGE_CLASSIFICATION, TEXT_CORPUS, FEW_SHOT_CLASSES)}
+SUITES: dict[str, DataSuite] = {suite.name: suite for suite in (IMAGE_CLASSIFICATION, TEXT_CORPUS, FEW_SHOT_CLASSES,
+                                                                 DENSE_MULTITASK)}
 
 
 def suite_spec(suite_name: str, expect: dict[str, Any]) -> tuple[DataSuite, BaseModel]:

@@ -1,7 +1,7 @@
-"""The bad-data catalogue: per data family (images, few-shot, text), each kind of corruption a builder or a hand
-could produce, validated through the family's suite. Every one must fail, and the failure must name the split, the
-class or the line, and the expectation (what `paperops run` prints before exit 3); drift cases compare with the
-profile of the clean dataset, as the last validated version."""
+"""The bad-data catalogue: per data family (images, few-shot, text, dense scenes), each kind of corruption a builder
+or a hand could produce, validated through the family's suite. Every one must fail, and the failure must name the
+split, the class, line or scene and field, and the expectation (what `paperops run` prints before exit 3); drift cases
+compare with the profile of the clean dataset, as the last validated version."""
 from __future__ import annotations
 
 import os
@@ -20,14 +20,17 @@ from data import ImageSuiteSpec, load_image_dataset
 from data.fewshot import FEWSHOT_FILE, SPLITS as FEWSHOT_SPLITS, FewShotSuiteSpec, build_glyphs, load_fewshot_dataset
 from data.fewshot_suite import FEW_SHOT_CLASSES
 from data.images import ARRAY_KEYS
+from data.dense_suite import DENSE_MULTITASK
 from data.images_suite import IMAGE_CLASSIFICATION
+from data.scenes import FIELDS as SCENE_FIELDS, SCENE_SPLITS, SCENES_FILE, DenseSuiteSpec, build_scenes, \
+    load_scene_dataset
 from data.text import TextSuiteSpec
 from data.text_suite import TEXT_CORPUS
 from tasks.validate import DataReference, DataValidationError, ValidationReport, validate_dataset
 
 Arrays = dict[str, np.ndarray]
-BETWEEN, OF_TYPE, UNIQUE = ("expect_column_values_to_be_between", "expect_column_values_to_be_of_type",
-                            "expect_column_values_to_be_unique")
+BETWEEN, OF_TYPE, UNIQUE, IN_SET = ("expect_column_values_to_be_between", "expect_column_values_to_be_of_type",
+                                    "expect_column_values_to_be_unique", "expect_column_values_to_be_in_set")
 
 
 def assert_stopped_naming(report: ValidationReport, *fragments: str) -> None:
@@ -352,5 +355,109 @@ def test_text_corruption_is_stopped_naming_split_line_and_expectation(case: str,
     assert_stopped_naming(report, *fragments)
 
 
+# --------------------------------------------------------------------------------------------- dense scenes
+
+DENSE_SPEC = DenseSuiteSpec(height=64, width=64, semseg_classes=5, parts_classes=4, parts_of=4,
+                            min_scenes_per_split=6)
+
+
+def set_pixels(arrays: Arrays, key: str, where: tuple, value: float) -> Arrays:
+    """A copy of arrays[key] with `value` written at index `where`."""
+    changed = arrays[key].copy()
+    changed[where] = value
+    return arrays | {key: changed}
+
+
+def on_class(arrays: Arrays, split: str, label: int) -> tuple[np.ndarray, ...]:
+    """Index of every pixel of semseg class `label` in the first scene of `split` that shows it."""
+    semseg = arrays[f"{split}_semseg"]
+    scene = int(np.flatnonzero((semseg == label).any(axis=(1, 2)))[0])
+    rows, cols = np.nonzero(semseg[scene] == label)
+    return (np.full_like(rows, scene), rows, cols)
+
+
+def scene_moved(arrays: Arrays, source: str, target: str) -> Arrays:
+    """Scene 5 of `source` copied over scene 0 of `target`, every field."""
+    moved = {}
+    for name in SCENE_FIELDS:
+        values = arrays[f"{target}_{name}"].copy()
+        values[0] = arrays[f"{source}_{name}"][5]
+        moved[f"{target}_{name}"] = values
+    return arrays | moved
+
+
+DENSE_CASES: dict[str, tuple[Callable[..., object], bool, tuple[str, ...]]] = {
+    "a label map of the wrong shape": (lambda a: a | {"val_semseg": a["val_semseg"][:, :63]}, False,
+                                       (IN_SET, "(semseg_shape)", "[val]", "semseg of shape 64x64", "63x64")),
+    "normals with two components": (lambda a: a | {"test_normals": a["test_normals"][..., :2]}, False,
+                                    (IN_SET, "(normals_shape)", "[test]", "normals of shape 64x64x3", "64x64x2")),
+    "float64 normals": (lambda a: a | {"train_normals": a["train_normals"].astype(np.float64)}, False,
+                        (IN_SET, "(normals_dtype)", "[train]", "normals stored as float32", "float64")),
+    "a semseg label outside the set": (lambda a: set_pixels(a, "train_semseg", (2, 0, 0), 7), False,
+                                       (BETWEEN, "(semseg_outside_set)", "[train]", "scene=2",
+                                        "semseg values only in {0..4, 255}")),
+    "a part label outside the set": (lambda a: set_pixels(a, "ood_parts", (1, 5, 5), 4), False,
+                                     (BETWEEN, "(parts_outside_set)", "[ood]", "scene=1", "parts values only in")),
+    "a saliency value of 2": (lambda a: set_pixels(a, "val_saliency", (3, 9, 9), 2), False,
+                              (BETWEEN, "(saliency_outside_set)", "[val]", "scene=3", "{0..1, 255}")),
+    "non-unit normals": (lambda a: a | {"val_normals": a["val_normals"] * np.float32(0.5)}, False,
+                         (BETWEEN, "(normals_not_unit)", "[val]", "scene=0", "normals unit length")),
+    "NaN normals": (lambda a: set_pixels(a, "test_normals", (3, 10, 10, 0), np.nan), False,
+                    (BETWEEN, "(normals_nonfinite)", "[test]", "scene=3", "no NaN or infinite normal")),
+    "normals missing on most pixels": (lambda a: set_pixels(a, "ood_normals", (2, slice(0, 48)), 0.0), False,
+                                       (BETWEEN, "(normals_valid_share)", "[ood]", "scene=2",
+                                        "of a scene's pixels with a valid normal")),
+    "an empty saliency mask": (lambda a: set_pixels(a, "train_saliency", 4, 0), False,
+                               (BETWEEN, "(saliency_pixels)", "[train]", "scene=4", "saliency non-empty")),
+    "a scene without an object": (lambda a: set_pixels(a, "test_semseg", 0, 0), False,
+                                  (BETWEEN, "(semseg_object_pixels)", "[test]", "scene=0",
+                                   "every scene shows an object")),
+    "parts on a disc": (lambda a: set_pixels(a, "train_parts", on_class(a, "train", 1), 2), False,
+                        (BETWEEN, "(parts_off_object)", "[train]", "parts only on pixels of semseg class 4")),
+    "saliency on the floor": (lambda a: set_pixels(a, "val_saliency", on_class(a, "val", 0), 1), False,
+                              (BETWEEN, "(saliency_off_object)", "[val]", "saliency only on object pixels")),
+    "a train scene leaked into ood": (lambda a: scene_moved(a, "train", "ood"), False,
+                                      (UNIQUE, "(image_sha1)", "[train+val+test+ood]", "no identical scene")),
+    "a vanished class": (lambda a: a | {"val_semseg": np.where(a["val_semseg"] == 3, 0, a["val_semseg"])}, False,
+                         (BETWEEN, "(pixels)", "[val]", "field=semseg, label=3", "every declared class occurs")),
+    "too few scenes": (lambda a: a | {f"val_{n}": a[f"val_{n}"][:3] for n in SCENE_FIELDS}, False,
+                       ("expect_table_row_count_to_be_between", "[val]", "at least 6 scenes")),
+    "fields of different lengths": (lambda a: a | {"train_saliency": a["train_saliency"][:-1]}, False,
+                                    ("dataset_files_readable", "the fields of split train hold different numbers",
+                                     "train_saliency 15")),
+    "a missing field": (lambda a: {k: v for k, v in a.items() if k != "ood_normals"}, False,
+                        ("dataset_files_readable", "scenes.npz lacks array(s) ood_normals")),
+    "brightened test images": (lambda a: a | {"test_image": np.minimum(a["test_image"].astype(np.int16) + 60, 255)
+                                              .astype(np.uint8)}, True,
+                               ("drift statistic pixel_mean", "split=test, label=0", "(shift)")),
+}
+
+
+@pytest.fixture(scope="module")
+def scenes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_scenes(tmp_path_factory.mktemp("data") / "shapes_mt", {"train": 16, "val": 8, "test": 8, "ood": 8})
+
+
+@pytest.fixture(scope="module")
+def scenes_reference(scenes_dir: Path) -> DataReference:
+    return _validated_reference(DENSE_MULTITASK, scenes_dir, DENSE_SPEC, "ffeeddccbbaa99887766554433221100.dir")
+
+
+@pytest.mark.parametrize("case", DENSE_CASES)
+def test_dense_corruption_is_stopped_naming_split_field_and_expectation(case: str, scenes_dir: Path,
+                                                                        scenes_reference: DataReference,
+                                                                        tmp_path: Path) -> None:
+    corrupt, drift, fragments = DENSE_CASES[case]
+    dataset = load_scene_dataset(scenes_dir)
+    arrays = {f"{split}_{name}": getattr(dataset.split(split), name) for split in SCENE_SPLITS for name in SCENE_FIELDS}
+    target = tmp_path / "shapes_mt"
+    target.mkdir()
+    shutil.copy(scenes_dir / "meta.json", target / "meta.json")
+    np.savez(target / SCENES_FILE, **corrupt(arrays))
+    report = validate_dataset(DENSE_MULTITASK, target, DENSE_SPEC, scenes_reference if drift else None)
+    assert_stopped_naming(report, *fragments)
+
+
 def test_every_catalogue_has_at_least_ten_kinds() -> None:
     assert len(IMAGE_CASES) + len(IMAGE_FILE_CASES) >= 10 and len(FEWSHOT_CASES) >= 10 and len(TEXT_CASES) >= 10
+    assert len(DENSE_CASES) >= 10

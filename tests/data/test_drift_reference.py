@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from data import load_image_dataset
-from data.drift import ClassDriftBounds, TextDriftBounds, class_drift, class_profile, grid_mean_image, text_drift, \
-    text_profile
+from data.drift import ClassDriftBounds, TextDriftBounds, class_drift, class_profile, dense_class_profile, \
+    grid_mean_image, text_drift, text_profile
 from data.images import ARRAY_KEYS, ImageSuiteSpec
 from data.text import TextSuiteSpec
 from recipes.base import DataSection
@@ -55,6 +55,26 @@ def test_class_drift_scores_each_statistic_per_split_and_class() -> None:
     # share 0.5 -> 1.0 and 0.5 -> 0, in units of the uniform share 1/2.
     assert shares.to_dict(orient="records") == [{"split": "train", "label": 0, "shift": 1.0},
                                                 {"split": "train", "label": 1, "shift": 1.0}]
+
+
+def test_the_dense_profile_describes_each_label_maps_class_by_its_pixels() -> None:
+    images = np.full((1, 2, 2, 3), 40, dtype=np.uint8)
+    images[0, 0, 0] = 10  # the one pixel of class 0, top left
+    labels = np.array([[[0, 1], [1, 1]]])
+    profile = dense_class_profile({"train": (images, labels)})
+    assert profile == {"kind": "classes", "rows": [
+        {"split": "train", "label": 0, "share": 0.25, "pixel_mean": 10.0, "pixel_std": 0.0,
+         "mean_image": [10.0, 0.0, 0.0, 0.0]},
+        {"split": "train", "label": 1, "share": 0.75, "pixel_mean": 40.0, "pixel_std": 0.0,
+         "mean_image": [0.0, 40.0, 40.0, 40.0]}]}
+    brighter = images.copy()
+    brighter[labels == 1] = 91  # class 1 brightened by 51 = 0.2 of the value range
+    spec = ImageSuiteSpec(height=2, width=2, classes=[0, 1], channels=3)
+    frames = {part.name: batch.frame for part, batch in
+              class_drift(profile, "m" * 32, dense_class_profile({"train": (brighter, labels)}), spec)}
+    assert frames["drift_pixel_mean"]["shift"].tolist() == [0.0, pytest.approx(0.2)]
+    assert frames["drift_share"]["shift"].tolist() == [0.0, 0.0]
+    assert dense_class_profile({"train": (images, labels[:, :1])}) == {"kind": "classes", "rows": []}  # misshapen
 
 
 def test_text_drift_measures_characters_line_lengths_and_empty_lines() -> None:

@@ -30,7 +30,8 @@ def _imported_modules(path: Path) -> set[str]:
 
 def test_no_data_module_imports_great_expectations_or_orchestration():
     modules = sorted((REPO_ROOT / "data").glob("*.py"))
-    assert {"expectations.py", "suites.py", "images_suite.py", "text_suite.py", "fewshot_suite.py"} <= {
+    assert {"expectations.py", "suites.py", "images_suite.py", "text_suite.py", "fewshot_suite.py",
+            "dense_suite.py"} <= {
         m.name for m in modules}
     offending = {m.name: sorted(n for n in _imported_modules(m) if n.split(".")[0] in ORCHESTRATION)
                  for m in modules}
@@ -46,10 +47,10 @@ def test_no_data_module_imports_great_expectations_or_orchestration():
 
 
 def test_the_registry_keeps_the_suite_names_recorded_on_versions():
-    assert list(SUITES) == ["image_classification", "text_corpus", "few_shot_classes"]
+    assert list(SUITES) == ["image_classification", "text_corpus", "few_shot_classes", "dense_multitask"]
     assert all(suite.name == name for name, suite in SUITES.items())
     assert {suite.spec.__name__ for suite in SUITES.values()} == {"ImageSuiteSpec", "TextSuiteSpec",
-                                                                  "FewShotSuiteSpec"}
+                                                                  "FewShotSuiteSpec", "DenseSuiteSpec"}
 
 
 def test_declarations_are_checked_when_made():
@@ -120,5 +121,6 @@ def test_every_family_declares_a_role_for_each_of_its_splits():
         "image_classification": {"train": "fit", "val": "val", "test": "test"},
         "text_corpus": {"train": "fit", "calib": "fit", "val": "val", "eval_shakespeare": "test",
                         "eval_milton": "test"},
-        "few_shot_classes": {"base": "fit", "val": "val", "novel": "test"}}
+        "few_shot_classes": {"base": "fit", "val": "val", "novel": "test"},
+        "dense_multitask": {"train": "fit", "val": "val", "test": "test", "ood": "test"}}
     assert all(set(suite.split_roles.values()) == set(ROLES) for suite in SUITES.values())
