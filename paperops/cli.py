@@ -511,8 +511,9 @@ class _HandledFailureFilter(logging.Filter):
         super().__init__()
         self.handled = handled
         # the run's final state, e.g. "Finished in state Failed('Task run encountered an exception DataStageError: ...')"
+        # (the repr quotes the message with " where it holds a ')
         names = "|".join(re.escape(error.__name__) for error in handled)
-        self.final_state = re.compile(rf"Finished in state Failed\('(Task|Flow) run encountered an exception:? "
+        self.final_state = re.compile(rf"Finished in state Failed\(['\"](Task|Flow) run encountered an exception:? "
                                       rf"({names}): ")
 
     def filter(self, record: logging.LogRecord) -> bool:

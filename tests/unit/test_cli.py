@@ -270,3 +270,20 @@ def test_the_console_drops_prefect_tracebacks_of_handled_errors_only(capsys):
     assert "DataValidationError" not in printed
     assert "RuntimeError('a real crash')" in printed and "Traceback" in printed
     assert "Finished in state Failed('Flow run encountered an exception: RuntimeError: a real crash')" in printed
+
+
+@pytest.mark.parametrize("message", [
+    "Finished in state Failed('Task run encountered an exception DataStageError: stage failed')",
+    # the repr of a message that holds a ' is quoted with "
+    "Finished in state Failed(\"Task run encountered an exception DataStageError: unknown stage 'glyphs'\")",
+])
+def test_a_handled_failures_final_state_is_left_out_whatever_its_quotes(message):
+    import logging
+
+    from paperops.cli import _HandledFailureFilter
+    from tasks.data import DataStageError
+
+    handled = _HandledFailureFilter((DataStageError,))
+    assert not handled.filter(logging.LogRecord("prefect", logging.ERROR, "", 0, message, None, None))
+    crash = message.replace("DataStageError", "KeyError")  # an unhandled error keeps its record
+    assert handled.filter(logging.LogRecord("prefect", logging.ERROR, "", 0, crash, None, None))
