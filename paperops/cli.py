@@ -128,18 +128,34 @@ def run(
 def _run_papers_in_processes(papers: list[str], profile: str, accept_data_change: bool, concurrency: int) -> None:
     """`paperops run <paper>` per paper, `concurrency` processes at once, the cores shared out between them
     (settings.threads_per_process): the tiny profiles' models are too small for two threads to keep two cores
-    busy, while one process per core does. Each paper's output is printed whole when it finishes; then the
-    cross-paper table; the exit is the first non-zero one in paper order (6: only gate rejections)."""
+    busy, while one process per core does. The processes share one Prefect API and a store whose tables and
+    experiments exist before they start (on a fresh machine, two of them would race to create the same databases).
+    Each paper's output is printed whole when it finishes; then the cross-paper table; the exit is the first
+    non-zero one in paper order (6: only gate rejections)."""
     import os
+    import signal
     import subprocess
     import tempfile
     import time
 
-    from settings import threads_per_process
+    from prefect.settings import PREFECT_API_URL
 
+    from settings import threads_per_process
+    from tasks.reproduce import prepare_tracking
+
+    for name in papers:
+        prepare_tracking(name)
     env = os.environ | {"OMP_NUM_THREADS": threads_per_process(concurrency)}
+    server = None
+    if not PREFECT_API_URL.value():
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
+        env["PREFECT_API_URL"] = server.api_url
     exits: dict[str, int] = {}
     summaries: dict[str, dict[str, Any]] = {}
+    previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the papers
     with tempfile.TemporaryDirectory(prefix="paperops-run-all-") as scratch:
         pending, running = list(papers), {}
         try:
@@ -167,10 +183,17 @@ def _run_papers_in_processes(papers: list[str], profile: str, accept_data_change
                         summaries[name] = json.loads(result.read_text(encoding="utf-8"))[0]
                 time.sleep(0.5)
         finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
             for process, log in running.values():  # interrupted: no paper keeps running without its parent
-                process.terminate()
-                process.wait()
+                process.terminate()  # Prefect's engine may outlive a first SIGTERM: killed after 10 s
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
                 log.close()
+            if server is not None:
+                server.stop()
     if len(summaries) > 1:
         print_headlines([summaries[name] for name in papers if name in summaries])
     failed = [name for name in papers if exits[name] not in (0, 6)]

@@ -51,8 +51,8 @@ def apply_runtime_defaults() -> None:
 def threads_per_process(concurrency: int) -> str:
     """OMP_NUM_THREADS for each of `concurrency` pipeline processes running at once: the cores shared out, unless
     the user set OMP_NUM_THREADS. torch's default (every core per process) oversubscribes the cores, and its
-    threads then spin waiting on each other: on the 2-core machine, 40 training steps of PPT's tiny ViT took 26 s of
-    CPU with one thread and 123-132 s with two, while other processes ran."""
+    threads then spin waiting on each other: on the 2-core machine, 40 training steps of a tiny profile's ViT took
+    26 s of CPU with one thread and 123-132 s with two, while other processes ran."""
     return os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // concurrency))
 
 
