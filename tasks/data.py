@@ -31,6 +31,8 @@ from tasks.retry import IO_RETRIES, InfrastructureError, retry_on_infrastructure
 
 LOCK_FILE = "dvc.lock"
 PIPELINE_FILE = "dvc.yaml"
+# Longer than any stage's build on a 2-core machine takes while it holds the lock; past it a lock is taken as stale.
+LOCK_WAIT_SECONDS = 900.0
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +106,15 @@ def dataset_ref(stage: str, repo_root: Path) -> DatasetRef:
     return DatasetRef(name=Path(out_path).name, stage=stage, path=str(root / out_path), md5=md5)
 
 
-def reproduce_dataset(stage: str, repo_root: Path, push: bool = True) -> DatasetRef:
+def reproduce_dataset(stage: str, repo_root: Path, push: bool = True,
+                      lock_wait_seconds: float = LOCK_WAIT_SECONDS) -> DatasetRef:
     """Bring `stage`'s output into the workspace and return its reference.
 
     `dvc repro --pull` semantics: when the stage's dependencies and parameters match dvc.lock but the
     output is missing, its objects are pulled from the default remote (or checked out of the local cache);
     only when that is impossible, or when something changed, is the builder run. With `push`, the output is
-    then uploaded to the default remote so other machines pull instead of rebuilding.
+    then uploaded to the default remote so other machines pull instead of rebuilding. A repository lock held by
+    another pipeline is waited for up to `lock_wait_seconds`, then reported as a DataInfrastructureError.
     """
     root = Path(repo_root).resolve()
     _locked_output(stage, root)  # an unknown stage fails here with the list of known ones
@@ -119,7 +123,7 @@ def reproduce_dataset(stage: str, repo_root: Path, push: bool = True) -> Dataset
     with tempfile.TemporaryDirectory(prefix="paperops-dvc-") as scratch:
         outcome_file = Path(scratch) / "outcome.json"
         command = [sys.executable, "-m", "tasks.dvc_stage_runner", stage, str(outcome_file),
-                   "push" if push else "no-push"]
+                   "push" if push else "no-push", str(lock_wait_seconds)]
         completed = subprocess.run(
             command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
         )

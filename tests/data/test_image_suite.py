@@ -12,6 +12,8 @@ import re
 import logging
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -269,12 +271,29 @@ def test_an_unusable_remote_is_a_retryable_error(repo_copy: Path) -> None:
         reproduce_dataset("digits", repo_copy)
 
 
-def test_a_held_repository_lock_is_a_retryable_error(repo_copy: Path) -> None:
+def test_a_lock_held_past_the_wait_is_a_retryable_error(repo_copy: Path) -> None:
     from dvc.repo import Repo
 
+    started = time.monotonic()
     with Repo(str(repo_copy)) as repo, repo.lock:
         with pytest.raises(DataInfrastructureError, match="LockError"):
-            reproduce_dataset("digits", repo_copy, push=False)
+            reproduce_dataset("digits", repo_copy, push=False, lock_wait_seconds=5.0)
+    assert 5.0 <= time.monotonic() - started < 60.0
+
+
+def test_a_lock_released_while_waiting_lets_the_stage_run(repo_copy: Path) -> None:
+    from dvc.repo import Repo
+
+    holder = Repo(str(repo_copy))
+    holder.lock.lock()
+    releaser = threading.Timer(6.0, holder.lock.unlock)
+    releaser.start()
+    try:
+        ref = reproduce_dataset("digits", repo_copy, push=False, lock_wait_seconds=120.0)
+    finally:
+        releaser.join()
+        holder.close()
+    assert ref.stage == "digits" and Path(ref.path).is_dir()
 
 
 @pytest.mark.parametrize("broken, content", [("images.npz", b""), ("images.npz", b"PK\x03\x04 truncated"),
