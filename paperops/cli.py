@@ -98,18 +98,23 @@ def run(
     from settings.config import ConfigError
 
     papers = list(available_recipes()) if paper == "all" else [paper]
+    expected_minutes: dict[str, float] = {}
     try:
         if paper == "all" and overrides:
             raise ConfigError("--set applies to one paper's config: run the papers one by one to override keys")
         for name in papers:  # fail fast, before Prefect starts, on a bad config or a knob the model cannot take
-            check_config(load_config(name, profile, overrides or []))
+            resolved = load_config(name, profile, overrides or [])
+            check_config(resolved)
+            expected_minutes[name] = resolved.config.runtime.expected_minutes or 0.0
     except (ConfigError, KeyError) as exc:
         print_error("config error:", exc.args[0] if isinstance(exc, KeyError) else exc)
         raise typer.Exit(2) from exc
 
     quiet_library_logs()
     if len(papers) > 1 and concurrency > 1:
-        _run_papers_in_processes(papers, profile, accept_data_change, concurrency)
+        # Longest first: whichever starts last should be short, so no long run is left alone on a free core.
+        start_order = sorted(papers, key=lambda name: -expected_minutes[name])
+        _run_papers_in_processes(papers, start_order, profile, accept_data_change, concurrency)
         return
     summaries = []
     for name in papers:
@@ -125,8 +130,10 @@ def run(
         raise typer.Exit(6)
 
 
-def _run_papers_in_processes(papers: list[str], profile: str, accept_data_change: bool, concurrency: int) -> None:
-    """`paperops run <paper>` per paper, `concurrency` processes at once, the cores shared out between them
+def _run_papers_in_processes(papers: list[str], start_order: list[str], profile: str, accept_data_change: bool,
+                             concurrency: int) -> None:
+    """`paperops run <paper>` per paper, started in `start_order`, `concurrency` processes at once, the cores shared
+    out between them
     (settings.threads_per_process): the tiny profiles' models are too small for two threads to keep two cores
     busy, while one process per core does. The processes share one Prefect API and a store whose tables and
     experiments exist before they start (on a fresh machine, two of them would race to create the same databases).
@@ -157,7 +164,7 @@ def _run_papers_in_processes(papers: list[str], profile: str, accept_data_change
     summaries: dict[str, dict[str, Any]] = {}
     previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the papers
     with tempfile.TemporaryDirectory(prefix="paperops-run-all-") as scratch:
-        pending, running = list(papers), {}
+        pending, running = list(start_order), {}
         try:
             while pending or running:
                 while pending and len(running) < concurrency:

@@ -69,6 +69,9 @@ class RuntimeSection(Section):
     train_timeout_s: float = Field(6 * 3600, gt=0)
     compress_timeout_s: float = Field(4 * 3600, gt=0)
     evaluate_timeout_s: float = Field(2 * 3600, gt=0)
+    expected_minutes: float | None = Field(None, gt=0, description="wall minutes the whole run took when last "
+                                           "measured, one thread on the 2-core machine: `run all --concurrency` "
+                                           "starts the longest first, so the longest does not end up running alone")
 
 
 class DecisiveCriterion(Section):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from recipes import available_recipes, get_recipe
+from recipes import available_recipes, get_recipe, load_config
 from settings import project_root, tracking_uri
 from settings.config import ConfigError
 
@@ -116,6 +116,9 @@ def test_run_all_at_once_runs_every_paper_and_exits_with_the_first_failure(paper
         assert result.stdout.count(f"{paper}: the dataset could not be prepared") == 1, result.stdout
         assert f"{paper}: running (" in result.stdout
     assert f"run all: {', '.join(f'{paper} exited 4' for paper in papers)} (output above)" in result.stdout
+    started = sorted(papers, key=lambda paper: result.stdout.index(f"{paper}: running ("))
+    minutes = [load_config(paper, "tiny").config.runtime.expected_minutes for paper in started]
+    assert minutes == sorted(minutes, reverse=True) and started != papers, started  # the longest first
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 2)))
     assert f"2 at once, {threads} thread(s) each" in result.stdout  # the cores shared out between the processes
     assert_no_prefect_failure_log(result)
