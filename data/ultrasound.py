@@ -408,18 +408,18 @@ def render(anatomy: Anatomy, device: DeviceParams, rng: np.random.Generator, par
     if echo is None:
         echo = echogenicity(anatomy, rng, size, params.depth_mm)
     scatter = (rng.standard_normal((size, size)) + 1j * rng.standard_normal((size, size))) / np.sqrt(2)
-    field_ = scatter * np.sqrt(echo)
+    signal = scatter * np.sqrt(echo)
     axial, lateral = psf_sigmas(device, pixel_mm, params.psf_scale)
     k_axial, k_lateral = _gaussian_kernel(axial), _gaussian_kernel(lateral)
     for axis, kernel in ((0, k_axial), (1, k_lateral)):
-        field_ = (ndimage.correlate1d(field_.real, kernel, axis=axis, mode="reflect")
-                  + 1j * ndimage.correlate1d(field_.imag, kernel, axis=axis, mode="reflect"))
-    field_ /= np.sqrt(np.sum(k_axial ** 2) * np.sum(k_lateral ** 2))  # plain tissue keeps unit mean power
+        signal = (ndimage.correlate1d(signal.real, kernel, axis=axis, mode="reflect")
+                  + 1j * ndimage.correlate1d(signal.imag, kernel, axis=axis, mode="reflect"))
+    signal /= np.sqrt(np.sum(k_axial ** 2) * np.sum(k_lateral ** 2))  # plain tissue keeps unit mean power
     depth_cm = (np.arange(size) + 0.5) * pixel_mm / 10
     loss_db = (1 - device.tgc) * 2 * device.attenuation_db_cm_mhz * device.frequency_mhz * depth_cm
-    field_ *= 10 ** ((device.gain_db - loss_db[:, None]) / 20)
+    signal *= 10 ** ((device.gain_db - loss_db[:, None]) / 20)
     noise = (rng.standard_normal((size, size)) + 1j * rng.standard_normal((size, size))) * device.noise / np.sqrt(2)
-    envelope_db = 20 * np.log10(np.abs(field_ + noise) + 1e-12)
+    envelope_db = 20 * np.log10(np.abs(signal + noise) + 1e-12)
     top_db = 20.0  # the brightest shown echo, over plain tissue's
     shown = np.clip((envelope_db - top_db + device.dynamic_range_db) / device.dynamic_range_db, 0, 1) ** device.gamma
     mask = lumen_mask(anatomy, size, params.depth_mm).astype(np.uint8)
@@ -624,7 +624,8 @@ def apply_style(image: np.ndarray, style: StyleDraw, rng: np.random.Generator) -
     if active[1]:
         out = _to_uint8(_blur(out, alpha[1] * 1.25 + 0.25))
     if active[2]:
-        out = _to_uint8(out + rng.normal(0.0, alpha[2] * 0.04 + 0.01, out.shape) * 255)
+        noisy = out + rng.normal(0.0, alpha[2] * 0.04 + 0.01, out.shape) * 255
+        out = np.clip(noisy, 0, 255).astype(np.uint8)  # truncated, as the official astype('uint8')
     if active[3]:
         out = _to_uint8(out.astype(np.int64) + int((alpha[3] * 0.2 - 0.1) * 255))
     if active[4]:
@@ -643,14 +644,14 @@ def crop_anchor(height: int, width: int, crop_h: float, crop_w: float, anchor: f
 
 def spatial_coordinates(height: int, width: int, spatial: SpatialDraw) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) (H, W): the source position each output pixel of the spatial transform shows."""
-    rows, cols = (np.mgrid[0:height, 0:width] + 0.5).astype(np.float64)
-    if spatial.active[0] < 0.5:
+    rows, cols = (np.mgrid[0:height, 0:width] + 0.5).astype(np.float64)  # pixel centres of the output
+    if spatial.active[2] < 0.05:  # the official code flips the cropped image: output column j shows its W-1-j
+        cols = width - cols
+    if spatial.active[0] < 0.5:  # the window, resized back with pixel centres aligned (as cv2.resize does)
         crop_h, crop_w = spatial.alpha[0] * 0.2 + 0.7, spatial.alpha[1] * 0.2 + 0.7
         size_h, size_w = int(height * crop_h), int(width * crop_w)
         top, left = crop_anchor(height, width, crop_h, crop_w, spatial.active[1])
         rows, cols = top + rows * size_h / height, left + cols * size_w / width
-    if spatial.active[2] < 0.05:
-        cols = width - cols
     return rows - 0.5, cols - 0.5
 
 

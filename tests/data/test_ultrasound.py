@@ -26,7 +26,7 @@ from data.ultrasound import (
 )
 from data.ultrasound_suite import US_DEVICE_SEGMENTATION
 from data.views import FIT, VAL, TestSplitAccessError, step_views
-from tasks.validate import validate_dataset
+from tasks.validate import DataReference, ValidationReport, validate_dataset
 
 COUNTS = {"train": 10, "val": 6, "test_convex": 6, "test_phased": 6, "test_linear_smooth": 6}
 PARAMS = UltrasoundParams()
@@ -147,12 +147,29 @@ def test_train_and_compress_never_read_an_unseen_device(us_dir: Path) -> None:
     assert all(load_ultrasound_dataset(evaluate).readable(split) for split in SPLITS)
 
 
-def test_the_built_data_passes_its_suite_and_bad_data_is_stopped(us_dir: Path, tmp_path: Path) -> None:
-    report = validate_dataset(US_DEVICE_SEGMENTATION, us_dir, SPEC)
-    assert report.success, report.failed
-    assert {(row["split"], row["label"]) for row in report.profile["rows"]} == {(s, c) for s in SPLITS for c in (0, 1)}
+@pytest.fixture(scope="module")
+def clean_report(us_dir: Path) -> ValidationReport:
+    return validate_dataset(US_DEVICE_SEGMENTATION, us_dir, SPEC)
+
+
+def _stored_arrays(us_dir: Path) -> dict[str, np.ndarray]:
     dataset = load_ultrasound_dataset(us_dir)
-    arrays = {f"{split}_{name}": getattr(dataset.split(split), name).copy() for split in SPLITS for name in FIELDS}
+    return {f"{split}_{name}": getattr(dataset.split(split), name).copy() for split in SPLITS for name in FIELDS}
+
+
+def _copy_with(us_dir: Path, target: Path, arrays: dict[str, np.ndarray]) -> Path:
+    target.mkdir()
+    (target / "meta.json").write_text((us_dir / "meta.json").read_text())
+    np.savez(target / ULTRASOUND_FILE, **arrays)
+    return target
+
+
+def test_the_built_data_passes_its_suite_and_bad_data_is_stopped(us_dir: Path, clean_report: ValidationReport,
+                                                                  tmp_path: Path) -> None:
+    assert clean_report.success, clean_report.failed
+    assert {(row["split"], row["label"]) for row in clean_report.profile["rows"]} == {
+        (s, c) for s in SPLITS for c in (0, 1)}
+    arrays = _stored_arrays(us_dir)
     arrays["train_mask"][2, 0, 0] = 2  # a non-binary mask
     arrays["val_mask"][1] = 0  # an empty mask
     arrays["test_convex_mask"] = arrays["test_convex_mask"][:, :, :63]  # mask and image shapes differ
@@ -160,11 +177,7 @@ def test_the_built_data_passes_its_suite_and_bad_data_is_stopped(us_dir: Path, t
     arrays["test_linear_smooth_anatomy"][0] = arrays["train_anatomy"][5]  # a training scene in a test split
     arrays["val_image"][3] = arrays["train_image"][4]  # a training image in val
     arrays["test_linear_smooth_image"][2] = 100  # a blank image
-    target = tmp_path / "bad"
-    target.mkdir()
-    (target / "meta.json").write_text((us_dir / "meta.json").read_text())
-    np.savez(target / ULTRASOUND_FILE, **arrays)
-    report = validate_dataset(US_DEVICE_SEGMENTATION, target, SPEC)
+    report = validate_dataset(US_DEVICE_SEGMENTATION, _copy_with(us_dir, tmp_path / "bad", arrays), SPEC)
     assert not report.success
     failed = {(failure.column, failure.details.split("]")[0] + "]") for failure in report.failed}
     assert failed == {("mask_outside_set", "[train]"), ("mask_pixels", "[val]"), ("mask_shape", "[test_convex]"),
@@ -173,6 +186,20 @@ def test_the_built_data_passes_its_suite_and_bad_data_is_stopped(us_dir: Path, t
     details = {failure.column: failure.details for failure in report.failed}
     assert "image=2" in details["mask_outside_set"] and "image=1" in details["mask_pixels"]
     assert "image=3" in details["device"] and "device id 2 (phased)" in details["device"]
+
+
+def test_a_brightened_device_split_is_drift_against_the_last_validated_version(
+        us_dir: Path, clean_report: ValidationReport, tmp_path: Path) -> None:
+    arrays = _stored_arrays(us_dir)
+    arrays["test_phased_image"] = np.minimum(arrays["test_phased_image"].astype(np.int16) + 40, 255).astype(np.uint8)
+    reference = DataReference(md5="0123456789abcdef0123456789abcdef.dir", profile=clean_report.profile)
+    report = validate_dataset(US_DEVICE_SEGMENTATION, _copy_with(us_dir, tmp_path / "bright", arrays), SPEC,
+                              reference)
+    assert not report.success
+    # Every failure is drift, and only the brightened split's rows are out of bounds (2 of 10: its two classes).
+    assert {failure.column for failure in report.failed} == {"shift"}
+    pixel_mean = next(f.details for f in report.failed if "drift statistic pixel_mean" in f.details)
+    assert "2 of 10 rows unexpected" in pixel_mean and pixel_mean.count("split=test_phased") == 2
 
 
 def test_fields_of_different_lengths_do_not_load(us_dir: Path, tmp_path: Path) -> None:
@@ -223,6 +250,10 @@ def test_a_spatial_transform_moves_image_and_mask_together() -> None:
     blended = (moved != 220) & (moved != 20)
     edge = ndimage.binary_dilation(moved_mask == 1) & ~ndimage.binary_erosion(moved_mask == 1)
     assert blended.any() and np.all(edge[blended])
+    # Crop then flip (the official order): the flipped crop, not a crop of the flipped image.
+    crop_and_flip = SpatialDraw(active=np.array([0.0, 0.5, 0.0]), alpha=np.array([0.5, 1.0, 0.0]))
+    both, both_mask = apply_spatial(_two_level(mask), mask, crop_and_flip)
+    assert np.array_equal(both, moved[:, ::-1]) and np.array_equal(both_mask, moved_mask[:, ::-1])
 
 
 def test_paired_views_pair_style_and_anatomy_as_mi_segnet_does() -> None:
