@@ -292,8 +292,8 @@ def draw_anatomy(rng: np.random.Generator, depth_mm: float) -> Anatomy:
         if branch[0]:
             occupied = [min(occupied[0], branch[1] - branch[3] - wall), max(occupied[1], branch[1] + branch[3] + wall)]
         left_room, right_room = occupied[0], width - occupied[1]
-        if max(left_room, right_room) > 2 * va * 0.6 + 1.0:
-            va = min(va, (max(left_room, right_room) - 1.0) / 2)  # fits beside the carotid with 0.5 mm to spare
+        if max(left_room, right_room) > 2 * va * 0.6 + 1.0:  # room for 60 % of its width or more on one side
+            va = min(va, (max(left_room, right_room) - 1.0) / 2)  # 0.5 mm from the carotid and from the edge
             vx = occupied[0] - 0.5 - va if left_room >= right_room else occupied[1] + 0.5 + va
             vein = [1.0, vx, vz, va, vb]
     return Anatomy(fat_end, muscle_end, striation, lumen_x, lumen_z, a, b, angle, *branch, wall, *vein)
