@@ -11,10 +11,11 @@ from data.expectations import DataSuite
 from data.fewshot_suite import FEW_SHOT_CLASSES
 from data.images_suite import IMAGE_CLASSIFICATION
 from data.text_suite import TEXT_CORPUS
+from data.ultrasound_suite import US_DEVICE_SEGMENTATION
 from settings.config import ConfigError, validate
 
 SUITES: dict[str, DataSuite] = {suite.name: suite for suite in (IMAGE_CLASSIFICATION, TEXT_CORPUS, FEW_SHOT_CLASSES,
-                                                                 DENSE_MULTITASK)}
+                                                                 DENSE_MULTITASK, US_DEVICE_SEGMENTATION)}
 
 
 def suite_spec(suite_name: str, expect: dict[str, Any]) -> tuple[DataSuite, BaseModel]:

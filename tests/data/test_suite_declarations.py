@@ -31,7 +31,7 @@ def _imported_modules(path: Path) -> set[str]:
 def test_no_data_module_imports_great_expectations_or_orchestration():
     modules = sorted((REPO_ROOT / "data").glob("*.py"))
     assert {"expectations.py", "suites.py", "images_suite.py", "text_suite.py", "fewshot_suite.py",
-            "dense_suite.py"} <= {
+            "dense_suite.py", "ultrasound_suite.py"} <= {
         m.name for m in modules}
     offending = {m.name: sorted(n for n in _imported_modules(m) if n.split(".")[0] in ORCHESTRATION)
                  for m in modules}
@@ -47,10 +47,12 @@ def test_no_data_module_imports_great_expectations_or_orchestration():
 
 
 def test_the_registry_keeps_the_suite_names_recorded_on_versions():
-    assert list(SUITES) == ["image_classification", "text_corpus", "few_shot_classes", "dense_multitask"]
+    assert list(SUITES) == ["image_classification", "text_corpus", "few_shot_classes", "dense_multitask",
+                            "us_device_segmentation"]
     assert all(suite.name == name for name, suite in SUITES.items())
     assert {suite.spec.__name__ for suite in SUITES.values()} == {"ImageSuiteSpec", "TextSuiteSpec",
-                                                                  "FewShotSuiteSpec", "DenseSuiteSpec"}
+                                                                  "FewShotSuiteSpec", "DenseSuiteSpec",
+                                                                  "UltrasoundSuiteSpec"}
 
 
 def test_declarations_are_checked_when_made():
@@ -122,5 +124,7 @@ def test_every_family_declares_a_role_for_each_of_its_splits():
         "text_corpus": {"train": "fit", "calib": "fit", "val": "val", "eval_shakespeare": "test",
                         "eval_milton": "test"},
         "few_shot_classes": {"base": "fit", "val": "val", "novel": "test"},
-        "dense_multitask": {"train": "fit", "val": "val", "test": "test", "ood": "test"}}
+        "dense_multitask": {"train": "fit", "val": "val", "test": "test", "ood": "test"},
+        "us_device_segmentation": {"train": "fit", "val": "val", "test_convex": "test", "test_phased": "test",
+                                   "test_linear_smooth": "test"}}
     assert all(set(suite.split_roles.values()) == set(ROLES) for suite in SUITES.values())
