@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
+
+from data.views import DatasetView, Withheld, as_view
 
 META_FILE = "meta.json"
 LABEL_DTYPE = "int64"  # the documented dtype of every stored label array (images.npz, fewshot.npz)
@@ -52,3 +58,41 @@ def read_dataset_meta(root: Path, data_files: tuple[str, ...]) -> dict[str, Any]
     if not isinstance(meta, dict):
         raise DatasetFormatError(f"{meta_path} does not hold a JSON object")
     return meta
+
+
+def load_split_fields(source: str | Path | DatasetView, data_file: str, meta_keys: Sequence[str],
+                      split_roles: Mapping[str, str], fields: Sequence[str], items: str
+                      ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray] | Withheld]]:
+    """A dataset stored as one .npz of `<split>_<field>` arrays: its meta.json (which must hold `meta_keys`) and, per
+    split in `split_roles` order, its fields' arrays, or the view's Withheld stand-in for a split the reading step
+    may not see (never read from the archive). Errors name the file and what is wrong: a missing key or array, an
+    unreadable archive, fields of one split holding different numbers of `items`."""
+    view = as_view(source)
+    root = view.path
+    meta = read_dataset_meta(root, (data_file,))
+    missing_meta = [key for key in meta_keys if key not in meta]
+    if missing_meta:
+        raise DatasetFormatError(f"{root / META_FILE} lacks {', '.join(missing_meta)}")
+    path = root / data_file
+    readable = [split for split, role in split_roles.items() if view.take(split, role)]
+    wanted = [f"{split}_{name}" for split in readable for name in fields]
+    try:
+        with np.load(path, allow_pickle=False) as archive:  # lazy: a withheld split is never read
+            found = list(archive.files)
+            arrays = {key: archive[key] for key in wanted if key in found}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
+        raise DatasetFormatError(f"{path} is not a readable .npz archive: {exc}") from exc
+    missing = [key for key in wanted if key not in arrays]
+    if missing:
+        raise DatasetFormatError(f"{path} lacks array(s) {', '.join(missing)} (found: {', '.join(found) or 'none'})")
+    splits: dict[str, dict[str, np.ndarray] | Withheld] = {}
+    for split in split_roles:
+        if split not in readable:
+            splits[split] = view.withheld(split)
+            continue
+        lengths = {name: len(arrays[f"{split}_{name}"]) for name in fields}
+        if len(set(lengths.values())) != 1:
+            raise DatasetFormatError(f"{path}: the fields of split {split} hold different numbers of {items}: "
+                                     + ", ".join(f"{split}_{name} {n}" for name, n in lengths.items()))
+        splits[split] = {name: arrays[f"{split}_{name}"] for name in fields}
+    return meta, splits

@@ -23,10 +23,10 @@ import hashlib
 import importlib.metadata
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -262,6 +262,33 @@ def drop_copies(images: np.ndarray, of: np.ndarray) -> np.ndarray:
     """Mask of the `images` whose bytes occur nowhere in `of`: an exact copy never sits on both sides of a split."""
     seen = set(image_digests(of))
     return np.array([digest not in seen for digest in image_digests(images)], dtype=bool)
+
+
+class ImageSplit(Protocol):
+    """A split of rendered items: their images, and the split restricted to a mask."""
+
+    image: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def subset(self, keep: np.ndarray) -> Self: ...
+
+
+SplitT = TypeVar("SplitT", bound=ImageSplit)
+
+
+def render_disjoint_splits(splits: Sequence[str], render: Callable[[str], SplitT]
+                           ) -> tuple[dict[str, SplitT], dict[str, int]]:
+    """`render(split)` for each split in order, each without the items whose image repeats one of an earlier
+    split's, so no item straddles two splits; returns the splits and how many items each lost."""
+    kept: dict[str, SplitT] = {}
+    dropped: dict[str, int] = {}
+    for split in splits:
+        rendered = render(split)
+        earlier = [kept[name].image for name in kept]
+        keep = drop_copies(rendered.image, np.concatenate(earlier)) if earlier else np.ones(len(rendered), bool)
+        kept[split], dropped[split] = rendered.subset(keep), int(np.count_nonzero(~keep))
+    return kept, dropped
 
 
 # -------------------------------------------------------------------------------------------- writing

@@ -40,7 +40,6 @@ import argparse
 import colorsys
 import importlib.metadata
 import sys
-import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,10 +49,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from data.dataset_dir import DatasetFormatError, read_dataset_meta, write_dataset_dir
+from data.dataset_dir import load_split_fields, write_dataset_dir
 from data.drift import ClassDriftBounds
-from data.images import RawImages, drop_copies, load_image_dataset, write_image_dataset
-from data.views import FIT, TEST, VAL, DatasetView, Withheld, as_view
+from data.images import RawImages, load_image_dataset, render_disjoint_splits, write_image_dataset
+from data.views import FIT, TEST, VAL, DatasetView, Withheld
 
 SCENES_FILE = "scenes.npz"
 FORMAT_VERSION = 1
@@ -395,13 +394,8 @@ def build_scenes(out_dir: str | Path, counts: dict[str, int], params: SceneParam
     its own noise), so no scene straddles two splits; how many were dropped is recorded in meta.json."""
     if set(counts) != set(SCENE_SPLITS) or min(counts.values()) < 1:
         raise ValueError(f"counts must give every split of {', '.join(SCENE_SPLITS)} at least one scene, got {counts}")
-    splits: dict[str, SceneSplit] = {}
-    dropped: dict[str, int] = {}
-    for split in SCENE_SPLITS:
-        rendered = render_split(seed, split, counts[split], params)
-        earlier = [splits[name].image for name in splits]
-        keep = drop_copies(rendered.image, np.concatenate(earlier)) if earlier else np.ones(len(rendered), bool)
-        splits[split], dropped[split] = rendered.subset(keep), int(np.count_nonzero(~keep))
+    splits, dropped = render_disjoint_splits(SCENE_SPLITS,
+                                             lambda split: render_split(seed, split, counts[split], params))
     meta = {
         "format_version": FORMAT_VERSION,
         "name": "shapes_mt",
@@ -471,36 +465,10 @@ def build_proxy(out_dir: str | Path, per_class: int, val_per_class: int, test_pe
 def load_scene_dataset(source: str | Path | DatasetView) -> SceneDataset:
     """Load a directory written by `build_scenes` (a path: every split; a view: the splits its step may read, the
     others withheld); errors name the file and what is wrong with it."""
-    view = as_view(source)
-    root = view.path
-    meta = read_dataset_meta(root, (SCENES_FILE,))
-    missing_meta = [key for key in ("semseg_classes", "parts_classes", "height", "width") if key not in meta]
-    if missing_meta:
-        raise DatasetFormatError(f"{root / 'meta.json'} lacks {', '.join(missing_meta)}")
-    scenes_path = root / SCENES_FILE
-    readable = [split for split in SCENE_SPLITS if view.take(split, SCENE_SPLIT_ROLES[split])]
-    wanted = [f"{split}_{name}" for split in readable for name in FIELDS]
-    try:
-        with np.load(scenes_path, allow_pickle=False) as archive:  # lazy: a withheld split is never read
-            found = list(archive.files)
-            arrays = {key: archive[key] for key in wanted if key in found}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
-        raise DatasetFormatError(f"{scenes_path} is not a readable .npz archive: {exc}") from exc
-    missing = [key for key in wanted if key not in arrays]
-    if missing:
-        raise DatasetFormatError(f"{scenes_path} lacks array(s) {', '.join(missing)} "
-                                 f"(found: {', '.join(found) or 'none'})")
-    splits: dict[str, SceneSplit | Withheld] = {}
-    for split in SCENE_SPLITS:
-        if split not in readable:
-            splits[split] = view.withheld(split)
-            continue
-        lengths = {name: len(arrays[f"{split}_{name}"]) for name in FIELDS}
-        if len(set(lengths.values())) != 1:
-            raise DatasetFormatError(f"{scenes_path}: the fields of split {split} hold different numbers of scenes: "
-                                     + ", ".join(f"{split}_{name} {n}" for name, n in lengths.items()))
-        splits[split] = SceneSplit(**{name: arrays[f"{split}_{name}"] for name in FIELDS})
-    return SceneDataset(meta=meta, **splits)
+    meta, splits = load_split_fields(source, SCENES_FILE, ("semseg_classes", "parts_classes", "height", "width"),
+                                     SCENE_SPLIT_ROLES, FIELDS, "scenes")
+    return SceneDataset(meta=meta, **{split: fields if isinstance(fields, Withheld) else SceneSplit(**fields)
+                                      for split, fields in splits.items()})
 
 
 # --------------------------------------------------------------------------------------- contact sheet

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import sys
-import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -51,10 +50,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
-from data.dataset_dir import DatasetFormatError, read_dataset_meta, write_dataset_dir
+from data.dataset_dir import load_split_fields, write_dataset_dir
 from data.drift import ClassDriftBounds
-from data.images import drop_copies
-from data.views import FIT, TEST, VAL, DatasetView, Withheld, as_view
+from data.images import render_disjoint_splits
+from data.views import FIT, TEST, VAL, DatasetView, Withheld
 
 ULTRASOUND_FILE = "ultrasound.npz"
 FORMAT_VERSION = 1
@@ -457,13 +456,8 @@ def build_ultrasound(out_dir: str | Path, counts: dict[str, int], params: Ultras
     repeats one of an earlier split is dropped (none is expected), and the count recorded in meta.json."""
     if set(counts) != set(SPLITS) or min(counts.values()) < 1:
         raise ValueError(f"counts must give every split of {', '.join(SPLITS)} at least one scene, got {counts}")
-    splits: dict[str, UltrasoundSplit] = {}
-    dropped: dict[str, int] = {}
-    for split in SPLITS:
-        rendered = render_split(seed, split, counts[split], params)
-        earlier = [splits[name].image for name in splits]
-        keep = drop_copies(rendered.image, np.concatenate(earlier)) if earlier else np.ones(len(rendered), bool)
-        splits[split], dropped[split] = rendered.subset(keep), int(np.count_nonzero(~keep))
+    splits, dropped = render_disjoint_splits(SPLITS,
+                                             lambda split: render_split(seed, split, counts[split], params))
     meta = {
         "format_version": FORMAT_VERSION,
         "name": "us_devices",
@@ -496,35 +490,10 @@ def build_ultrasound(out_dir: str | Path, counts: dict[str, int], params: Ultras
 def load_ultrasound_dataset(source: str | Path | DatasetView) -> UltrasoundDataset:
     """Load a directory written by `build_ultrasound` (a path: every split; a view: the splits its step may read,
     the others withheld); errors name the file and what is wrong with it."""
-    view = as_view(source)
-    root = view.path
-    meta = read_dataset_meta(root, (ULTRASOUND_FILE,))
-    missing_meta = [key for key in ("height", "width", "split_devices") if key not in meta]
-    if missing_meta:
-        raise DatasetFormatError(f"{root / 'meta.json'} lacks {', '.join(missing_meta)}")
-    path = root / ULTRASOUND_FILE
-    readable = [split for split in SPLITS if view.take(split, SPLIT_ROLES[split])]
-    wanted = [f"{split}_{name}" for split in readable for name in FIELDS]
-    try:
-        with np.load(path, allow_pickle=False) as archive:  # lazy: a withheld split is never read
-            found = list(archive.files)
-            arrays = {key: archive[key] for key in wanted if key in found}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
-        raise DatasetFormatError(f"{path} is not a readable .npz archive: {exc}") from exc
-    missing = [key for key in wanted if key not in arrays]
-    if missing:
-        raise DatasetFormatError(f"{path} lacks array(s) {', '.join(missing)} (found: {', '.join(found) or 'none'})")
-    splits: dict[str, UltrasoundSplit | Withheld] = {}
-    for split in SPLITS:
-        if split not in readable:
-            splits[split] = view.withheld(split)
-            continue
-        lengths = {name: len(arrays[f"{split}_{name}"]) for name in FIELDS}
-        if len(set(lengths.values())) != 1:
-            raise DatasetFormatError(f"{path}: the fields of split {split} hold different numbers of images: "
-                                     + ", ".join(f"{split}_{name} {n}" for name, n in lengths.items()))
-        splits[split] = UltrasoundSplit(**{name: arrays[f"{split}_{name}"] for name in FIELDS})
-    return UltrasoundDataset(splits=splits, meta=meta)
+    meta, splits = load_split_fields(source, ULTRASOUND_FILE, ("height", "width", "split_devices"), SPLIT_ROLES,
+                                     FIELDS, "images")
+    return UltrasoundDataset(splits={split: fields if isinstance(fields, Withheld) else UltrasoundSplit(**fields)
+                                     for split, fields in splits.items()}, meta=meta)
 
 
 # --------------------------------------------------------------------------------------- contact sheet
