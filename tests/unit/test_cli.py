@@ -96,7 +96,10 @@ def test_reproduce_refuses_a_single_seed_and_a_bad_override_before_any_work():
 def test_report_without_reproduction_runs_writes_a_page_that_says_so(tmp_path, monkeypatch):
     from tasks.tracking import configure_tracking
 
-    monkeypatch.setenv("PAPEROPS_HOME", str(tmp_path / "home"))  # the session's store holds reproduce's tests' runs
+    # An empty store of its own: the session's store holds reproduce's tests' runs. mlflow.set_tracking_uri also
+    # exports MLFLOW_TRACKING_URI, which settings.tracking_uri() prefers to PAPEROPS_HOME, so it goes too.
+    monkeypatch.setenv("PAPEROPS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "results.md"
     result = runner.invoke(app, ["report", "--out", str(out)])
     monkeypatch.undo()
