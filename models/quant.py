@@ -1,22 +1,28 @@
-"""Uniform fake quantization shared by every LLM post-training quantization method (RTN, GPTQ, and later
-SmoothQuant and CBQ), plus the round-to-nearest baseline and GPTQ for one linear layer.
+"""Uniform fake quantization shared by every post-training quantization method (RTN, GPTQ, SmoothQuant and CBQ for
+LLMs, weight-only RTN for CNNs), plus the round-to-nearest baseline and GPTQ for one linear layer. The quantized
+layers cover nn.Linear, nn.Conv2d and nn.ConvTranspose2d, each as fake-quant (float, for calibration) and packed
+(bit-packed integer codes, for deployment) forms.
 
 Every method goes through the same integer grid: `quantize_to_codes` maps a tensor to integer codes with a
 (scale, zero point), `dequantize_codes` maps them back. Fake quantization is the composition of the two, with a
 straight-through estimator for the rounding, so a quantized model runs in floating point while being numerically
 equal to its integer export (`export_integer_weights` / `dequantize_weights`).
 
-Conventions: weights are (out_features, in_features); activations are (..., features). Scales and zero points
-are shaped to broadcast against the tensor *as grouped by `grouped`*: per_channel / per_token (rows, 1),
-per_group (rows, n_groups, 1), per_tensor all ones. Asymmetric grids always contain 0.0, as in the reference
-GPTQ quantizer, so the zero point is itself a code in [0, 2^bits - 1] and can be stored as an unsigned integer.
+Conventions: weights are quantized as matrices with one row per output channel: a linear's (out_features,
+in_features) weight itself, a conv's viewed as (out_channels, in_channels / groups · kH · kW) (see
+`QuantizedLayer.weight_matrix`); activations are (..., features). Scales and zero points are shaped to broadcast
+against the tensor *as grouped by `grouped`*: per_channel / per_token (rows, 1), per_group (rows, n_groups, 1),
+per_tensor all ones. Asymmetric grids always contain 0.0, as in the reference GPTQ quantizer, so the zero point is
+itself a code in [0, 2^bits - 1] and can be stored as an unsigned integer.
 """
 from __future__ import annotations
 
-import math
 import dataclasses
+import functools
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple, Self
 
 import torch
 import torch.nn as nn
@@ -26,9 +32,13 @@ from models.common.checks import at_least, at_most, one_of
 
 __all__ = [
     "QuantSpec", "QuantSetting", "code_range", "grouped", "quant_params", "quantize_to_codes", "dequantize_codes",
-    "fake_quantize", "fake_quantize_activation", "QuantizedLinear", "FakeQuantLinear", "quantize_linears", "rtn_quantize",
-    "export_integer_weights", "dequantize_weights", "pack_codes", "unpack_codes", "PackedQuantLinear",
-    "pack_quantized_linears", "install_packed_linears", "replace_modules", "accumulate_hessian", "GPTQResult", "gptq_quantize",
+    "fake_quantize", "fake_quantize_activation", "QuantizedLayer", "QuantizedLinear", "ConvGeometry", "QuantizedConv",
+    "QuantizedConv2d", "QuantizedConvTranspose2d", "FakeQuantLayer", "FakeQuantLinear", "FakeQuantConv2d",
+    "FakeQuantConvTranspose2d", "export_integer_weights", "dequantize_weights", "pack_codes", "unpack_codes",
+    "PackedQuantLayer", "PackedQuantLinear", "PackedQuantConv2d", "PackedQuantConvTranspose2d", "LayerKind",
+    "LAYER_KINDS", "QUANTIZABLE", "layer_kinds", "replace_modules", "quantize_layers", "quantize_linears",
+    "rtn_quantize", "pack_quantized_layers", "pack_quantized_linears", "install_packed_layers",
+    "install_packed_linears", "accumulate_hessian", "GPTQResult", "gptq_quantize",
 ]
 
 GRANULARITIES = ("per_channel", "per_group", "per_token", "per_tensor")
@@ -188,31 +198,171 @@ def fake_quantize_activation(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return fake_quantize(grouped(x, spec), scale, zero, spec.bits, spec.symmetric).reshape(x.shape)
 
 
-class QuantizedLinear(nn.Module):
-    """What every quantized linear shares: activations fake-quantized dynamically (when an act spec is set), then a
-    matmul with `quantized_weight()`, which each subclass computes from its own storage."""
+class QuantizedLayer(nn.Module):
+    """What every quantized layer shares: activations fake-quantized dynamically (when an act spec is set), then the
+    layer's own op (`op`, from the kind subclasses QuantizedLinear, QuantizedConv2d, QuantizedConvTranspose2d) with
+    `quantized_weight()`, which each storage (FakeQuantLayer, PackedQuantLayer, CBQ's learned rounding) computes from
+    what it holds.
 
-    in_features: int
-    out_features: int
+    Weight grids are computed on the weight as a matrix with one row per output channel (`weight_matrix`), so that
+    per_channel, per_group and per_tensor weight specs mean the same thing for every kind of layer."""
+
     weight_spec: QuantSpec | None
     act_spec: QuantSpec | None
     bias: torch.Tensor | None
+    # activation granularities whose grids mean something for this kind's input (fake_quantize_activation takes
+    # per-row and per-group grids over the input's last dimension)
+    act_granularities: tuple[str, ...] = GRANULARITIES
 
-    def quantized_weight(self) -> torch.Tensor:
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """Shape of the float weight, in PyTorch's layout for this kind."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:        # x: (..., in) -> (..., out)
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """(output channels, weights per output channel): the shape of `weight_matrix`."""
+        return self.weight_shape[0], math.prod(self.weight_shape[1:])
+
+    def weight_matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight as (output channels, weights per output channel), the matrix its grids are computed on."""
+        return weight.flatten(1)
+
+    def weight_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        """Inverse of `weight_matrix`."""
+        return matrix.reshape(self.weight_shape)
+
+    def copy_geometry(self, source: nn.Module) -> None:
+        """Take the shape and op arguments of `source`: a float layer of this kind or a quantized one."""
+        raise NotImplementedError
+
+    def geometry_repr(self) -> str:
+        raise NotImplementedError
+
+    def op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight the op uses, in `weight_shape`."""
+        raise NotImplementedError
+
+    def set_specs(self, weight_spec: QuantSpec | None, act_spec: QuantSpec | None) -> None:
+        if act_spec is not None and act_spec.granularity not in self.act_granularities:
+            raise ValueError(f"{type(self).__name__} takes {' / '.join(self.act_granularities)} activation grids, "
+                             f"got {act_spec.granularity!r}")
+        self.weight_spec, self.act_spec = weight_spec, act_spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_spec is not None:
             x = fake_quantize_activation(x, self.act_spec)
-        return F.linear(x, self.quantized_weight(), self.bias)
+        return self.op(x, self.quantized_weight())
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"weight_spec={self.weight_spec}, act_spec={self.act_spec}")
+        return f"{self.geometry_repr()}, weight_spec={self.weight_spec}, act_spec={self.act_spec}"
 
 
-class FakeQuantLinear(QuantizedLinear):
-    """An nn.Linear computing linear(fake_quant(input), fake_quant(weight)).
+class QuantizedLinear(QuantizedLayer):
+    """A quantized nn.Linear: its (out_features, in_features) weight is its own weight matrix."""
+
+    in_features: int
+    out_features: int
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return self.out_features, self.in_features
+
+    def copy_geometry(self, source: nn.Module) -> None:
+        self.in_features, self.out_features = source.in_features, source.out_features
+
+    def geometry_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+    def op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:    # x: (..., in) -> (..., out)
+        return F.linear(x, weight, self.bias)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What a quantized conv keeps of its float nn.Conv2d / nn.ConvTranspose2d besides the weight values: the weight
+    shape in PyTorch's layout and the op's arguments."""
+
+    weight_shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str          # nn.Conv2d also takes "same" / "valid"
+    dilation: tuple[int, ...]
+    groups: int
+    output_padding: tuple[int, ...]         # read by transposed convs only
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d | nn.ConvTranspose2d) -> ConvGeometry:
+        if conv.padding_mode != "zeros":
+            # nn.Conv2d pads reflect / replicate / circular itself before calling F.conv2d; the quantized layers call
+            # F.conv2d / F.conv_transpose2d directly, whose padding is zeros
+            raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported by the quantized convs, only "
+                             f"'zeros'")
+        return cls(tuple(conv.weight.shape), conv.stride, conv.padding, conv.dilation, conv.groups,
+                   conv.output_padding)
+
+
+class QuantizedConv(QuantizedLayer):
+    """What the quantized conv kinds share: their float conv's geometry."""
+
+    geometry: ConvGeometry
+    # the input is (N, C, H, W), whose last dimension is the image width: per-row and per-group grids over it would
+    # be grids per image row
+    act_granularities = ("per_tensor",)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return self.geometry.weight_shape
+
+    def copy_geometry(self, source: nn.Module) -> None:
+        self.geometry = source.geometry if isinstance(source, QuantizedConv) else ConvGeometry.of(source)
+
+    def geometry_repr(self) -> str:
+        return str(self.geometry)
+
+
+class QuantizedConv2d(QuantizedConv):
+    """A quantized nn.Conv2d: weight (out_channels, in_channels / groups, kH, kW), one matrix row per output channel."""
+
+    def op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        g = self.geometry
+        return F.conv2d(x, weight, self.bias, g.stride, g.padding, g.dilation, g.groups)
+
+
+class QuantizedConvTranspose2d(QuantizedConv):
+    """A quantized nn.ConvTranspose2d. PyTorch lays its weight out as (in_channels, out_channels / groups, kH, kW);
+    its matrix rows are nevertheless the output channels (output channel o = group · out_channels / groups + j gets
+    the weights [group's input channels, j]), i.e. the weight permuted to the equivalent conv's layout. So per_channel
+    means one grid per output map, as for Conv2d and Linear, and each grid's scale multiplies a whole output sum,
+    which an integer kernel applies once after accumulating; per-input-channel grids would scale every term of it
+    differently."""
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        in_channels, out_per_group, kernel_h, kernel_w = self.weight_shape
+        groups = self.geometry.groups
+        return out_per_group * groups, in_channels // groups * kernel_h * kernel_w
+
+    def weight_matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        # (in, out/g, kH, kW) -> (g, in/g, out/g, kH, kW) -> (g, out/g, in/g, kH, kW) -> (out, in/g · kH · kW)
+        grouped_weight = weight.unflatten(0, (self.geometry.groups, -1)).transpose(1, 2)
+        return grouped_weight.reshape(self.matrix_shape)
+
+    def weight_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        in_channels, out_per_group, kernel_h, kernel_w = self.weight_shape
+        groups = self.geometry.groups
+        grouped_weight = matrix.reshape(groups, out_per_group, in_channels // groups, kernel_h, kernel_w)
+        return grouped_weight.transpose(1, 2).reshape(self.weight_shape)
+
+    def op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        g = self.geometry
+        return F.conv_transpose2d(x, weight, self.bias, g.stride, g.padding, g.output_padding, g.groups, g.dilation)
+
+
+class FakeQuantLayer(QuantizedLayer):
+    """A float layer computing op(fake_quant(input), fake_quant(weight)).
 
     Shares (does not copy) the wrapped layer's weight and bias. The weight grid is fixed at wrap time from the
     weight's min/max (a buffer, or a learnable Parameter with `learn_scale=True`) so that later edits of the
@@ -220,22 +370,20 @@ class FakeQuantLinear(QuantizedLinear):
     buffer. Activations are quantized dynamically: a fresh grid per call from the input's own min/max.
     """
 
-    def __init__(self, linear: nn.Linear, weight_spec: QuantSpec | None, act_spec: QuantSpec | None,
+    def __init__(self, layer: nn.Module, weight_spec: QuantSpec | None, act_spec: QuantSpec | None,
                  learn_scale: bool = False) -> None:
         super().__init__()
         if learn_scale and weight_spec is None:
             raise ValueError("learn_scale=True needs a weight_spec: there is no weight step size to learn")
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
-        self.weight = linear.weight     # (out, in)
-        self.bias = linear.bias         # (out,) or None
-        self.weight_spec = weight_spec
-        self.act_spec = act_spec
+        self.copy_geometry(layer)
+        self.set_specs(weight_spec, act_spec)
+        self.weight = layer.weight      # weight_shape
+        self.bias = layer.bias          # (out,) or None
         if weight_spec is None:
             self.register_buffer("weight_scale", None)
             self.register_buffer("weight_zero", None)
             return
-        scale, zero = quant_params(linear.weight.detach(), weight_spec)
+        scale, zero = quant_params(self.weight_matrix(layer.weight.detach()), weight_spec)
         if learn_scale:
             self.weight_scale = nn.Parameter(scale)
         else:
@@ -252,38 +400,36 @@ class FakeQuantLinear(QuantizedLinear):
             return self.weight
         scale, zero = self.weight_grid()
         spec = self.weight_spec
-        w = fake_quantize(grouped(self.weight, spec), scale, zero, spec.bits, spec.symmetric)
-        return w.reshape(self.weight.shape)                     # (out, in)
+        matrix = fake_quantize(grouped(self.weight_matrix(self.weight), spec), scale, zero, spec.bits, spec.symmetric)
+        return self.weight_from_matrix(matrix.reshape(self.matrix_shape))
 
 
-def quantize_linears(model: nn.Module, weight_spec: QuantSpec | None, act_spec: QuantSpec | None,
-                     skip: Callable[[str], bool] = lambda name: False, learn_scale: bool = False) -> nn.Module:
-    """Replace, in place, every nn.Linear whose qualified name is not skipped (e.g. "lm_head") by a
-    FakeQuantLinear sharing its parameters. Returns the model."""
-    replace_modules(model, nn.Linear, lambda linear: FakeQuantLinear(linear, weight_spec, act_spec, learn_scale),
-                     skip)
-    return model
+class FakeQuantLinear(FakeQuantLayer, QuantizedLinear):
+    """A fake-quantized nn.Linear."""
 
 
-def rtn_quantize(model: nn.Module, weight_spec: QuantSpec, act_spec: QuantSpec | None = None,
-                 skip: Callable[[str], bool] = lambda name: False) -> nn.Module:
-    """Round-to-nearest baseline: min/max grids, nothing learned or compensated."""
-    return quantize_linears(model, weight_spec, act_spec, skip, learn_scale=False)
+class FakeQuantConv2d(FakeQuantLayer, QuantizedConv2d):
+    """A fake-quantized nn.Conv2d."""
 
 
-def export_integer_weights(layer: FakeQuantLinear) -> dict[str, torch.Tensor]:
-    """Integer codes + grid of a quantized layer: {"qweight", "scale", "zero"[, "bias"]}. Codes and zero points
-    are uint8 for asymmetric specs and int8 for symmetric ones; the scale keeps its grouped shape, which is
-    how `dequantize_weights` recovers the group layout."""
+class FakeQuantConvTranspose2d(FakeQuantLayer, QuantizedConvTranspose2d):
+    """A fake-quantized nn.ConvTranspose2d."""
+
+
+def export_integer_weights(layer: FakeQuantLayer) -> dict[str, torch.Tensor]:
+    """Integer codes + grid of a quantized layer: {"qweight", "scale", "zero"[, "bias"]}, the codes in the layer's
+    weight matrix layout ((out, in) for a linear). Codes and zero points are uint8 for asymmetric specs and int8 for
+    symmetric ones; the scale keeps its grouped shape, which is how `dequantize_weights` recovers the group layout."""
     spec = layer.weight_spec
     if spec is None:
         raise ValueError("layer has no weight_spec: its weight is not quantized")
     with torch.no_grad():
         scale, zero = layer.weight_grid()
-        codes = quantize_to_codes(grouped(layer.weight, spec), scale, zero, spec.bits, spec.symmetric)
+        codes = quantize_to_codes(grouped(layer.weight_matrix(layer.weight), spec), scale, zero, spec.bits,
+                                  spec.symmetric)
     integer_dtype = torch.int8 if spec.symmetric else torch.uint8
     packed = {
-        "qweight": codes.reshape(layer.weight.shape).to(integer_dtype),
+        "qweight": codes.reshape(layer.matrix_shape).to(integer_dtype),
         "scale": scale.detach().clone(),
         "zero": zero.to(integer_dtype),
     }
@@ -293,7 +439,8 @@ def export_integer_weights(layer: FakeQuantLinear) -> dict[str, torch.Tensor]:
 
 
 def dequantize_weights(packed: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(out, in) floating-point weight of `export_integer_weights` output; bit-equal to the fake-quantized weight."""
+    """Floating-point weight matrix of `export_integer_weights` output ((out, in) for a linear); bit-equal to the
+    fake-quantized weight matrix."""
     qweight, scale = packed["qweight"], packed["scale"]
     codes = qweight.to(scale.dtype)
     if scale.dim() == qweight.dim() + 1:                        # per_group: (out, n_groups, 1)
@@ -307,9 +454,9 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     flat = codes.flatten().to(torch.int64)
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 2 ** bits):
         raise ValueError(f"codes must lie in [0, {2 ** bits - 1}] to pack into {bits} bits")
-    stream = ((flat[:, None] >> torch.arange(bits)) & 1).flatten()              # (n·bits,) least significant first
+    stream = ((flat[:, None] >> torch.arange(bits, device=flat.device)) & 1).flatten()  # (n·bits,) LSB first
     stream = F.pad(stream, (0, (-stream.numel()) % 8))
-    return (stream.view(-1, 8) << torch.arange(8)).sum(dim=1).to(torch.uint8)
+    return (stream.view(-1, 8) << torch.arange(8, device=flat.device)).sum(dim=1).to(torch.uint8)
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
@@ -319,35 +466,42 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     return (values << torch.arange(bits, device=packed.device)).sum(dim=1)
 
 
-class PackedQuantLinear(QuantizedLinear):
-    """The deployable form of a quantized linear: bit-packed integer codes, per-grid scale and zero point, the
+class PackedQuantLayer(QuantizedLayer):
+    """The deployable form of a quantized layer: bit-packed integer codes, per-grid scale and zero point, the
     bias, and the activation spec; no floating-point copy of the weight is stored (the state dict is what goes
     to disk). The dequantized weight is rebuilt once, on first use after loading, and kept in memory only.
-    Outputs are bit-equal to the FakeQuantLinear it was packed from."""
+    Outputs are bit-equal to the FakeQuantLayer it was packed from."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, weight_spec: QuantSpec,
-                 act_spec: QuantSpec | None) -> None:
+    weight_spec: QuantSpec
+
+    def __init__(self, layer: nn.Module, weight_spec: QuantSpec, act_spec: QuantSpec | None) -> None:
+        """An empty shell shaped like `layer` (a float layer of this kind, or a quantized one), to be filled by
+        `from_fake_quant` or by `load_state_dict` of a packed layer's tensors."""
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.weight_spec, self.act_spec = weight_spec, act_spec
-        n_bytes = math.ceil(in_features * out_features * weight_spec.bits / 8)
-        shape = (1, 1) if weight_spec.granularity == "per_tensor" else (out_features, 1)
-        if weight_spec.granularity == "per_group":
+        self.copy_geometry(layer)
+        self.set_specs(weight_spec, act_spec)
+        rows, columns = self.matrix_shape
+        if weight_spec.granularity == "per_tensor":
+            grid_shape: tuple[int, ...] = (1, 1)
+        elif weight_spec.granularity == "per_group":
             assert weight_spec.group_size is not None
-            shape = (out_features, in_features // weight_spec.group_size, 1)
-        self.register_buffer("qweight", torch.zeros(n_bytes, dtype=torch.uint8))
-        self.register_buffer("scale", torch.ones(shape))
-        self.register_buffer("zero", torch.zeros(shape, dtype=torch.int16))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+            grid_shape = (rows, columns // weight_spec.group_size, 1)
+        else:
+            grid_shape = (rows, 1)
+        self.register_buffer("qweight", torch.zeros(math.ceil(rows * columns * weight_spec.bits / 8),
+                                                    dtype=torch.uint8))
+        self.register_buffer("scale", torch.ones(grid_shape))
+        self.register_buffer("zero", torch.zeros(grid_shape, dtype=torch.int16))
+        self.register_buffer("bias", torch.zeros(rows) if layer.bias is not None else None)
         self._weight: torch.Tensor | None = None
 
     @classmethod
-    def from_fake_quant(cls, layer: FakeQuantLinear) -> PackedQuantLinear:
-        assert layer.weight_spec is not None
+    def from_fake_quant(cls, layer: FakeQuantLayer) -> Self:
         exported = export_integer_weights(layer)
         spec = layer.weight_spec
+        assert spec is not None
         qmin, _ = code_range(spec.bits, spec.symmetric)
-        packed = cls(layer.in_features, layer.out_features, layer.bias is not None, spec, layer.act_spec)
+        packed = cls(layer, spec, layer.act_spec)
         packed.qweight = pack_codes(exported["qweight"].to(torch.int64) - qmin, spec.bits)
         packed.scale = exported["scale"].to(torch.float32)
         packed.zero = exported["zero"].to(torch.int16)
@@ -363,14 +517,53 @@ class PackedQuantLinear(QuantizedLinear):
         if self._weight is None or self._weight.device != self.scale.device:
             spec = self.weight_spec
             qmin, _ = code_range(spec.bits, spec.symmetric)
-            codes = unpack_codes(self.qweight, spec.bits, self.in_features * self.out_features) + qmin
-            codes = codes.view(self.out_features, self.in_features).to(self.scale.dtype)
-            self._weight = dequantize_codes(grouped(codes, spec), self.scale, self.zero.to(self.scale.dtype)) \
-                .reshape(self.out_features, self.in_features)                                   # (out, in)
+            rows, columns = self.matrix_shape
+            codes = unpack_codes(self.qweight, spec.bits, rows * columns) + qmin
+            codes = codes.view(rows, columns).to(self.scale.dtype)
+            matrix = dequantize_codes(grouped(codes, spec), self.scale, self.zero.to(self.scale.dtype))
+            self._weight = self.weight_from_matrix(matrix.reshape(rows, columns))
         return self._weight
 
 
-def replace_modules(model: nn.Module, kind: type, convert: Callable[[nn.Module], nn.Module],
+class PackedQuantLinear(PackedQuantLayer, QuantizedLinear):
+    """A packed nn.Linear."""
+
+
+class PackedQuantConv2d(PackedQuantLayer, QuantizedConv2d):
+    """A packed nn.Conv2d."""
+
+
+class PackedQuantConvTranspose2d(PackedQuantLayer, QuantizedConvTranspose2d):
+    """A packed nn.ConvTranspose2d."""
+
+
+class LayerKind(NamedTuple):
+    """A float layer type and its two quantized forms."""
+    float_type: type[nn.Module]
+    fake_quant: type[FakeQuantLayer]
+    packed: type[PackedQuantLayer]
+
+
+LAYER_KINDS = (
+    LayerKind(nn.Linear, FakeQuantLinear, PackedQuantLinear),
+    LayerKind(nn.Conv2d, FakeQuantConv2d, PackedQuantConv2d),
+    LayerKind(nn.ConvTranspose2d, FakeQuantConvTranspose2d, PackedQuantConvTranspose2d),
+)
+QUANTIZABLE: tuple[type[nn.Module], ...] = tuple(kind.float_type for kind in LAYER_KINDS)
+
+
+def layer_kinds(float_types: Iterable[type[nn.Module]]) -> list[LayerKind]:
+    """The LAYER_KINDS of `float_types`; a type with no quantized form is a ValueError (its layers would silently
+    stay floating point)."""
+    wanted = tuple(float_types)
+    unsupported = [t.__name__ for t in wanted if t not in QUANTIZABLE]
+    if unsupported:
+        raise ValueError(f"no quantized form for {', '.join(unsupported)}; quantizable: "
+                         f"{', '.join(t.__name__ for t in QUANTIZABLE)}")
+    return [kind for kind in LAYER_KINDS if kind.float_type in wanted]
+
+
+def replace_modules(model: nn.Module, kind: type | tuple[type, ...], convert: Callable[[nn.Module], nn.Module],
                     skip: Callable[[str], bool] = lambda name: False) -> int:
     """In place: every submodule of type `kind` whose qualified name is not skipped becomes convert(module).
     Returns how many were replaced."""
@@ -381,26 +574,63 @@ def replace_modules(model: nn.Module, kind: type, convert: Callable[[nn.Module],
     return len(targets)
 
 
+def quantize_layers(model: nn.Module, weight_spec: QuantSpec | None, act_spec: QuantSpec | None,
+                    kinds: Iterable[type[nn.Module]] = QUANTIZABLE, skip: Callable[[str], bool] = lambda name: False,
+                    learn_scale: bool = False) -> nn.Module:
+    """Replace, in place, every layer of the float types `kinds` whose qualified name is not skipped (e.g. "lm_head")
+    by its FakeQuantLayer, sharing its parameters. Returns the model."""
+    for kind in layer_kinds(kinds):
+        replace_modules(model, kind.float_type, functools.partial(kind.fake_quant, weight_spec=weight_spec,
+                                                                  act_spec=act_spec, learn_scale=learn_scale), skip)
+    return model
+
+
+def quantize_linears(model: nn.Module, weight_spec: QuantSpec | None, act_spec: QuantSpec | None,
+                     skip: Callable[[str], bool] = lambda name: False, learn_scale: bool = False) -> nn.Module:
+    """`quantize_layers` of the nn.Linear layers only."""
+    return quantize_layers(model, weight_spec, act_spec, (nn.Linear,), skip, learn_scale)
+
+
+def rtn_quantize(model: nn.Module, weight_spec: QuantSpec, act_spec: QuantSpec | None = None,
+                 skip: Callable[[str], bool] = lambda name: False) -> nn.Module:
+    """Round-to-nearest baseline: min/max grids, nothing learned or compensated."""
+    return quantize_linears(model, weight_spec, act_spec, skip, learn_scale=False)
+
+
+def pack_quantized_layers(model: nn.Module, kinds: Iterable[type[nn.Module]] = QUANTIZABLE) -> nn.Module:
+    """Replace, in place, every weight-quantized FakeQuantLayer of the float types `kinds` by its PackedQuantLayer
+    (an activation-only one has no codes to pack and stays). Returns the model."""
+    for kind in layer_kinds(kinds):
+        replace_modules(model, kind.fake_quant,
+                        lambda layer, packed=kind.packed: packed.from_fake_quant(layer) if layer.weight_spec else layer)
+    return model
+
+
 def pack_quantized_linears(model: nn.Module) -> nn.Module:
-    """Replace, in place, every weight-quantized FakeQuantLinear by its PackedQuantLinear. Returns the model."""
-    replace_modules(model, FakeQuantLinear,
-                     lambda layer: PackedQuantLinear.from_fake_quant(layer) if layer.weight_spec else layer,
-                     lambda name: False)
+    """`pack_quantized_layers` of the quantized linears only."""
+    return pack_quantized_layers(model, (nn.Linear,))
+
+
+def install_packed_layers(model: nn.Module, weight_spec: QuantSpec, act_spec: QuantSpec | None,
+                          kinds: Iterable[type[nn.Module]] = QUANTIZABLE,
+                          skip: Callable[[str], bool] = lambda name: False) -> nn.Module:
+    """Replace every non-skipped layer of the float types `kinds` by an empty PackedQuantLayer shell of the same
+    shape, ready for `load_state_dict` of a packed model's tensors (how a saved quantized model is loaded without
+    any of the calibration code). Returns the model."""
+    selected = layer_kinds(kinds)
+    count = sum(replace_modules(model, kind.float_type, functools.partial(kind.packed, weight_spec=weight_spec,
+                                                                          act_spec=act_spec), skip)
+                for kind in selected)
+    if count == 0:
+        names = " / ".join(f"nn.{kind.float_type.__name__}" for kind in selected)
+        raise ValueError(f"no {names} to install packed layers into (already quantized, or all skipped)")
     return model
 
 
 def install_packed_linears(model: nn.Module, weight_spec: QuantSpec, act_spec: QuantSpec | None,
                            skip: Callable[[str], bool] = lambda name: False) -> nn.Module:
-    """Replace every non-skipped nn.Linear by an empty PackedQuantLinear shell of the same shape, ready for
-    `load_state_dict` of a packed model's tensors (how a saved quantized model is loaded without any of the
-    calibration code). Returns the model."""
-    count = replace_modules(model, nn.Linear,
-                             lambda linear: PackedQuantLinear(linear.in_features, linear.out_features,
-                                                              linear.bias is not None, weight_spec, act_spec),
-                             skip)
-    if count == 0:
-        raise ValueError("no nn.Linear to install packed layers into (already quantized, or all skipped)")
-    return model
+    """`install_packed_layers` into the nn.Linear layers only."""
+    return install_packed_layers(model, weight_spec, act_spec, (nn.Linear,), skip)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""The bad-data catalogue: per data family (images, few-shot, text, dense scenes), each kind of corruption a builder
-or a hand could produce, validated through the family's suite. Every one must fail, and the failure must name the
-split, the class, line or scene and field, and the expectation (what `paperops run` prints before exit 3); drift cases
-compare with the profile of the clean dataset, as the last validated version."""
+"""The bad-data catalogue: per data family (images, few-shot, text, dense scenes, ultrasound devices), each kind of
+corruption a builder or a hand could produce, validated through the family's suite. Every one must fail, and the
+failure must name the split, the class, line, scene or image and field, and the expectation (what `paperops run`
+prints before exit 3); drift cases compare with the profile of the clean dataset, as the last validated version."""
 from __future__ import annotations
 
 import os
@@ -26,6 +26,9 @@ from data.scenes import FIELDS as SCENE_FIELDS, SCENE_SPLITS, SCENES_FILE, Dense
     load_scene_dataset
 from data.text import TextSuiteSpec
 from data.text_suite import TEXT_CORPUS
+from data.ultrasound import DEVICES, FIELDS as US_FIELDS, SOURCE_DEVICE, SPLITS as US_SPLITS, ULTRASOUND_FILE, \
+    UltrasoundSuiteSpec, build_ultrasound, load_ultrasound_dataset
+from data.ultrasound_suite import US_DEVICE_SEGMENTATION
 from tasks.validate import DataReference, DataValidationError, ValidationReport, validate_dataset
 
 Arrays = dict[str, np.ndarray]
@@ -376,10 +379,11 @@ def on_class(arrays: Arrays, split: str, label: int) -> tuple[np.ndarray, ...]:
     return (np.full_like(rows, scene), rows, cols)
 
 
-def scene_moved(arrays: Arrays, source: str, target: str) -> Arrays:
-    """Scene 5 of `source` copied over scene 0 of `target`, every field."""
+def scene_moved(arrays: Arrays, source: str, target: str, fields: tuple[str, ...] = SCENE_FIELDS) -> Arrays:
+    """Scene (or image) 5 of `source` copied over scene 0 of `target`, in `fields` (by default every field of a
+    ShapesMT scene)."""
     moved = {}
-    for name in SCENE_FIELDS:
+    for name in fields:
         values = arrays[f"{target}_{name}"].copy()
         values[0] = arrays[f"{source}_{name}"][5]
         moved[f"{target}_{name}"] = values
@@ -443,21 +447,103 @@ def scenes_reference(scenes_dir: Path) -> DataReference:
     return _validated_reference(DENSE_MULTITASK, scenes_dir, DENSE_SPEC, "ffeeddccbbaa99887766554433221100.dir")
 
 
+def split_fields(dataset, splits: tuple[str, ...], fields: tuple[str, ...]) -> Arrays:
+    """The arrays of a dataset stored as `<split>_<field>` (data/dataset_dir.load_split_fields), by that key."""
+    return {f"{split}_{name}": getattr(dataset.split(split), name) for split in splits for name in fields}
+
+
+def copy_with_file(clean: Path, target: Path, data_file: str, arrays: Arrays) -> Path:
+    """Dataset `clean`'s meta.json at `target`, beside a `data_file` holding `arrays`."""
+    target.mkdir()
+    shutil.copy(clean / "meta.json", target / "meta.json")
+    np.savez(target / data_file, **arrays)
+    return target
+
+
 @pytest.mark.parametrize("case", DENSE_CASES)
 def test_dense_corruption_is_stopped_naming_split_field_and_expectation(case: str, scenes_dir: Path,
                                                                         scenes_reference: DataReference,
                                                                         tmp_path: Path) -> None:
     corrupt, drift, fragments = DENSE_CASES[case]
-    dataset = load_scene_dataset(scenes_dir)
-    arrays = {f"{split}_{name}": getattr(dataset.split(split), name) for split in SCENE_SPLITS for name in SCENE_FIELDS}
-    target = tmp_path / "shapes_mt"
-    target.mkdir()
-    shutil.copy(scenes_dir / "meta.json", target / "meta.json")
-    np.savez(target / SCENES_FILE, **corrupt(arrays))
+    arrays = split_fields(load_scene_dataset(scenes_dir), SCENE_SPLITS, SCENE_FIELDS)
+    target = copy_with_file(scenes_dir, tmp_path / "shapes_mt", SCENES_FILE, corrupt(arrays))
     report = validate_dataset(DENSE_MULTITASK, target, DENSE_SPEC, scenes_reference if drift else None)
+    assert_stopped_naming(report, *fragments)
+
+
+# ---------------------------------------------------------------------------------------- ultrasound devices
+
+US_SPEC = UltrasoundSuiteSpec(height=64, width=64, min_images_per_split=6)
+US_ALL_SPLITS = "[" + "+".join(US_SPLITS) + "]"
+
+US_CASES: dict[str, tuple[Callable[..., object], bool, tuple[str, ...]]] = {
+    "a non-binary mask value": (lambda a: set_pixels(a, "train_mask", (2, 0, 0), 2), False,
+                                (BETWEEN, "(mask_outside_set)", "[train]", "image=2",
+                                 "mask values only 0 and 1 (binary)")),
+    "a mask narrower than its image": (lambda a: a | {"test_convex_mask": a["test_convex_mask"][:, :, :63]}, False,
+                                       (IN_SET, "(mask_shape)", "[test_convex]", "mask_shape=64x63, image=0",
+                                        "mask of shape 64x64, the image's")),
+    "an empty mask": (lambda a: set_pixels(a, "val_mask", 1, 0), False,
+                      (BETWEEN, "(mask_pixels)", "[val]", "image=1", "at least 1 lumen pixel(s) per mask (non-empty)")),
+    "a mask over most of the image": (lambda a: set_pixels(a, "test_phased_mask", (4, slice(0, 40)), 1), False,
+                                      (BETWEEN, "(mask_share)", "[test_phased]", "image=4",
+                                       "at most 0.5 of an image in the mask")),
+    "a blank image": (lambda a: set_pixels(a, "test_linear_smooth_image", 2, 100), False,
+                      (BETWEEN, "(image_std)", "[test_linear_smooth]", "image_std=0, image=2",
+                       "grey-level std at least 2 (no blank image)")),
+    "a saturated image": (lambda a: set_pixels(a, "val_image", (0, slice(0, 8)), 255), False,
+                          (BETWEEN, "(saturated_share)", "[val]", "image=0",
+                           "at most 0.05 of an image's pixels at 255")),
+    "a source-device image among an unseen device's": (
+        lambda a: set_pixels(a, "test_phased_device", 3, DEVICES.index(SOURCE_DEVICE)), False,
+        (IN_SET, "(device)", "[test_phased]", "device=0, image=3",
+         "device id 2 (phased), the device split test_phased is declared to hold")),
+    "a train image leaked into val": (lambda a: scene_moved(a, "train", "val", ("image",)), False,
+                                      (UNIQUE, "(image_sha1)", US_ALL_SPLITS, "no identical image in two of")),
+    "a train scene rendered again in a test split": (
+        lambda a: scene_moved(a, "train", "test_linear_smooth", ("anatomy",)), False,
+        (UNIQUE, "(anatomy_sha1)", US_ALL_SPLITS, "no scene (anatomy) in two of")),
+    "too few images": (lambda a: a | {f"val_{n}": a[f"val_{n}"][:3] for n in US_FIELDS}, False,
+                       ("expect_table_row_count_to_be_between", "[val]", "at least 6 images", "observed 3")),
+    "float32 images": (lambda a: a | {"train_image": a["train_image"].astype(np.float32)}, False,
+                       (IN_SET, "(image_dtype)", "[train]", "image=0", "image stored as uint8", "float32")),
+    "an int64 mask": (lambda a: a | {"val_mask": a["val_mask"].astype(np.int64)}, False,
+                      (IN_SET, "(mask_dtype)", "[val]", "image=0", "mask stored as uint8", "int64")),
+    "images narrower than declared": (
+        lambda a: a | {f"test_convex_{n}": a[f"test_convex_{n}"][:, :, :60] for n in ("image", "mask")}, False,
+        (IN_SET, "(image_shape)", "[test_convex]", "image_shape=64x60, image=0", "image of shape 64x64")),
+    "fields of different lengths": (lambda a: a | {"val_device": a["val_device"][:-1]}, False,
+                                    ("dataset_files_readable", "the fields of split val hold different numbers of "
+                                     "images", "val_device 5")),
+    "a missing field": (lambda a: {k: v for k, v in a.items() if k != "test_phased_anatomy"}, False,
+                        ("dataset_files_readable", "ultrasound.npz lacks array(s) test_phased_anatomy")),
+    "train masks flipped upside down": (lambda a: a | {"train_mask": a["train_mask"][:, ::-1]}, True,
+                                        ("drift statistic pixel_mean", "split=train, label=1", "(shift)")),
+}
+
+
+@pytest.fixture(scope="module")
+def us_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_ultrasound(tmp_path_factory.mktemp("data") / "us_devices",
+                            {"train": 10, "val": 6, "test_convex": 6, "test_phased": 6, "test_linear_smooth": 6})
+
+
+@pytest.fixture(scope="module")
+def us_reference(us_dir: Path) -> DataReference:
+    return _validated_reference(US_DEVICE_SEGMENTATION, us_dir, US_SPEC, "99887766554433221100ffeeddccbbaa.dir")
+
+
+@pytest.mark.parametrize("case", US_CASES)
+def test_ultrasound_corruption_is_stopped_naming_split_image_and_expectation(case: str, us_dir: Path,
+                                                                             us_reference: DataReference,
+                                                                             tmp_path: Path) -> None:
+    corrupt, drift, fragments = US_CASES[case]
+    arrays = split_fields(load_ultrasound_dataset(us_dir), US_SPLITS, US_FIELDS)
+    target = copy_with_file(us_dir, tmp_path / "us_devices", ULTRASOUND_FILE, corrupt(arrays))
+    report = validate_dataset(US_DEVICE_SEGMENTATION, target, US_SPEC, us_reference if drift else None)
     assert_stopped_naming(report, *fragments)
 
 
 def test_every_catalogue_has_at_least_ten_kinds() -> None:
     assert len(IMAGE_CASES) + len(IMAGE_FILE_CASES) >= 10 and len(FEWSHOT_CASES) >= 10 and len(TEXT_CASES) >= 10
-    assert len(DENSE_CASES) >= 10
+    assert len(DENSE_CASES) >= 10 and len(US_CASES) >= 10

@@ -1,14 +1,21 @@
-"""models/quant.py: the shared fake-quantization core, RTN, integer export and GPTQ."""
+"""models/quant.py: the shared fake-quantization core, RTN, integer export, packed layers (linear and conv) and
+GPTQ."""
 from __future__ import annotations
+
+import io
+import math
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models.quant import (
-    FakeQuantLinear, GPTQResult, QuantSetting, QuantSpec, accumulate_hessian, code_range, dequantize_weights,
-    PackedQuantLinear, export_integer_weights, fake_quantize, gptq_quantize, grouped, install_packed_linears,
-    pack_codes, pack_quantized_linears, quant_params, quantize_linears, rtn_quantize, unpack_codes,
+    FakeQuantConv2d, FakeQuantConvTranspose2d, FakeQuantLayer, FakeQuantLinear, GPTQResult, PackedQuantConv2d,
+    PackedQuantConvTranspose2d, PackedQuantLayer, PackedQuantLinear, QuantSetting, QuantSpec, accumulate_hessian,
+    code_range, dequantize_weights, export_integer_weights, fake_quantize, gptq_quantize, grouped,
+    install_packed_layers, install_packed_linears, pack_codes, pack_quantized_layers, pack_quantized_linears,
+    quant_params, quantize_layers, quantize_linears, rtn_quantize, unpack_codes,
 )
 
 GRID_SPECS = [
@@ -403,3 +410,180 @@ def test_pack_quantized_linears_shrinks_the_state_dict() -> None:
     assert packed_bytes < fp_bytes / 6
     with pytest.raises(ValueError, match="no nn.Linear"):
         install_packed_linears(model, QuantSpec(4, "per_channel"), None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Convolutions: the same grids on the weight viewed per output channel, the layer's own op on the quantized weight
+
+Conv = nn.Conv2d | nn.ConvTranspose2d
+
+
+def make_conv(transposed: bool, seed: int, **kwargs) -> Conv:  # type: ignore[no-untyped-def]
+    """A conv whose output channels have weight ranges 100x apart, so that grids along the wrong axis (a transposed
+    conv's dim 0 is its input channel) show in the output."""
+    torch.manual_seed(seed)
+    conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(**{"in_channels": 4, "out_channels": 6, "kernel_size": 3,
+                                                                "padding": 1, **kwargs})
+    per_output = torch.logspace(-2, 0, conv.out_channels)
+    with torch.no_grad():
+        if transposed:      # (in, out / groups, kH, kW): output channel o = group · out / groups + j
+            conv.weight.mul_(per_output.view(conv.groups, -1).repeat_interleave(conv.in_channels // conv.groups, 0)
+                             .view(conv.in_channels, -1, 1, 1))
+        else:               # (out, in / groups, kH, kW)
+            conv.weight.mul_(per_output.view(-1, 1, 1, 1))
+    return conv
+
+
+def hand_dequantized_weight(conv: Conv, bits: int) -> torch.Tensor:
+    """Asymmetric min/max round-to-nearest of each output channel's weights, found channel by channel from PyTorch's
+    layout (not through the quantizer's matrix view)."""
+    weight = conv.weight.detach().clone()
+    qmax = 2 ** bits - 1
+    out_per_group = conv.out_channels // conv.groups
+    in_per_group = conv.in_channels // conv.groups
+    for channel in range(conv.out_channels):
+        if isinstance(conv, nn.ConvTranspose2d):
+            group, j = divmod(channel, out_per_group)
+            index: tuple = (slice(group * in_per_group, (group + 1) * in_per_group), j)
+        else:
+            index = (channel,)
+        w = weight[index]
+        lo, hi = w.min().clamp(max=0.0), w.max().clamp(min=0.0)
+        scale = (hi - lo) / qmax
+        zero = torch.round(-lo / scale)
+        weight[index] = (torch.clamp(torch.round(w / scale) + zero, 0, qmax) - zero) * scale
+    return weight
+
+
+def conv_with_weight(conv: Conv, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(conv, nn.ConvTranspose2d):
+        return F.conv_transpose2d(x, weight, conv.bias, conv.stride, conv.padding, conv.output_padding, conv.groups,
+                                  conv.dilation)
+    return F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+CONV_CASES = [
+    pytest.param(False, {}, id="conv2d"),
+    pytest.param(True, {}, id="conv_transpose2d"),
+    pytest.param(False, dict(out_channels=8, stride=2, padding=2, dilation=2, groups=2), id="conv2d-strided-groups"),
+    pytest.param(True, dict(stride=2, padding=1, output_padding=1, groups=2), id="conv_transpose2d-strided-groups"),
+]
+
+
+@pytest.mark.parametrize("transposed, kwargs", CONV_CASES)
+def test_conv_fake_quant_at_8_bits_is_the_conv_of_the_hand_dequantized_weight(transposed: bool, kwargs: dict) -> None:
+    conv = make_conv(transposed, seed=11, **kwargs)
+    x = torch.randn(2, 4, 9, 7, generator=torch.Generator().manual_seed(11))
+    layer = (FakeQuantConvTranspose2d if transposed else FakeQuantConv2d)(conv, QuantSpec(8, "per_channel"), None)
+    assert layer.weight is conv.weight and layer.weight_scale.shape == (conv.out_channels, 1)
+
+    expected_weight = hand_dequantized_weight(conv, 8)
+    with torch.no_grad():
+        assert torch.equal(layer.quantized_weight(), expected_weight)
+        y, reference = layer(x), conv(x)
+    assert y.shape == reference.shape        # the module's stride, padding, output_padding, dilation and groups
+    torch.testing.assert_close(y, conv_with_weight(conv, expected_weight, x), atol=1e-6, rtol=0)
+    assert not torch.equal(y, reference)
+    torch.testing.assert_close(y, reference, atol=0.02, rtol=0)       # 8 bits per output channel barely move it
+
+
+@pytest.mark.parametrize("transposed, kwargs", CONV_CASES)
+def test_conv_4_bit_error_exceeds_8_bit_error(transposed: bool, kwargs: dict) -> None:
+    conv = make_conv(transposed, seed=12, **kwargs)
+    x = torch.randn(2, 4, 9, 7, generator=torch.Generator().manual_seed(12))
+    fake_quant = FakeQuantConvTranspose2d if transposed else FakeQuantConv2d
+    with torch.no_grad():
+        reference = conv(x)
+        errors = {bits: (fake_quant(conv, QuantSpec(bits, "per_channel"), None)(x) - reference).pow(2).mean().item()
+                  for bits in (4, 8)}
+    assert errors[4] > 10 * errors[8] > 0
+
+
+CONV_SPECS = [
+    QuantSpec(4, "per_channel"),
+    QuantSpec(3, "per_channel", symmetric=True),
+    QuantSpec(4, "per_group", group_size=8),            # 4 / 2 input channels · 2 · 2 = 8 weights per group
+    QuantSpec(8, "per_tensor"),
+]
+
+
+@pytest.mark.parametrize("spec", CONV_SPECS, ids=lambda s: f"{s.granularity}-{s.bits}b-sym{s.symmetric}")
+@pytest.mark.parametrize("transposed, kwargs", [
+    pytest.param(False, dict(kernel_size=2, stride=2, groups=2), id="conv2d"),
+    pytest.param(True, dict(kernel_size=2, stride=2, output_padding=1, groups=2), id="conv_transpose2d"),
+])
+def test_packed_conv_equals_fake_quant_and_stores_only_the_codes(transposed: bool, kwargs: dict,
+                                                                 spec: QuantSpec) -> None:
+    conv = make_conv(transposed, seed=13, **kwargs)
+    fake = (FakeQuantConvTranspose2d if transposed else FakeQuantConv2d)(conv, spec, QuantSpec(8, "per_tensor"))
+    packed = (PackedQuantConvTranspose2d if transposed else PackedQuantConv2d).from_fake_quant(fake)
+    x = torch.randn(2, 4, 6, 5, generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        assert torch.equal(packed(x), fake(x))
+    state = packed.state_dict()
+    assert set(state) == {"qweight", "scale", "zero", "bias"}
+    assert state["qweight"].dtype == torch.uint8
+    assert state["qweight"].numel() == math.ceil(conv.weight.numel() * spec.bits / 8)
+
+
+class TinySegNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1))
+        self.decoder = nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+        self.head = nn.Conv2d(4, 2, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder(self.encoder(x)))
+
+
+def test_packed_conv_model_reloads_into_fresh_shells() -> None:
+    torch.manual_seed(14)
+    model = TinySegNet()
+    spec = QuantSpec(4, "per_channel")
+    quantize_layers(model, spec, None, skip=lambda name: name == "head")
+    assert type(model.head) is nn.Conv2d
+    assert [type(m) for m in (model.encoder[0], model.encoder[2], model.decoder)] == \
+        [FakeQuantConv2d, FakeQuantConv2d, FakeQuantConvTranspose2d]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        pack_quantized_layers(model)
+        assert torch.equal(model(x), expected)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+
+    torch.manual_seed(15)                                   # different float weights: nothing comes from them
+    fresh = install_packed_layers(TinySegNet(), spec, None, skip=lambda name: name == "head")
+    assert [type(m) for m in (fresh.encoder[0], fresh.encoder[2], fresh.decoder)] == \
+        [PackedQuantConv2d, PackedQuantConv2d, PackedQuantConvTranspose2d]
+    fresh.load_state_dict(torch.load(buffer))
+    with torch.no_grad():
+        assert torch.equal(fresh(x), expected)
+
+
+def test_quantize_layers_takes_only_the_asked_kinds_and_linear_functions_stay_linear() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    quantize_layers(model, QuantSpec(8, "per_channel"), None, kinds=(nn.Conv2d,))
+    assert (type(model[0]), type(model[2])) == (FakeQuantConv2d, nn.Linear)
+    quantize_linears(model, QuantSpec(8, "per_channel"), None)
+    assert isinstance(model[2], FakeQuantLinear) and isinstance(model[2], FakeQuantLayer)
+    pack_quantized_linears(model)
+    assert (type(model[0]), type(model[2])) == (FakeQuantConv2d, PackedQuantLinear)
+    assert isinstance(model[2], PackedQuantLayer)
+    with pytest.raises(ValueError, match="no quantized form for Conv1d"):
+        quantize_layers(model, QuantSpec(8, "per_channel"), None, kinds=(nn.Conv1d,))
+    with pytest.raises(ValueError, match="no nn.Conv2d / nn.ConvTranspose2d to install"):
+        install_packed_layers(nn.Sequential(nn.Linear(2, 2)), QuantSpec(8, "per_channel"), None,
+                              kinds=(nn.Conv2d, nn.ConvTranspose2d))
+
+
+def test_conv_rejects_padding_modes_other_than_zeros_and_row_activation_grids() -> None:
+    conv = nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(ValueError, match="padding_mode='reflect'"):
+        FakeQuantConv2d(conv, QuantSpec(8, "per_channel"), None)
+    with pytest.raises(ValueError, match="padding_mode='reflect'"):
+        install_packed_layers(nn.Sequential(conv), QuantSpec(8, "per_channel"), None)
+    with pytest.raises(ValueError, match="per_tensor activation grids, got 'per_token'"):
+        FakeQuantConv2d(nn.Conv2d(4, 6, 3), QuantSpec(8, "per_channel"), QuantSpec(8, "per_token"))
