@@ -249,8 +249,8 @@ class MISegNetRecipe(Recipe):
     primary_metric = "dice_unseen"
     cost_metric = "size_ratio"
     headline = Headline("dice_unseen", REGISTERED, SEG_ONLY, None,
-                        "the paper's Dice on its three unseen-domain test sets is not in the stored copies "
-                        "(shared spec §2.3): no figure to set beside ours")
+                        "the paper's Dice tables (three unseen-domain test sets) were not available to us: no "
+                        "figure to set beside ours")
     summary_columns = (("dice_unseen", "Dice unseen %", 1.0), ("dice_source", "Dice source %", 1.0),
                        ("hd95_unseen", "HD95 px", 1.0), ("mi_estimate", "I(z_a;z_d)", 1.0),
                        ("size_ratio", "size ×", 1.0))
