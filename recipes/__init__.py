@@ -14,7 +14,7 @@ from settings import project_root
 from settings.config import ConfigError, ResolvedConfig, read_profile, validate
 
 # Modules of this package that hold shared schema and helpers, not a paper.
-_NOT_PAPERS = frozenset({"base", "ppt_section"})
+_NOT_PAPERS = frozenset({"base", "ppt_section", "quant_section"})
 
 
 def available_recipes() -> dict[str, type[Recipe]]:

@@ -41,11 +41,11 @@ from models.misegnet import (
     MineAverage, MineCritic, MISegNet, MISegNetConfig, MISegNetTrainer, TrainConfig, critic_loss, dv_bound,
     mutual_information_estimate,
 )
-from models.quant import QuantSpec, install_packed_layers, pack_quantized_layers, quantize_layers
 from recipes.base import (
     Companion, CompressionResult, Evaluation, Headline, LatencySection, Recipe, RecipeConfig, RunModels, Section,
     TrainResult, VariantResult, compare_to_parent, register_recipe, seed_everything,
 )
+from recipes.quant_section import WeightQuantSection, quant_record, quantize_weights, restore_weights
 
 REGISTERED = "misegnet"
 SEG_ONLY = "seg_only"
@@ -75,11 +75,8 @@ class ExperimentSection(Section):
     ablations: tuple[Literal["no_mi", "no_cross"], ...] = (NO_MI, NO_CROSS)
 
 
-class CompressSection(Section):
-    bits: int = Field(8, ge=2, le=8, description="weight bits of the registered compressed version")
+class CompressSection(WeightQuantSection):
     also_bits: tuple[int, ...] = Field((4,), description="other widths measured beside it (companions)")
-    granularity: Literal["per_channel", "per_tensor"] = "per_channel"
-    symmetric: bool = False
 
     @field_validator("also_bits")
     @classmethod
@@ -88,9 +85,6 @@ class CompressSection(Section):
         if bad:
             raise ValueError(f"also_bits {bad} must lie in [2, 8]")
         return also_bits
-
-    def spec(self, bits: int) -> QuantSpec:
-        return QuantSpec(bits=bits, granularity=self.granularity, symmetric=self.symmetric)
 
 
 class EvaluateSection(LatencySection):
@@ -175,9 +169,7 @@ def drop_training_modules(model: MISegNet) -> MISegNet:
     return model
 
 
-def quantization_knobs(section: CompressSection, bits: int) -> dict[str, Any]:
-    return {"bits": bits, "granularity": section.granularity, "symmetric": section.symmetric,
-            "layers": "anatomy_encoder+seg_decoder"}
+SERVED_LAYERS = "anatomy_encoder+seg_decoder"  # the quantized layers' record
 
 
 # ------------------------------------------------------------------------------------- disentanglement figures
@@ -340,9 +332,8 @@ class MISegNetRecipe(Recipe):
     # -------------------------------------------------------------------------------------------- compress
 
     def _quantized(self, model: MISegNet, section: CompressSection, bits: int) -> MISegNet:
-        quantized = drop_training_modules(copy.deepcopy(model))
-        quantize_layers(quantized, section.spec(bits), None, kinds=QUANTIZED_LAYERS)
-        return pack_quantized_layers(quantized).eval()
+        return quantize_weights(drop_training_modules(copy.deepcopy(model)), section.spec(bits),
+                                QUANTIZED_LAYERS).eval()
 
     def compress(self, model: nn.Module, data: MISegNetData, cfg: MISegNetRecipeConfig,
                  reporter: Reporter) -> CompressionResult:
@@ -355,22 +346,19 @@ class MISegNetRecipe(Recipe):
         companions = {}
         for bits in section.also_bits:
             companions[f"{REGISTERED}_w{bits}"] = Companion(self._quantized(model, section, bits),
-                                                            knobs=quantization_knobs(section, bits))
+                                                            knobs=section.knobs(SERVED_LAYERS, bits))
         for bits, module in ((section.bits, compressed), *((b, companions[f"{REGISTERED}_w{b}"].module)
                                                             for b in section.also_bits)):
             dice = dice_per_item(predict_masks(module, data.x_val), data.y_val[:, 0].numpy() > 0).mean()
             metrics[f"w{bits}_val_dice"] = float(dice)
-        return CompressionResult(model=compressed, method="rtn", knobs=quantization_knobs(section, section.bits),
+        return CompressionResult(model=compressed, method="rtn", knobs=section.knobs(SERVED_LAYERS),
                                  metrics=metrics, companions=companions)
 
     def restore_compression(self, model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
-        spec = QuantSpec(bits=int(knobs["bits"]), granularity=knobs["granularity"], symmetric=bool(knobs["symmetric"]))
-        drop_training_modules(model)
-        return install_packed_layers(model, spec, None, kinds=QUANTIZED_LAYERS)
+        return restore_weights(drop_training_modules(model), knobs, QUANTIZED_LAYERS)
 
     def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
-        return {"bits": str(knobs["bits"]), "granularity": str(knobs["granularity"]),
-                "symmetric": str(knobs["symmetric"]).lower(), "layers": str(knobs["layers"])}
+        return quant_record(knobs)
 
     # -------------------------------------------------------------------------------------------- evaluate
 
@@ -406,7 +394,7 @@ class MISegNetRecipe(Recipe):
                 figures, mi_per_chunk = disentangle[name]
                 metrics |= figures
                 per_item["mi_estimate"] = mi_per_chunk
-            knobs = quantization_knobs(cfg.compress, int(name.rsplit("_w", 1)[1])) if "_w" in name else \
+            knobs = cfg.compress.knobs(SERVED_LAYERS, int(name.rsplit("_w", 1)[1])) if "_w" in name else \
                 {"schedule": name}
             variants.append(VariantResult(name=name, role=role, method="rtn" if "_w" in name else name,
                                           knobs=knobs, metrics=metrics, per_item=per_item))

@@ -41,7 +41,6 @@ from data.views import DatasetViews, Withheld
 from models.common.classifier import TrainConfig, predict_logits, top1_accuracy, train_classifier
 from models.common.profiling import count_macs, measure_latency, size_on_disk
 from models.common.reporting import Reporter
-from models.quant import QuantSpec, install_packed_layers, pack_quantized_layers, quantize_layers
 from models.vmt import (
     SHAPES_MT_TASKS, AdapterConfig, MultiTaskConfig, MultiTaskModel, MultiTaskMeter, SwinConfig, TaskSpec,
     angular_errors, build_swin, confusion_matrix, count_trainable, delta_m, lower_is_better, miou_from_confusion,
@@ -51,6 +50,7 @@ from recipes.base import (
     Companion, CompressionResult, DataSection, Evaluation, Headline, LatencySection, PaperFigure, Recipe,
     RecipeConfig, RunModels, Section, TrainResult, VariantResult, compare_to_parent, register_recipe, seed_everything,
 )
+from recipes.quant_section import WeightQuantSection, quant_record, quantize_weights, restore_weights
 
 REGISTERED = "vmt"
 LITE = "vmt_lite"
@@ -58,6 +58,7 @@ PER_TASK = "per_task_adapters"
 MULTI_FT = "multitask_ft"
 SINGLE = "single_task"  # the Δm reference: task t's prediction from single_<t>, one model per task
 QUANTIZED_LAYERS = (nn.Linear, nn.Conv2d)
+QUANTIZED_RECORD = "every Linear and Conv2d"
 MODE_OF = {REGISTERED: "vmt", LITE: "vmt_lite", PER_TASK: "per_task_adapters", MULTI_FT: "full_finetune"}
 
 
@@ -84,12 +85,6 @@ class ExperimentSection(Section):
     lite: bool = True
 
 
-class CompressSection(Section):
-    bits: int = Field(8, ge=2, le=8)
-    granularity: Literal["per_channel", "per_tensor"] = "per_channel"
-    symmetric: bool = False
-
-
 class EvaluateSection(LatencySection):
     max_test_images: int | None = Field(None, ge=1)
 
@@ -101,7 +96,7 @@ class VMTRecipeConfig(RecipeConfig):
     pretrain: PretrainSection
     train: TrainSection = TrainSection()
     experiment: ExperimentSection = ExperimentSection()
-    compress: CompressSection = CompressSection()
+    compress: WeightQuantSection = WeightQuantSection()
     evaluate: EvaluateSection = EvaluateSection()
 
 
@@ -312,22 +307,17 @@ class VMTRecipe(Recipe):
                  ) -> CompressionResult:
         """Round-to-nearest weight quantization of every Linear and Conv2d (backbone, adapters, decoders); nothing
         is fine-tuned. Metrics: the val loss before and after."""
-        c = cfg.compress
-        spec = QuantSpec(bits=c.bits, granularity=c.granularity, symmetric=c.symmetric)
         before = float(multitask_loss(SHAPES_MT_TASKS, predict(model, data.x_val), data.y_val)[0])
-        quantize_layers(model, spec, None, kinds=QUANTIZED_LAYERS)
-        pack_quantized_layers(model, kinds=QUANTIZED_LAYERS)
+        quantize_weights(model, cfg.compress.spec(), QUANTIZED_LAYERS)
         after = float(multitask_loss(SHAPES_MT_TASKS, predict(model, data.x_val), data.y_val)[0])
-        return CompressionResult(model=model.eval(), method="rtn", knobs=quantization_knobs(c),
+        return CompressionResult(model=model.eval(), method="rtn", knobs=cfg.compress.knobs(QUANTIZED_RECORD),
                                  metrics={"dense_val_loss": before, "quantized_val_loss": after})
 
     def restore_compression(self, model: nn.Module, knobs: dict[str, Any]) -> nn.Module:
-        spec = QuantSpec(bits=int(knobs["bits"]), granularity=knobs["granularity"], symmetric=bool(knobs["symmetric"]))
-        return install_packed_layers(model, spec, None, kinds=QUANTIZED_LAYERS)
+        return restore_weights(model, knobs, QUANTIZED_LAYERS)
 
     def compression_record(self, knobs: dict[str, Any]) -> dict[str, str]:
-        return {"bits": str(knobs["bits"]), "granularity": str(knobs["granularity"]),
-                "symmetric": str(knobs["symmetric"]).lower(), "layers": str(knobs["layers"])}
+        return quant_record(knobs)
 
     # -------------------------------------------------------------------------------------------- evaluate
 
@@ -403,7 +393,7 @@ class VMTRecipe(Recipe):
                             for t in image_means) * 100.0 / len(image_means)
             metrics[f"delta_m{suffix}"] = float(np.nanmean(per_image))
             per_item[f"delta_m{suffix}"] = np.nan_to_num(per_image)
-        knobs = quantization_knobs(cfg.compress) if role == "method" else {"mode": MODE_OF.get(name, name)}
+        knobs = cfg.compress.knobs(QUANTIZED_RECORD) if role == "method" else {"mode": MODE_OF.get(name, name)}
         return VariantResult(name=name, role=role, method="rtn" if role == "method" else name, knobs=knobs,
                              metrics=metrics, per_item=per_item)
 
@@ -429,11 +419,6 @@ class VMTRecipe(Recipe):
         labels = [predict_labels(t, out[t.name]).float() for t in SHAPES_MT_TASKS if t.kind != "normals"]
         normals = out["normals"] / (out["normals"].norm(dim=1, keepdim=True) + 1e-12)  # (n, 3, S, S)
         return torch.cat([torch.stack(labels, dim=1), normals], dim=1).permute(0, 2, 3, 1).numpy()
-
-
-def quantization_knobs(section: CompressSection) -> dict[str, Any]:
-    return {"bits": section.bits, "granularity": section.granularity, "symmetric": section.symmetric,
-            "layers": "every Linear and Conv2d"}
 
 
 def sheet_figure(split: SceneSplit, n: int = 4) -> Any:
